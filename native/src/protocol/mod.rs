@@ -1,0 +1,17 @@
+//! The Portway wire protocol, without I/O: no sockets, no clock. See `docs/protocol.md`.
+//!
+//! Inputs are byte buffers, outputs are frames or encoded bytes; the runtime (`mux.rs`, `hub.rs`,
+//! `edge.rs`) drives it.
+
+pub mod frame;
+pub mod handshake;
+pub mod proxy_header;
+
+pub use frame::{CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, ProtocolError, StreamOpen};
+pub use handshake::{Hello, HelloAccepted, HelloReply, RejectCode, SecretVerifier};
+pub use proxy_header::{proxy_v1_header, proxy_v2_header, ProxyTransport};
+
+/// Version carried in every `Hello`. A hub rejects versions it does not speak with `RejectCode::VersionUnsupported`.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// ALPN id for the TLS (and later QUIC) transport.
+pub const ALPN: &[u8] = b"portway/1";
