@@ -40,7 +40,8 @@ function vitest() {
   try {
     const report = JSON.parse(readFileSync(out, "utf8"));
     passed = report.numPassedTests ?? 0;
-    failed = (report.numFailedTests ?? 0) + (report.numFailedTestSuites ?? 0);
+    failed = report.numFailedTests ?? 0;
+    if (failed === 0) failed = report.numFailedTestSuites ?? 0; // a file that failed to load
   } catch {
     failed = 1;
   }
