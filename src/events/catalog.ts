@@ -1,0 +1,238 @@
+/**
+ * The catalog of JetStream-facing lifecycle events: every event type, the schema of its `data` at the
+ * current version, and the reasons it can carry. `docs/events.md` is the prose twin of this file.
+ *
+ * Identity fields (hubId, edgeId, sessionId, streamId, seq) live in the envelope (`envelope.ts`), never in
+ * `data`. Changing a data schema means bumping its version in `CURRENT_VERSIONS` and adding an upcaster in
+ * `upcast.ts`; old shapes are frozen in `test/fixtures/events/`.
+ */
+import { Schema } from "effect";
+
+const Count = Schema.NonNegativeInt;
+const Port = Schema.Int.pipe(Schema.between(0, 65535));
+const NullableString = Schema.NullOr(Schema.String);
+
+/** Why a tunnel session ended. The first seven come from the addon; the rest are decided by the hub. */
+export const EdgeDisconnectReason = Schema.Literal(
+  "edgeClosed",
+  "timeout",
+  "protocolError",
+  "revoked",
+  "superseded",
+  "hubShutdown",
+  "ioError",
+  /** The hub died with this session open; closed while rebuilding state at the next start. */
+  "hubRestarted",
+  /** The edge lost this hub and moved to another (HA). */
+  "hubLost",
+);
+export type EdgeDisconnectReason = typeof EdgeDisconnectReason.Type;
+
+export const AuthFailReason = Schema.Literal(
+  "authFailed",
+  "versionUnsupported",
+  "malformedHello",
+  "handshakeTimeout",
+  "tlsError",
+);
+export type AuthFailReason = typeof AuthFailReason.Type;
+
+export const StreamCloseReason = Schema.Literal(
+  "clientClosed",
+  "targetClosed",
+  "targetRefused",
+  "timeout",
+  "tunnelLost",
+  "hubShutdown",
+  "reset",
+  "protocolError",
+  "hubRestarted",
+);
+export type StreamCloseReason = typeof StreamCloseReason.Type;
+
+export const UdpCloseReason = Schema.Literal(
+  "expired",
+  "targetUnreachable",
+  "tunnelLost",
+  "hubShutdown",
+  "hubRestarted",
+  "protocolError",
+);
+export type UdpCloseReason = typeof UdpCloseReason.Type;
+
+export const HubStopReason = Schema.Literal("shutdown", "signal", "error");
+export type HubStopReason = typeof HubStopReason.Type;
+
+export const EventsDroppedReason = Schema.Literal("outboxFull", "outboxWriteFailed");
+export type EventsDroppedReason = typeof EventsDroppedReason.Type;
+
+// ---- hub actor (sessionId = hub run id, streamId = null, edgeId = null) ----
+
+export const HubStarted = Schema.Struct({
+  tunnelPort: Schema.NullOr(Port),
+  fingerprint: NullableString,
+  portwayVersion: Schema.String,
+});
+
+export const HubStopped = Schema.Struct({
+  reason: HubStopReason,
+  message: NullableString,
+});
+
+/** State rebuilt from history at start: what the previous run left open was closed with `hubRestarted`. */
+export const HubRecovered = Schema.Struct({
+  previousRunId: NullableString,
+  replayedEvents: Count,
+  sessionsClosed: Count,
+  streamsClosed: Count,
+  udpClosed: Count,
+  durationMs: Count,
+});
+
+/** Emitted once the outbox accepts writes again after dropping events: the gap made visible. */
+export const HubEventsDropped = Schema.Struct({
+  count: Count,
+  firstTime: Count,
+  lastTime: Count,
+  reason: EventsDroppedReason,
+});
+
+// ---- edge session actor (sessionId = tunnel session, streamId = null) ----
+
+/** A tunnel session is established: TLS done, hello verified (authentication is folded in here). */
+export const EdgeConnected = Schema.Struct({
+  remoteAddr: Schema.String,
+});
+
+/** One-shot actor per failed handshake; sessionId is an attempt id chosen by the hub. */
+export const EdgeAuthFailed = Schema.Struct({
+  remoteAddr: Schema.String,
+  claimedEdgeId: NullableString,
+  reason: AuthFailReason,
+});
+
+export const EdgeConfigPushed = Schema.Struct({
+  listenPorts: Schema.Array(Port),
+  listenPortsUdp: Schema.Array(Port),
+});
+
+/** A newer session of the same edge replaced this one; followed by edge.disconnected(superseded). */
+export const EdgeSuperseded = Schema.Struct({
+  bySessionId: Schema.String,
+  remoteAddr: NullableString,
+});
+
+/** Reserved for HA: the edge's traffic moved from one hub to another. */
+export const EdgeFailedOver = Schema.Struct({
+  fromHubId: Schema.String,
+  toHubId: Schema.String,
+});
+
+/** v2: adds `durationMs` (session length, null when unknown — e.g. upcast from v1). */
+export const EdgeDisconnected = Schema.Struct({
+  reason: EdgeDisconnectReason,
+  message: Schema.String,
+  durationMs: Schema.NullOr(Count),
+});
+
+// ---- TCP stream actor (streamId = stream id within the session) ----
+
+export const StreamOpened = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: NullableString,
+});
+
+/** bytesIn = client→target, bytesOut = target→client. */
+export const StreamClosed = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: NullableString,
+  bytesIn: Count,
+  bytesOut: Count,
+  durationMs: Count,
+  reason: StreamCloseReason,
+  message: Schema.String,
+});
+
+// ---- UDP session actor (streamId = UDP session id within the tunnel session) ----
+
+export const UdpOpened = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: NullableString,
+});
+
+/** Idle timeout fired; followed by udp.closed(expired). */
+export const UdpExpired = Schema.Struct({
+  idleMs: Count,
+});
+
+export const UdpClosed = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: NullableString,
+  bytesIn: Count,
+  bytesOut: Count,
+  datagramsIn: Count,
+  datagramsOut: Count,
+  durationMs: Count,
+  reason: UdpCloseReason,
+  message: Schema.String,
+});
+
+/** Current data schema of every event type. */
+export const EventDataSchemas = {
+  "hub.started": HubStarted,
+  "hub.stopped": HubStopped,
+  "hub.recovered": HubRecovered,
+  "hub.eventsDropped": HubEventsDropped,
+  "edge.connected": EdgeConnected,
+  "edge.authFailed": EdgeAuthFailed,
+  "edge.configPushed": EdgeConfigPushed,
+  "edge.superseded": EdgeSuperseded,
+  "edge.failedOver": EdgeFailedOver,
+  "edge.disconnected": EdgeDisconnected,
+  "stream.opened": StreamOpened,
+  "stream.closed": StreamClosed,
+  "udp.opened": UdpOpened,
+  "udp.expired": UdpExpired,
+  "udp.closed": UdpClosed,
+} as const;
+
+export type EventType = keyof typeof EventDataSchemas;
+export const EVENT_TYPES = Object.keys(EventDataSchemas) as ReadonlyArray<EventType>;
+export const EventTypeSchema = Schema.Literal(...EVENT_TYPES);
+
+/** Data of an event type at the current version. */
+export type EventData<T extends EventType> = Schema.Schema.Type<(typeof EventDataSchemas)[T]>;
+
+/** Current schema version per type. Bump together with an upcaster in upcast.ts. */
+export const CURRENT_VERSIONS: { readonly [T in EventType]: number } = {
+  "hub.started": 1,
+  "hub.stopped": 1,
+  "hub.recovered": 1,
+  "hub.eventsDropped": 1,
+  "edge.connected": 1,
+  "edge.authFailed": 1,
+  "edge.configPushed": 1,
+  "edge.superseded": 1,
+  "edge.failedOver": 1,
+  "edge.disconnected": 2,
+  "stream.opened": 1,
+  "stream.closed": 1,
+  "udp.opened": 1,
+  "udp.expired": 1,
+  "udp.closed": 1,
+};
+
+/** The actor kind is the first segment of the type: it picks the subject token and the actor identity. */
+export type ActorKind = "hub" | "edge" | "stream" | "udp";
+export const ACTOR_KINDS: ReadonlyArray<ActorKind> = ["hub", "edge", "stream", "udp"];
+
+export const actorKindOf = (type: EventType): ActorKind => type.slice(0, type.indexOf(".")) as ActorKind;
+
+/** The action is the rest of the type: `stream.closed` → `closed`. */
+export const actionOf = (type: EventType): string => type.slice(type.indexOf(".") + 1);
+
+export const isEventType = (s: string): s is EventType => Object.hasOwn(EventDataSchemas, s);
