@@ -1,6 +1,6 @@
 //! Frame codec. Layout and limits are specified in `docs/protocol.md`.
-use bytes::{Bytes, BytesMut};
-use std::net::SocketAddr;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Fixed header: type (u8), stream id (u32 BE), payload length (u32 BE).
 pub const FRAME_HEADER_LEN: usize = 9;
@@ -10,6 +10,37 @@ pub const MAX_FRAME_PAYLOAD: usize = 256 * 1024;
 pub const MAX_DATA_CHUNK: usize = 64 * 1024;
 /// Credit each side grants per stream at open; replenished with `Window` frames.
 pub const INITIAL_STREAM_WINDOW: u32 = 512 * 1024;
+/// Most ports in each list of an `EdgeConfig`.
+pub const MAX_CONFIG_PORTS: usize = 16 * 1024;
+/// Longest `GoAway` message in bytes; the encoder truncates longer messages at a char boundary.
+pub const MAX_GOAWAY_MESSAGE: usize = 1024;
+
+/// Frame type numbers (the first header byte).
+pub mod frame_type {
+    pub const OPEN: u8 = 0x01;
+    pub const DATA: u8 = 0x02;
+    pub const FIN: u8 = 0x03;
+    pub const CLOSE: u8 = 0x04;
+    pub const WINDOW: u8 = 0x05;
+    pub const PING: u8 = 0x10;
+    pub const PONG: u8 = 0x11;
+    pub const CONFIG: u8 = 0x12;
+    pub const GOAWAY: u8 = 0x13;
+    /// Reserved for UDP relaying; a v1 decoder rejects them with `ProtocolError::ReservedFrameType`.
+    pub const UDP_OPEN: u8 = 0x20;
+    pub const UDP_DATAGRAM: u8 = 0x21;
+    pub const UDP_CLOSE: u8 = 0x22;
+    /// The whole range 0x20..=0x2f is reserved for UDP frames.
+    pub const UDP_RESERVED: std::ops::RangeInclusive<u8> = 0x20..=0x2f;
+}
+
+const ADDR_FAMILY_V4: u8 = 4;
+const ADDR_FAMILY_V6: u8 = 6;
+/// edge_port + two IPv4 addresses (family, 4 bytes, port) / two IPv6 addresses (family, 16 bytes, port).
+const OPEN_MIN_LEN: usize = 2 + 2 * (1 + 4 + 2);
+const OPEN_MAX_LEN: usize = 2 + 2 * (1 + 16 + 2);
+/// Two empty port lists (u16 count each) + stun interval (u32).
+const CONFIG_MIN_LEN: usize = 2 + 2 + 4;
 
 /// Why a stream ended. Carried in `Close`; also the `reason` of `stream.closed` events (camelCase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +55,57 @@ pub enum CloseReason {
     ProtocolError,
 }
 
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        Self::ClientClosed,
+        Self::TargetClosed,
+        Self::TargetRefused,
+        Self::Timeout,
+        Self::TunnelLost,
+        Self::HubShutdown,
+        Self::Reset,
+        Self::ProtocolError,
+    ];
+
+    /// Wire code (one byte in `Close`).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::ClientClosed => 1,
+            Self::TargetClosed => 2,
+            Self::TargetRefused => 3,
+            Self::Timeout => 4,
+            Self::TunnelLost => 5,
+            Self::HubShutdown => 6,
+            Self::Reset => 7,
+            Self::ProtocolError => 8,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// camelCase name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "clientClosed",
+            Self::TargetClosed => "targetClosed",
+            Self::TargetRefused => "targetRefused",
+            Self::Timeout => "timeout",
+            Self::TunnelLost => "tunnelLost",
+            Self::HubShutdown => "hubShutdown",
+            Self::Reset => "reset",
+            Self::ProtocolError => "protocolError",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a peer is closing the whole tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoAwayReason {
@@ -32,6 +114,48 @@ pub enum GoAwayReason {
     Superseded,
     ProtocolError,
     Timeout,
+}
+
+impl GoAwayReason {
+    pub const ALL: [GoAwayReason; 5] = [
+        Self::HubShutdown,
+        Self::Revoked,
+        Self::Superseded,
+        Self::ProtocolError,
+        Self::Timeout,
+    ];
+
+    /// Wire code (first byte of the `GoAway` payload).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::HubShutdown => 1,
+            Self::Revoked => 2,
+            Self::Superseded => 3,
+            Self::ProtocolError => 4,
+            Self::Timeout => 5,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// camelCase name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HubShutdown => "hubShutdown",
+            Self::Revoked => "revoked",
+            Self::Superseded => "superseded",
+            Self::ProtocolError => "protocolError",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for GoAwayReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// First frame of a stream, edge → hub: the information the hub needs to build a PROXY header.
@@ -50,6 +174,76 @@ pub struct EdgeConfig {
     pub stun_interval_secs: u32,
 }
 
+impl EdgeConfig {
+    /// Checks the limits the codec enforces (at most `MAX_CONFIG_PORTS` per list). Validate
+    /// configuration from outside (JS) with this before putting it on the wire.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        for (name, ports) in [
+            ("listen_ports", &self.listen_ports),
+            ("listen_ports_udp", &self.listen_ports_udp),
+        ] {
+            if ports.len() > MAX_CONFIG_PORTS {
+                return Err(malformed(
+                    "Config",
+                    format!(
+                        "{name} has {} entries, more than {MAX_CONFIG_PORTS}",
+                        ports.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        CONFIG_MIN_LEN
+            + 2 * self.listen_ports.len().min(MAX_CONFIG_PORTS)
+            + 2 * self.listen_ports_udp.len().min(MAX_CONFIG_PORTS)
+    }
+
+    /// Appends the binary form; lists longer than `MAX_CONFIG_PORTS` are cut (see `validate`).
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        for ports in [&self.listen_ports, &self.listen_ports_udp] {
+            let ports = &ports[..ports.len().min(MAX_CONFIG_PORTS)];
+            out.put_u16(ports.len() as u16);
+            for port in ports {
+                out.put_u16(*port);
+            }
+        }
+        out.put_u32(self.stun_interval_secs);
+    }
+
+    /// Reads the binary form from the front of `buf`, leaving anything after it in place.
+    pub(crate) fn decode(buf: &mut &[u8], frame: &'static str) -> Result<Self, ProtocolError> {
+        let listen_ports = decode_port_list(buf, frame, "listen_ports")?;
+        let listen_ports_udp = decode_port_list(buf, frame, "listen_ports_udp")?;
+        let stun_interval_secs = take_u32(buf, frame, "stun interval")?;
+        Ok(Self {
+            listen_ports,
+            listen_ports_udp,
+            stun_interval_secs,
+        })
+    }
+}
+
+fn decode_port_list(
+    buf: &mut &[u8],
+    frame: &'static str,
+    name: &str,
+) -> Result<Vec<u16>, ProtocolError> {
+    let count = take_u16(buf, frame, name)? as usize;
+    if count > MAX_CONFIG_PORTS {
+        return Err(malformed(
+            frame,
+            format!("{name} count {count} exceeds {MAX_CONFIG_PORTS}"),
+        ));
+    }
+    if buf.remaining() < count * 2 {
+        return Err(malformed(frame, format!("{name} truncated")));
+    }
+    Ok((0..count).map(|_| buf.get_u16()).collect())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Open { stream_id: u32, open: StreamOpen },
@@ -66,6 +260,64 @@ pub enum Frame {
     GoAway { reason: GoAwayReason, message: String },
 }
 
+impl Frame {
+    /// Wire type number.
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Self::Open { .. } => frame_type::OPEN,
+            Self::Data { .. } => frame_type::DATA,
+            Self::Fin { .. } => frame_type::FIN,
+            Self::Close { .. } => frame_type::CLOSE,
+            Self::Window { .. } => frame_type::WINDOW,
+            Self::Ping { .. } => frame_type::PING,
+            Self::Pong { .. } => frame_type::PONG,
+            Self::Config(_) => frame_type::CONFIG,
+            Self::GoAway { .. } => frame_type::GOAWAY,
+        }
+    }
+
+    /// Name used in errors and logs.
+    pub fn name(&self) -> &'static str {
+        // Every variant's type code is a known type, so the fallback is never used.
+        kind_of(self.type_code()).map_or("?", |k| k.name)
+    }
+
+    /// The stream a frame belongs to; 0 for connection-level frames.
+    pub fn stream_id(&self) -> u32 {
+        match self {
+            Self::Open { stream_id, .. }
+            | Self::Data { stream_id, .. }
+            | Self::Fin { stream_id }
+            | Self::Close { stream_id, .. }
+            | Self::Window { stream_id, .. } => *stream_id,
+            Self::Ping { .. } | Self::Pong { .. } | Self::Config(_) | Self::GoAway { .. } => 0,
+        }
+    }
+
+    /// Checks what the decoder would reject that the types allow: stream id rules and limits.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let kind = kind_of(self.type_code()).ok_or(ProtocolError::UnknownFrameType(0))?;
+        kind.check_stream_id(self.stream_id())?;
+        match self {
+            Self::Data { data, .. } if data.len() > MAX_FRAME_PAYLOAD => {
+                Err(ProtocolError::PayloadTooLarge {
+                    len: data.len(),
+                    max: MAX_FRAME_PAYLOAD,
+                })
+            }
+            Self::Config(config) => config.validate(),
+            Self::GoAway { message, .. } if message.len() > MAX_GOAWAY_MESSAGE => Err(malformed(
+                "GoAway",
+                format!(
+                    "message of {} bytes exceeds {MAX_GOAWAY_MESSAGE}",
+                    message.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     #[error("unknown frame type 0x{0:02x}")]
@@ -75,16 +327,215 @@ pub enum ProtocolError {
     #[error("malformed {frame} frame: {detail}")]
     Malformed { frame: &'static str, detail: String },
     #[error("frame type {frame} must use stream id {expected}, got {got}")]
-    BadStreamId { frame: &'static str, expected: &'static str, got: u32 },
+    BadStreamId {
+        frame: &'static str,
+        expected: &'static str,
+        got: u32,
+    },
+    /// A type number reserved for a later protocol feature (UDP frames: 0x20..=0x2f).
+    #[error("frame type 0x{0:02x} is reserved for UDP relaying, which this peer does not support")]
+    ReservedFrameType(u8),
+    /// The first bytes of a handshake message are not `PWAY` (not a Portway peer, e.g. an HTTP client).
+    #[error("bad handshake magic (not a Portway peer)")]
+    BadMagic,
+}
+
+pub(crate) fn malformed(frame: &'static str, detail: impl Into<String>) -> ProtocolError {
+    ProtocolError::Malformed {
+        frame,
+        detail: detail.into(),
+    }
 }
 
 /// Appends the encoding of `frame` to `out`.
+///
+/// Never fails: a `Config` list longer than `MAX_CONFIG_PORTS` is cut and a `GoAway` message longer than
+/// `MAX_GOAWAY_MESSAGE` is truncated. Use `try_encode_frame` (or `Frame::validate`) to refuse those instead.
 pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
-    let _ = (frame, out);
-    todo!()
+    match frame {
+        Frame::Data { stream_id, data } => {
+            encode_data_header(*stream_id, data.len(), out);
+            out.extend_from_slice(data);
+        }
+        Frame::Open { stream_id, open } => {
+            let len = 2 + addr_len(&open.client) + addr_len(&open.edge_local);
+            put_header(out, frame_type::OPEN, *stream_id, len);
+            out.put_u16(open.edge_port);
+            put_addr(out, &open.client);
+            put_addr(out, &open.edge_local);
+        }
+        Frame::Fin { stream_id } => put_header(out, frame_type::FIN, *stream_id, 0),
+        Frame::Close { stream_id, reason } => {
+            put_header(out, frame_type::CLOSE, *stream_id, 1);
+            out.put_u8(reason.code());
+        }
+        Frame::Window { stream_id, credit } => {
+            put_header(out, frame_type::WINDOW, *stream_id, 4);
+            out.put_u32(*credit);
+        }
+        Frame::Ping { nonce } => {
+            put_header(out, frame_type::PING, 0, 8);
+            out.put_u64(*nonce);
+        }
+        Frame::Pong { nonce } => {
+            put_header(out, frame_type::PONG, 0, 8);
+            out.put_u64(*nonce);
+        }
+        Frame::Config(config) => {
+            put_header(out, frame_type::CONFIG, 0, config.encoded_len());
+            config.encode(out);
+        }
+        Frame::GoAway { reason, message } => {
+            let message = truncate_utf8(message, MAX_GOAWAY_MESSAGE);
+            put_header(out, frame_type::GOAWAY, 0, 1 + message.len());
+            out.put_u8(reason.code());
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
+}
+
+/// Like `encode_frame`, but refuses frames that break a limit or a stream id rule (nothing is written then).
+pub fn try_encode_frame(frame: &Frame, out: &mut BytesMut) -> Result<(), ProtocolError> {
+    frame.validate()?;
+    encode_frame(frame, out);
+    Ok(())
+}
+
+/// Header of a `Data` frame carrying `len` payload bytes. Write it, then the payload `Bytes`, to send
+/// data without copying it into a frame buffer.
+pub fn data_header(stream_id: u32, len: usize) -> [u8; FRAME_HEADER_LEN] {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[0] = frame_type::DATA;
+    header[1..5].copy_from_slice(&stream_id.to_be_bytes());
+    header[5..9].copy_from_slice(&payload_len_u32(len).to_be_bytes());
+    header
+}
+
+/// Appends the header of a `Data` frame carrying `len` payload bytes; see `data_header`.
+pub fn encode_data_header(stream_id: u32, len: usize, out: &mut BytesMut) {
+    out.extend_from_slice(&data_header(stream_id, len));
+}
+
+fn payload_len_u32(len: usize) -> u32 {
+    // Payloads are bounded far below 4 GiB by MAX_FRAME_PAYLOAD; saturate rather than wrap so an
+    // oversize frame is rejected by the peer instead of being misframed.
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn put_header(out: &mut BytesMut, frame_type: u8, stream_id: u32, len: usize) {
+    out.reserve(FRAME_HEADER_LEN + len);
+    out.put_u8(frame_type);
+    out.put_u32(stream_id);
+    out.put_u32(payload_len_u32(len));
+}
+
+fn addr_len(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 1 + 4 + 2,
+        SocketAddr::V6(_) => 1 + 16 + 2,
+    }
+}
+
+fn put_addr(out: &mut BytesMut, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(ADDR_FAMILY_V4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(ADDR_FAMILY_V6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.put_u16(addr.port());
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Which stream ids a frame type may use.
+#[derive(Clone, Copy)]
+enum StreamScope {
+    Stream,
+    Connection,
+}
+
+/// Static rules for one frame type: name, stream scope and allowed payload lengths.
+#[derive(Clone, Copy)]
+struct FrameKind {
+    name: &'static str,
+    scope: StreamScope,
+    min_len: usize,
+    max_len: usize,
+}
+
+impl FrameKind {
+    fn check_stream_id(&self, stream_id: u32) -> Result<(), ProtocolError> {
+        match self.scope {
+            StreamScope::Stream if stream_id == 0 => Err(ProtocolError::BadStreamId {
+                frame: self.name,
+                expected: "non-zero",
+                got: stream_id,
+            }),
+            StreamScope::Connection if stream_id != 0 => Err(ProtocolError::BadStreamId {
+                frame: self.name,
+                expected: "0",
+                got: stream_id,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), ProtocolError> {
+        if (self.min_len..=self.max_len).contains(&len) {
+            return Ok(());
+        }
+        let detail = if self.min_len == self.max_len {
+            format!("payload must be exactly {} bytes, got {len}", self.min_len)
+        } else {
+            format!(
+                "payload must be {}..={} bytes, got {len}",
+                self.min_len, self.max_len
+            )
+        };
+        Err(malformed(self.name, detail))
+    }
+}
+
+fn kind_of(frame_type: u8) -> Option<FrameKind> {
+    use StreamScope::{Connection, Stream};
+    let kind = |name, scope, min_len, max_len| FrameKind {
+        name,
+        scope,
+        min_len,
+        max_len,
+    };
+    Some(match frame_type {
+        frame_type::OPEN => kind("Open", Stream, OPEN_MIN_LEN, OPEN_MAX_LEN),
+        frame_type::DATA => kind("Data", Stream, 0, usize::MAX),
+        frame_type::FIN => kind("Fin", Stream, 0, 0),
+        frame_type::CLOSE => kind("Close", Stream, 1, 1),
+        frame_type::WINDOW => kind("Window", Stream, 4, 4),
+        frame_type::PING => kind("Ping", Connection, 8, 8),
+        frame_type::PONG => kind("Pong", Connection, 8, 8),
+        frame_type::CONFIG => kind("Config", Connection, CONFIG_MIN_LEN, usize::MAX),
+        frame_type::GOAWAY => kind("GoAway", Connection, 1, 1 + MAX_GOAWAY_MESSAGE),
+        _ => return None,
+    })
 }
 
 /// Incremental decoder: feed it the read buffer, it consumes whole frames.
+///
+/// After an error the connection must be closed: the buffer is left as it was, and decoding it again
+/// returns the same error.
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_payload: usize,
@@ -103,7 +554,163 @@ impl FrameDecoder {
     /// Removes one complete frame from the front of `buf`, or returns `Ok(None)` if more bytes are needed.
     /// Never allocates more than the declared (and checked) payload length.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        let _ = (buf, self.max_payload);
-        todo!()
+        if buf.len() < FRAME_HEADER_LEN {
+            // A type byte alone is enough to reject garbage early.
+            if let Some(&t) = buf.first() {
+                check_type(t)?;
+            }
+            return Ok(None);
+        }
+        let frame_type = buf[0];
+        let stream_id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let len = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
+
+        // Everything that the header alone decides is checked before waiting for the payload.
+        let kind = check_type(frame_type)?;
+        if len > self.max_payload {
+            return Err(ProtocolError::PayloadTooLarge {
+                len,
+                max: self.max_payload,
+            });
+        }
+        kind.check_stream_id(stream_id)?;
+        kind.check_len(len)?;
+
+        let total = FRAME_HEADER_LEN + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+
+        // Parse from a view first, so a malformed payload leaves `buf` untouched.
+        let payload = &buf[FRAME_HEADER_LEN..total];
+        let frame = match frame_type {
+            frame_type::DATA => {
+                buf.advance(FRAME_HEADER_LEN);
+                let data = buf.split_to(len).freeze();
+                return Ok(Some(Frame::Data { stream_id, data }));
+            }
+            _ => parse_payload(frame_type, stream_id, payload)?,
+        };
+        buf.advance(total);
+        Ok(Some(frame))
     }
+}
+
+fn check_type(frame_type: u8) -> Result<FrameKind, ProtocolError> {
+    if frame_type::UDP_RESERVED.contains(&frame_type) {
+        return Err(ProtocolError::ReservedFrameType(frame_type));
+    }
+    kind_of(frame_type).ok_or(ProtocolError::UnknownFrameType(frame_type))
+}
+
+/// Parses the payload of a non-Data frame whose header already passed the checks in `FrameKind`.
+fn parse_payload(frame_type: u8, stream_id: u32, payload: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut p = payload;
+    let frame = match frame_type {
+        frame_type::OPEN => {
+            let edge_port = take_u16(&mut p, "Open", "edge port")?;
+            let client = take_addr(&mut p, "Open", "client address")?;
+            let edge_local = take_addr(&mut p, "Open", "edge local address")?;
+            Frame::Open {
+                stream_id,
+                open: StreamOpen {
+                    edge_port,
+                    client,
+                    edge_local,
+                },
+            }
+        }
+        frame_type::FIN => Frame::Fin { stream_id },
+        frame_type::CLOSE => {
+            let code = p.get_u8();
+            let reason = CloseReason::from_code(code)
+                .ok_or_else(|| malformed("Close", format!("unknown close reason {code}")))?;
+            Frame::Close { stream_id, reason }
+        }
+        frame_type::WINDOW => Frame::Window {
+            stream_id,
+            credit: p.get_u32(),
+        },
+        frame_type::PING => Frame::Ping { nonce: p.get_u64() },
+        frame_type::PONG => Frame::Pong { nonce: p.get_u64() },
+        frame_type::CONFIG => Frame::Config(EdgeConfig::decode(&mut p, "Config")?),
+        frame_type::GOAWAY => {
+            let code = p.get_u8();
+            let reason = GoAwayReason::from_code(code)
+                .ok_or_else(|| malformed("GoAway", format!("unknown goaway reason {code}")))?;
+            let message = std::str::from_utf8(p)
+                .map_err(|_| malformed("GoAway", "message is not valid UTF-8"))?
+                .to_owned();
+            p = &[];
+            Frame::GoAway { reason, message }
+        }
+        other => return Err(ProtocolError::UnknownFrameType(other)),
+    };
+    if p.has_remaining() {
+        return Err(malformed(
+            kind_of(frame_type).map_or("?", |k| k.name),
+            format!("{} unexpected trailing bytes", p.remaining()),
+        ));
+    }
+    Ok(frame)
+}
+
+pub(crate) fn take_u8(buf: &mut &[u8], frame: &'static str, what: &str) -> Result<u8, ProtocolError> {
+    if buf.remaining() < 1 {
+        return Err(malformed(frame, format!("{what} truncated")));
+    }
+    Ok(buf.get_u8())
+}
+
+pub(crate) fn take_u16(
+    buf: &mut &[u8],
+    frame: &'static str,
+    what: &str,
+) -> Result<u16, ProtocolError> {
+    if buf.remaining() < 2 {
+        return Err(malformed(frame, format!("{what} truncated")));
+    }
+    Ok(buf.get_u16())
+}
+
+pub(crate) fn take_u32(
+    buf: &mut &[u8],
+    frame: &'static str,
+    what: &str,
+) -> Result<u32, ProtocolError> {
+    if buf.remaining() < 4 {
+        return Err(malformed(frame, format!("{what} truncated")));
+    }
+    Ok(buf.get_u32())
+}
+
+fn take_addr(buf: &mut &[u8], frame: &'static str, what: &str) -> Result<SocketAddr, ProtocolError> {
+    let family = take_u8(buf, frame, what)?;
+    let ip = match family {
+        ADDR_FAMILY_V4 => {
+            let mut octets = [0u8; 4];
+            if buf.remaining() < octets.len() {
+                return Err(malformed(frame, format!("{what} truncated")));
+            }
+            buf.copy_to_slice(&mut octets);
+            IpAddr::V4(Ipv4Addr::from(octets))
+        }
+        ADDR_FAMILY_V6 => {
+            let mut octets = [0u8; 16];
+            if buf.remaining() < octets.len() {
+                return Err(malformed(frame, format!("{what} truncated")));
+            }
+            buf.copy_to_slice(&mut octets);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        other => {
+            return Err(malformed(
+                frame,
+                format!("{what} has unknown address family {other}"),
+            ))
+        }
+    };
+    let port = take_u16(buf, frame, what)?;
+    Ok(SocketAddr::new(ip, port))
 }
