@@ -1,0 +1,170 @@
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RemoteIngressEdge, RemoteIngressHub } from "../../src/index.js";
+import { freePort, freePorts } from "./ports.js";
+import { waitFor } from "./wait.js";
+
+export type ProxyTcp = "v1" | "v2" | "none";
+export type HubStartOptions = Parameters<RemoteIngressHub["start"]>[0];
+export type EdgeStartOptions = Parameters<RemoteIngressEdge["start"]>[0];
+export type AllowedEdge = Parameters<RemoteIngressHub["updateAllowedEdges"]>[0][number];
+
+/** One public port on the edge and where the hub forwards it. */
+export interface Route {
+  /** `host:port` of the target behind the hub. */
+  readonly target: string;
+  /** Edge listen port; a free one is picked when omitted. */
+  readonly listenPort?: number;
+}
+
+export interface HubFixture {
+  readonly hub: RemoteIngressHub;
+  readonly tunnelPort: number;
+  readonly dataDir: string;
+  readonly fingerprint: string;
+  /** The options `hub.start` got, to start a replacement hub on the same port and data dir. */
+  readonly startOptions: HubStartOptions;
+  stop(): Promise<void>;
+}
+
+/** Starts a hub on a free loopback tunnel port with a fresh tmp data dir (removed by `stop`). */
+export const startHub = async (
+  options: { proxyTcp?: ProxyTcp; edges?: AllowedEdge[]; extra?: Partial<HubStartOptions> } = {},
+): Promise<HubFixture> => {
+  const dataDir = await mkdtemp(join(tmpdir(), "portway-hub-"));
+  const tunnelPort = await freePort();
+  const startOptions: HubStartOptions = {
+    tunnelPort,
+    targetHost: "127.0.0.1",
+    proxyProtocol: { tcp: options.proxyTcp ?? "v1" },
+    dataDir,
+    hubId: "test-hub",
+    bindHost: "127.0.0.1",
+    ...options.extra,
+  };
+  const hub = new RemoteIngressHub();
+  await hub.start(startOptions);
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    try {
+      await hub.stop();
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  };
+  try {
+    if (options.edges) await hub.updateAllowedEdges(options.edges);
+    const status = await hub.getStatus();
+    if (!status.running || status.tunnelPort !== tunnelPort) {
+      throw new Error(`hub status after start: ${JSON.stringify(status)}`);
+    }
+    return { hub, tunnelPort, dataDir, fingerprint: status.fingerprint, startOptions, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+};
+
+/** Waits until the edge is connected, the hub lists it, and every port in `ports` is listening on the edge. */
+export const waitForEdgeReady = async (
+  hub: RemoteIngressHub,
+  edge: RemoteIngressEdge,
+  edgeId: string,
+  ports: readonly number[],
+  timeoutMs = 10_000,
+): Promise<void> => {
+  await waitFor(
+    async () => {
+      const status = await edge.getStatus();
+      return status.connected && ports.every((port) => status.listenPorts.includes(port));
+    },
+    { timeoutMs, what: `edge ${edgeId} connected and listening on ${ports.join(", ")}` },
+  );
+  await waitFor(async () => (await hub.getStatus()).connectedEdges.some((e) => e.edgeId === edgeId), {
+    timeoutMs,
+    what: `hub listing edge ${edgeId}`,
+  });
+};
+
+export interface TunnelFixture {
+  readonly hub: RemoteIngressHub;
+  readonly edge: RemoteIngressEdge;
+  readonly hubFixture: HubFixture;
+  readonly tunnelPort: number;
+  readonly dataDir: string;
+  readonly fingerprint: string;
+  readonly edgeId: string;
+  readonly secret: string;
+  /** Edge listen ports, in the order of the routes. */
+  readonly listenPorts: number[];
+  /** The allowed-edge entry given to the hub (for `updateAllowedEdges` in hot-reload tests). */
+  readonly allowedEdge: AllowedEdge;
+  stop(): Promise<void>;
+}
+
+/**
+ * Hub on a free tunnel port with a tmp data dir + one pinned edge (bound to 127.0.0.1) whose listen ports
+ * forward to `routes`. Resolves once the edge is connected and every listener is up (status polling, no sleeps).
+ */
+export const startTunnel = async (options: {
+  routes: Route[];
+  proxyTcp?: ProxyTcp;
+  hubExtra?: Partial<HubStartOptions>;
+  edgeExtra?: Partial<EdgeStartOptions>;
+  /** Ports that must be listening before this resolves (default: all); for tests that expect a listener error. */
+  readyPorts?: number[];
+  /** Called with the edge before it starts, to attach event listeners that must not miss anything. */
+  beforeEdgeStart?: (edge: RemoteIngressEdge, hub: RemoteIngressHub) => void;
+}): Promise<TunnelFixture> => {
+  const edgeId = "edge-1";
+  const secret = randomBytes(24).toString("base64url");
+  const generated = await freePorts(options.routes.length);
+  const listenPorts = options.routes.map((route, i) => route.listenPort ?? (generated[i] as number));
+  const targets: Record<number, string> = {};
+  options.routes.forEach((route, i) => {
+    targets[listenPorts[i] as number] = route.target;
+  });
+  const allowedEdge: AllowedEdge = { id: edgeId, secret, listenPorts, targets };
+  const hubFixture = await startHub({ proxyTcp: options.proxyTcp, edges: [allowedEdge], extra: options.hubExtra });
+  const edge = new RemoteIngressEdge();
+  const stop = async () => {
+    try {
+      await edge.stop();
+    } finally {
+      await hubFixture.stop();
+    }
+  };
+  try {
+    options.beforeEdgeStart?.(edge, hubFixture.hub);
+    await edge.start({
+      hubHost: "127.0.0.1",
+      hubPort: hubFixture.tunnelPort,
+      edgeId,
+      secret,
+      bindAddress: "127.0.0.1",
+      hubCertFingerprint: hubFixture.fingerprint,
+      ...options.edgeExtra,
+    } as EdgeStartOptions);
+    await waitForEdgeReady(hubFixture.hub, edge, edgeId, options.readyPorts ?? listenPorts);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return {
+    hub: hubFixture.hub,
+    edge,
+    hubFixture,
+    tunnelPort: hubFixture.tunnelPort,
+    dataDir: hubFixture.dataDir,
+    fingerprint: hubFixture.fingerprint,
+    edgeId,
+    secret,
+    listenPorts,
+    allowedEdge,
+    stop,
+  };
+};

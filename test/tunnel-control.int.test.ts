@@ -1,0 +1,180 @@
+// Issue 2, control plane: authentication, pinning, hub restart, hot port changes, listener errors.
+import { once } from "node:events";
+import { createServer } from "node:net";
+import { describe, expect, it } from "vitest";
+import { RemoteIngressEdge, RemoteIngressHub, encodeConnectionToken } from "../src/index.js";
+import { connectTcp, echoRoundTrip, tryConnect } from "./helpers/client.js";
+import { freePort, freePorts } from "./helpers/ports.js";
+import { startEchoTarget } from "./helpers/targets.js";
+import { useTeardown } from "./helpers/teardown.js";
+import { startHub, startTunnel, waitForEdgeReady } from "./helpers/tunnel.js";
+import { nextEvent, recordEvents, waitFor } from "./helpers/wait.js";
+
+const teardown = useTeardown();
+
+/** An edge that must be stopped after the test. */
+const newEdge = (): RemoteIngressEdge => {
+  const edge = new RemoteIngressEdge();
+  teardown.add(() => edge.stop());
+  return edge;
+};
+
+/** Waits until the edge reports a failed connection attempt, and returns its status then. */
+const waitForRejection = async (edge: RemoteIngressEdge, what: string) =>
+  waitFor(
+    async () => {
+      const status = await edge.getStatus();
+      return !status.connected && status.lastError ? status : undefined;
+    },
+    { what, timeoutMs: 10_000 },
+  );
+
+describe("tunnel control plane", () => {
+  it("rejects an edge with a wrong secret: it never connects, its status says why, the hub emits no edgeConnected", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const [listenPort] = (await freePorts(1)) as [number];
+    const allowed = { id: "edge-1", secret: "the-right-secret", listenPorts: [listenPort], targets: { [listenPort]: target.address } };
+    const hub = teardown.track(await startHub({ edges: [allowed] }));
+    const connected = recordEvents(hub.hub, "edgeConnected");
+    teardown.add(connected.stop);
+
+    const edge = newEdge();
+    const edgeConnected = recordEvents(edge, "tunnelConnected");
+    await edge.start({ hubHost: "127.0.0.1", hubPort: hub.tunnelPort, edgeId: "edge-1", secret: "a-wrong-secret", bindAddress: "127.0.0.1", hubCertFingerprint: hub.fingerprint });
+
+    const status = await waitForRejection(edge, "edge reporting the auth failure");
+    expect(String(status.lastError)).toMatch(/auth/i);
+    expect((await edge.getStatus()).connected).toBe(false);
+    expect(edgeConnected.seen).toEqual([]);
+    expect(connected.seen).toEqual([]);
+    expect((await hub.hub.getStatus()).connectedEdges).toEqual([]);
+    expect(await tryConnect(listenPort)).toBe("ECONNREFUSED");
+
+    // Correcting the secret on the hub lets the retrying edge in without restarting it.
+    await hub.hub.updateAllowedEdges([{ ...allowed, secret: "a-wrong-secret" }]);
+    await waitForEdgeReady(hub.hub, edge, "edge-1", [listenPort], 40_000);
+    expect(connected.seen).toHaveLength(1);
+  });
+
+  it("an edge started from a token pins the hub: right fingerprint connects, wrong fingerprint is rejected", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const [goodPort, badPort] = (await freePorts(2)) as [number, number];
+    const hub = teardown.track(
+      await startHub({
+        edges: [
+          { id: "good", secret: "s-good", listenPorts: [goodPort], targets: { [goodPort]: target.address } },
+          { id: "bad", secret: "s-bad", listenPorts: [badPort], targets: { [badPort]: target.address } },
+        ],
+      }),
+    );
+    expect(hub.fingerprint).toMatch(/^[0-9a-f]{64}$/);
+    const connected = recordEvents<{ edgeId: string }>(hub.hub, "edgeConnected");
+    teardown.add(connected.stop);
+
+    const wrongFingerprint = hub.fingerprint.replace(/^./, (c) => (c === "0" ? "1" : "0"));
+    const bad = newEdge();
+    await bad.start({ token: encodeConnectionToken({ hubHost: "127.0.0.1", hubPort: hub.tunnelPort, edgeId: "bad", secret: "s-bad", hubCertFingerprint: wrongFingerprint }) });
+    const status = await waitForRejection(bad, "edge rejecting the hub's certificate");
+    expect(String(status.lastError)).toMatch(/fingerprint|certificate|pin/i);
+
+    const good = newEdge();
+    await good.start({ token: encodeConnectionToken({ hubHost: "127.0.0.1", hubPort: hub.tunnelPort, edgeId: "good", secret: "s-good", hubCertFingerprint: hub.fingerprint }) });
+    await waitForEdgeReady(hub.hub, good, "good", [goodPort]);
+    expect((await good.getStatus()).hubFingerprint).toBe(hub.fingerprint);
+    const client = await connectTcp(goodPort);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client);
+
+    expect((await bad.getStatus()).connected).toBe(false);
+    expect(connected.seen.map((e) => e.edgeId)).toEqual(["good"]);
+  });
+
+  it("the edge reconnects by itself to a hub restarted on the same port and data dir", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const port = tunnel.listenPorts[0] as number;
+    const before = await connectTcp(port);
+    teardown.add(() => before.destroy());
+    await echoRoundTrip(before);
+
+    const disconnected = nextEvent(tunnel.edge, "tunnelDisconnected");
+    await tunnel.hub.stop();
+    await disconnected;
+    await waitFor(async () => !(await tunnel.edge.getStatus()).connected, { what: "edge noticing the hub is gone" });
+
+    const hub = new RemoteIngressHub();
+    teardown.add(() => hub.stop());
+    await hub.start(tunnel.hubFixture.startOptions);
+    await hub.updateAllowedEdges([tunnel.allowedEdge]);
+    // The certificate lives in the data dir, so the pinned edge accepts the new hub.
+    expect((await hub.getStatus()).fingerprint).toBe(tunnel.fingerprint);
+
+    await waitForEdgeReady(hub, tunnel.edge, tunnel.edgeId, [port], 40_000);
+    const after = await connectTcp(port);
+    teardown.add(() => after.destroy());
+    await echoRoundTrip(after);
+    expect(target.errors).toEqual([]);
+  });
+
+  it("adds and removes listen ports at runtime while a stream on a kept port stays up", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }, { target: target.address }] }));
+    const [kept, removed] = tunnel.listenPorts as [number, number];
+    const added = await freePort();
+
+    const longLived = await connectTcp(kept);
+    teardown.add(() => longLived.destroy());
+    await echoRoundTrip(longLived);
+
+    const updated = nextEvent<{ listenPorts: number[]; added: number[]; removed: number[] }>(tunnel.edge, "portsUpdated");
+    await tunnel.hub.updateAllowedEdges([{ ...tunnel.allowedEdge, listenPorts: [kept, added], targets: { [kept]: target.address, [added]: target.address } }]);
+    const event = await updated;
+    expect([...event.listenPorts].sort()).toEqual([kept, added].sort());
+    expect(event.added).toEqual([added]);
+    expect(event.removed).toEqual([removed]);
+    await waitFor(async () => {
+      const ports = (await tunnel.edge.getStatus()).listenPorts;
+      return ports.includes(added) && !ports.includes(removed);
+    }, { what: "edge status with the new port set" });
+
+    const fresh = await connectTcp(added);
+    teardown.add(() => fresh.destroy());
+    await echoRoundTrip(fresh);
+    await waitFor(async () => (await tryConnect(removed)) === "ECONNREFUSED", { what: `port ${removed} refusing connections` });
+
+    await echoRoundTrip(longLived, Buffer.from("still here"));
+    expect(longLived.destroyed).toBe(false);
+    expect(target.errors).toEqual([]);
+  });
+
+  it("reports a listen port that is already in use and serves the other ports", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const blocker = createServer();
+    blocker.listen(0, "127.0.0.1");
+    await once(blocker, "listening");
+    teardown.add(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+    const busyPort = (blocker.address() as { port: number }).port;
+
+    const errors: Array<{ port: number; code: string }> = [];
+    const tunnel = teardown.track(
+      await startTunnel({
+        routes: [{ target: target.address, listenPort: busyPort }, { target: target.address }],
+        readyPorts: [],
+        beforeEdgeStart: (edge) => edge.on("listenerError", (e: { port: number; code: string }) => errors.push(e)),
+      }),
+    );
+    const freeListenPort = tunnel.listenPorts[1] as number;
+    await waitFor(() => errors.length > 0, { what: "listenerError event" });
+    expect(errors[0]).toMatchObject({ port: busyPort, code: "EADDRINUSE" });
+    const status = await waitFor(async () => {
+      const s = await tunnel.edge.getStatus();
+      return s.listenPorts.includes(freeListenPort) ? s : undefined;
+    }, { what: `edge listening on ${freeListenPort}` });
+    expect(status.listenerErrors).toEqual([expect.objectContaining({ port: busyPort, code: "EADDRINUSE" })]);
+    expect(status.listenPorts).not.toContain(busyPort);
+
+    const client = await connectTcp(freeListenPort);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client);
+  });
+});
