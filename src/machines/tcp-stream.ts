@@ -1,18 +1,10 @@
 import { assign, emit, setup } from "xstate";
+import type { EventData, StreamCloseReason } from "../events/catalog.js";
+import { fact, type Fact } from "./fact.js";
 
-/** Why a stream ended: the addon's reasons (docs/architecture.md) plus `hubRestarted` from recovery. */
-export type StreamCloseReason =
-  | "clientClosed"
-  | "targetClosed"
-  | "targetRefused"
-  | "timeout"
-  | "tunnelLost"
-  | "hubShutdown"
-  | "reset"
-  | "protocolError";
+export type { StreamCloseReason };
 
 export interface TcpStreamInput {
-  readonly side: "hub" | "edge";
   readonly edgeId: string;
   readonly sessionId: string;
   readonly streamId: number;
@@ -24,15 +16,16 @@ export interface TcpStreamInput {
   readonly closeGraceMs: number;
 }
 
-/** Events a stream consumes: the addon's `stream.*` events, and `policy.*` from the actor that owns the session. */
+/** The addon's `stream.*` events (docs/architecture.md) and `policy.*` from the actor that owns the session. */
 export type TcpStreamEvent =
   | { readonly type: "stream.opened"; readonly atMs: number; readonly target?: string | null }
+  /** One side sent FIN. Not in the addon's event list yet; accepted so the state exists when it is. */
   | { readonly type: "stream.halfClosed"; readonly atMs: number; readonly side: "client" | "target" }
   | {
       readonly type: "stream.closed";
       readonly atMs: number;
       readonly reason: StreamCloseReason;
-      readonly message?: string;
+      readonly message?: string | null;
       readonly bytesIn: number;
       readonly bytesOut: number;
       readonly durationMs: number;
@@ -40,45 +33,11 @@ export type TcpStreamEvent =
   | { readonly type: "policy.tunnelLost"; readonly atMs: number }
   | { readonly type: "policy.shutdown"; readonly atMs: number };
 
-/** Lifecycle facts a stream emits, one per transition; the actor layer appends them to the log. */
-export type TcpStreamFact =
-  | {
-      readonly type: "stream.opened";
-      readonly atMs: number;
-      readonly edgeId: string;
-      readonly sessionId: string;
-      readonly streamId: number;
-      readonly edgePort: number;
-      readonly clientAddr: string;
-      readonly target: string | null;
-    }
-  | {
-      readonly type: "stream.halfClosed";
-      readonly atMs: number;
-      readonly sessionId: string;
-      readonly streamId: number;
-      readonly side: "client" | "target";
-    }
-  | {
-      readonly type: "stream.closed";
-      readonly atMs: number;
-      readonly edgeId: string;
-      readonly sessionId: string;
-      readonly streamId: number;
-      readonly edgePort: number;
-      readonly clientAddr: string;
-      readonly target: string | null;
-      readonly reason: StreamCloseReason;
-      readonly message: string;
-      readonly bytesIn: number;
-      readonly bytesOut: number;
-      readonly durationMs: number;
-      /** False when the stream was closed without the addon's final counts (tunnel lost, no close seen). */
-      readonly bytesFinal: boolean;
-    };
+export type TcpStreamFact = Fact<"stream.opened"> | Fact<"stream.closed">;
+export type StreamClosedData = EventData<"stream.closed">;
 
 interface PendingClose {
-  readonly reason: StreamCloseReason;
+  readonly reason: "tunnelLost" | "hubShutdown";
   readonly atMs: number;
 }
 
@@ -86,53 +45,54 @@ export interface TcpStreamContext extends TcpStreamInput {
   readonly openedAtMs: number | null;
   readonly halfClosedBy: "client" | "target" | null;
   readonly pendingClose: PendingClose | null;
-  readonly closed: Extract<TcpStreamFact, { type: "stream.closed" }> | null;
+  readonly closedAtMs: number | null;
+  readonly closed: StreamClosedData | null;
 }
 
-export type TcpStreamOutput = Extract<TcpStreamFact, { type: "stream.closed" }>;
+/** The stream's final `stream.closed` data and when it happened. */
+export interface TcpStreamOutput {
+  readonly atMs: number;
+  readonly closed: StreamClosedData;
+}
 
 type ClosedEvent = Extract<TcpStreamEvent, { type: "stream.closed" }>;
 
-function closedFromAddon(context: TcpStreamContext, event: ClosedEvent): TcpStreamOutput {
-  return {
-    type: "stream.closed",
-    atMs: event.atMs,
-    edgeId: context.edgeId,
-    sessionId: context.sessionId,
-    streamId: context.streamId,
-    edgePort: context.edgePort,
-    clientAddr: context.clientAddr,
-    target: context.target,
-    reason: event.reason,
-    message: event.message ?? "",
-    bytesIn: event.bytesIn,
-    bytesOut: event.bytesOut,
-    durationMs: event.durationMs,
-    bytesFinal: true,
-  };
-}
+const closedByAddon = (context: TcpStreamContext, event: ClosedEvent): StreamClosedData => ({
+  edgePort: context.edgePort,
+  clientAddr: context.clientAddr,
+  target: context.target,
+  bytesIn: event.bytesIn,
+  bytesOut: event.bytesOut,
+  durationMs: event.durationMs,
+  reason: event.reason,
+  message: event.message ?? "",
+});
 
-function closedWithoutAddon(context: TcpStreamContext): TcpStreamOutput {
-  const pending = context.pendingClose ?? { reason: "tunnelLost" as const, atMs: context.openedAtMs ?? 0 };
-  // The grace timer started at pending.atMs, so that plus the grace is when the stream was given up on.
-  const atMs = pending.atMs + context.closeGraceMs;
+/** When the grace timer ran out: it started when the tunnel was lost. */
+const givenUpAt = (context: TcpStreamContext): number =>
+  (context.pendingClose?.atMs ?? context.openedAtMs ?? 0) + context.closeGraceMs;
+
+const closedWithoutAddon = (context: TcpStreamContext): StreamClosedData => {
+  const atMs = givenUpAt(context);
   return {
-    type: "stream.closed",
-    atMs,
-    edgeId: context.edgeId,
-    sessionId: context.sessionId,
-    streamId: context.streamId,
     edgePort: context.edgePort,
     clientAddr: context.clientAddr,
     target: context.target,
-    reason: pending.reason,
-    message: "the addon reported no close for this stream after its tunnel ended",
+    // The addon never reported this stream's counts; 0 is "unknown", the message says so.
     bytesIn: 0,
     bytesOut: 0,
     durationMs: context.openedAtMs === null ? 0 : Math.max(0, atMs - context.openedAtMs),
-    bytesFinal: false,
+    reason: context.pendingClose?.reason ?? "tunnelLost",
+    message: `no close from the addon within ${context.closeGraceMs} ms after the tunnel ended; byte counts unknown`,
   };
-}
+};
+
+const onTunnelGone = {
+  "policy.tunnelLost": { target: "closing", actions: "recordTunnelLost" },
+  "policy.shutdown": { target: "closing", actions: "recordShutdown" },
+} as const;
+
+const onAddonClose = { "stream.closed": { target: "closed", actions: "recordClosedByAddon" } } as const;
 
 export const tcpStreamMachine = setup({
   types: {
@@ -144,17 +104,19 @@ export const tcpStreamMachine = setup({
   },
   actions: {
     /** The one way a stream reports a lifecycle transition; tests replace it with `.provide()`. */
-    emit: emit((_, fact: TcpStreamFact) => fact),
+    emit: emit((_, f: TcpStreamFact) => f),
     recordOpened: assign(({ context, event }) =>
       event.type === "stream.opened"
         ? { openedAtMs: event.atMs, target: event.target === undefined ? context.target : event.target }
         : {},
     ),
+    recordHalfClose: assign(({ event }) => (event.type === "stream.halfClosed" ? { halfClosedBy: event.side } : {})),
     recordClosedByAddon: assign(({ context, event }) =>
-      event.type === "stream.closed" ? { closed: closedFromAddon(context, event) } : {},
+      event.type === "stream.closed" ? { closed: closedByAddon(context, event), closedAtMs: event.atMs } : {},
     ),
     recordTunnelLost: assign(({ event }) => ({ pendingClose: { reason: "tunnelLost" as const, atMs: event.atMs } })),
     recordShutdown: assign(({ event }) => ({ pendingClose: { reason: "hubShutdown" as const, atMs: event.atMs } })),
+    recordGivenUp: assign(({ context }) => ({ closed: closedWithoutAddon(context), closedAtMs: givenUpAt(context) })),
   },
   delays: {
     closeGrace: ({ context }) => context.closeGraceMs,
@@ -167,79 +129,53 @@ export const tcpStreamMachine = setup({
     openedAtMs: null,
     halfClosedBy: null,
     pendingClose: null,
+    closedAtMs: null,
     closed: null,
   }),
-  output: ({ context }) => context.closed ?? closedWithoutAddon(context),
+  output: ({ context }) => ({
+    atMs: context.closedAtMs ?? givenUpAt(context),
+    closed: context.closed ?? closedWithoutAddon(context),
+  }),
   states: {
     opening: {
       on: {
         "stream.opened": { target: "open", actions: "recordOpened" },
-        "stream.closed": { target: "closed", actions: "recordClosedByAddon" },
-        "policy.tunnelLost": { target: "closing", actions: "recordTunnelLost" },
-        "policy.shutdown": { target: "closing", actions: "recordShutdown" },
+        ...onAddonClose,
+        ...onTunnelGone,
       },
     },
     open: {
       entry: {
         type: "emit",
-        params: ({ context }) => ({
-          type: "stream.opened",
-          atMs: context.openedAtMs ?? 0,
-          edgeId: context.edgeId,
-          sessionId: context.sessionId,
-          streamId: context.streamId,
-          edgePort: context.edgePort,
-          clientAddr: context.clientAddr,
-          target: context.target,
-        }),
+        params: ({ context }) =>
+          fact("stream.opened", context.openedAtMs, {
+            edgePort: context.edgePort,
+            clientAddr: context.clientAddr,
+            target: context.target,
+          }),
       },
       on: {
-        "stream.halfClosed": {
-          target: "halfClosed",
-          actions: [
-            assign({ halfClosedBy: ({ event }) => event.side }),
-            {
-              type: "emit",
-              params: ({ context, event }) => ({
-                type: "stream.halfClosed",
-                atMs: event.atMs,
-                sessionId: context.sessionId,
-                streamId: context.streamId,
-                side: event.side,
-              }),
-            },
-          ],
-        },
-        "stream.closed": { target: "closed", actions: "recordClosedByAddon" },
-        "policy.tunnelLost": { target: "closing", actions: "recordTunnelLost" },
-        "policy.shutdown": { target: "closing", actions: "recordShutdown" },
+        // The catalog has no half-close event: a FIN is a detail of the stream, not a lifecycle fact to log.
+        "stream.halfClosed": { target: "halfClosed", actions: "recordHalfClose" },
+        ...onAddonClose,
+        ...onTunnelGone,
       },
     },
     halfClosed: {
-      on: {
-        "stream.closed": { target: "closed", actions: "recordClosedByAddon" },
-        "policy.tunnelLost": { target: "closing", actions: "recordTunnelLost" },
-        "policy.shutdown": { target: "closing", actions: "recordShutdown" },
-      },
+      on: { ...onAddonClose, ...onTunnelGone },
     },
     closing: {
-      // The tunnel is gone; the addon normally reports this stream's close with its byte counts, so wait a
-      // little for that before closing on our own.
-      on: {
-        "stream.closed": { target: "closed", actions: "recordClosedByAddon" },
-      },
-      after: {
-        closeGrace: {
-          target: "closed",
-          actions: assign({ closed: ({ context }) => closedWithoutAddon(context) }),
-        },
-      },
+      // The tunnel is gone. The addon normally still reports this stream's close with its byte counts, so
+      // wait a little for that before closing on our own.
+      on: onAddonClose,
+      after: { closeGrace: { target: "closed", actions: "recordGivenUp" } },
     },
     closed: {
       type: "final",
       entry: {
         type: "emit",
-        params: ({ context }) => context.closed ?? closedWithoutAddon(context),
+        params: ({ context }) =>
+          fact("stream.closed", context.closedAtMs ?? givenUpAt(context), context.closed ?? closedWithoutAddon(context)),
       },
     },
   },

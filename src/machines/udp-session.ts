@@ -1,13 +1,14 @@
 import { assign, emit, setup } from "xstate";
+import type { EventData, UdpCloseReason } from "../events/catalog.js";
+import { fact, type Fact } from "./fact.js";
 
-/** Why a UDP session ended. `expired` is ours (idle past the expiry); the rest come from the tunnel's life. */
-export type UdpCloseReason = "expired" | "closed" | "tunnelLost" | "hubShutdown";
+export type { UdpCloseReason };
 
 export interface UdpSessionInput {
   readonly edgeId: string;
   readonly sessionId: string;
-  /** Identifies one client's flow through one edge port, e.g. `"53/198.51.100.7:40000"`. */
-  readonly flowId: string;
+  /** The UDP session's id within the tunnel session (the envelope's `streamId`). */
+  readonly udpId: string;
   readonly edgePort: number;
   readonly clientAddr: string;
   readonly target: string | null;
@@ -18,74 +19,63 @@ export interface UdpSessionInput {
   readonly expireAfterMs: number;
 }
 
+/** Addon-side reasons a UDP session can end (expiry and recovery are decided in TypeScript). */
+export type UdpAddonCloseReason = Extract<UdpCloseReason, "targetUnreachable" | "protocolError" | "tunnelLost" | "hubShutdown">;
+
 /** Activity arrives as per-batch deltas, never per datagram. */
 export type UdpSessionEvent =
-  | { readonly type: "udp.activity"; readonly atMs: number; readonly bytesIn: number; readonly bytesOut: number }
-  | { readonly type: "udp.closed"; readonly atMs: number; readonly message?: string }
+  | {
+      readonly type: "udp.activity";
+      readonly atMs: number;
+      readonly bytesIn: number;
+      readonly bytesOut: number;
+      readonly datagramsIn: number;
+      readonly datagramsOut: number;
+    }
+  | { readonly type: "udp.closed"; readonly atMs: number; readonly reason: UdpAddonCloseReason; readonly message?: string | null }
   | { readonly type: "policy.tunnelLost"; readonly atMs: number }
   | { readonly type: "policy.shutdown"; readonly atMs: number };
 
-interface UdpFlowKey {
-  readonly edgeId: string;
-  readonly sessionId: string;
-  readonly flowId: string;
-}
-
-export type UdpSessionFact =
-  | (UdpFlowKey & {
-      readonly type: "udp.opened";
-      readonly atMs: number;
-      readonly edgePort: number;
-      readonly clientAddr: string;
-      readonly target: string | null;
-    })
-  | (UdpFlowKey & { readonly type: "udp.idle"; readonly atMs: number })
-  | (UdpFlowKey & { readonly type: "udp.resumed"; readonly atMs: number })
-  | (UdpFlowKey & {
-      readonly type: "udp.closed";
-      readonly atMs: number;
-      readonly reason: UdpCloseReason;
-      readonly message: string;
-      readonly bytesIn: number;
-      readonly bytesOut: number;
-      readonly durationMs: number;
-    });
+export type UdpSessionFact = Fact<"udp.opened"> | Fact<"udp.expired"> | Fact<"udp.closed">;
+export type UdpClosedData = EventData<"udp.closed">;
 
 export interface UdpSessionContext extends UdpSessionInput {
   readonly openedAtMs: number;
   readonly lastActivityAtMs: number;
   readonly bytesIn: number;
   readonly bytesOut: number;
+  readonly datagramsIn: number;
+  readonly datagramsOut: number;
   readonly closeReason: UdpCloseReason | null;
   readonly closedAtMs: number | null;
   readonly closeMessage: string;
 }
 
-export type UdpSessionOutput = Extract<UdpSessionFact, { type: "udp.closed" }>;
-
-function flowKey(context: UdpSessionContext): UdpFlowKey {
-  return { edgeId: context.edgeId, sessionId: context.sessionId, flowId: context.flowId };
+export interface UdpSessionOutput {
+  readonly atMs: number;
+  readonly closed: UdpClosedData;
 }
 
-function closedFact(context: UdpSessionContext): UdpSessionOutput {
-  const atMs = context.closedAtMs ?? context.lastActivityAtMs;
-  return {
-    ...flowKey(context),
-    type: "udp.closed",
-    atMs,
-    reason: context.closeReason ?? "closed",
-    message: context.closeMessage,
-    bytesIn: context.bytesIn,
-    bytesOut: context.bytesOut,
-    durationMs: Math.max(0, atMs - context.openedAtMs),
-  };
-}
+const closedAt = (context: UdpSessionContext): number => context.closedAtMs ?? context.lastActivityAtMs;
 
-const closeOn = (reason: Exclude<UdpCloseReason, "expired">) =>
+const closedData = (context: UdpSessionContext): UdpClosedData => ({
+  edgePort: context.edgePort,
+  clientAddr: context.clientAddr,
+  target: context.target,
+  bytesIn: context.bytesIn,
+  bytesOut: context.bytesOut,
+  datagramsIn: context.datagramsIn,
+  datagramsOut: context.datagramsOut,
+  durationMs: Math.max(0, closedAt(context) - context.openedAtMs),
+  reason: context.closeReason ?? "expired",
+  message: context.closeMessage,
+});
+
+const closeOn = (reason: "tunnelLost" | "hubShutdown") =>
   assign<UdpSessionContext, UdpSessionEvent, undefined, UdpSessionEvent, never>(({ event }) => ({
     closeReason: reason,
     closedAtMs: event.atMs,
-    closeMessage: event.type === "udp.closed" ? (event.message ?? "") : "",
+    closeMessage: "",
   }));
 
 export const udpSessionMachine = setup({
@@ -98,17 +88,23 @@ export const udpSessionMachine = setup({
   },
   actions: {
     /** The one way a UDP session reports a lifecycle transition; tests replace it with `.provide()`. */
-    emit: emit((_, fact: UdpSessionFact) => fact),
+    emit: emit((_, f: UdpSessionFact) => f),
     recordActivity: assign(({ context, event }) =>
       event.type === "udp.activity"
         ? {
             lastActivityAtMs: Math.max(context.lastActivityAtMs, event.atMs),
             bytesIn: context.bytesIn + event.bytesIn,
             bytesOut: context.bytesOut + event.bytesOut,
+            datagramsIn: context.datagramsIn + event.datagramsIn,
+            datagramsOut: context.datagramsOut + event.datagramsOut,
           }
         : {},
     ),
-    closeByAddon: closeOn("closed"),
+    closeByAddon: assign(({ event }) =>
+      event.type === "udp.closed"
+        ? { closeReason: event.reason, closedAtMs: event.atMs, closeMessage: event.message ?? "" }
+        : {},
+    ),
     closeByTunnelLoss: closeOn("tunnelLost"),
     closeByShutdown: closeOn("hubShutdown"),
     recordExpiry: assign(({ context }) => ({
@@ -131,22 +127,22 @@ export const udpSessionMachine = setup({
     lastActivityAtMs: input.atMs,
     bytesIn: 0,
     bytesOut: 0,
+    datagramsIn: 0,
+    datagramsOut: 0,
     closeReason: null,
     closedAtMs: null,
     closeMessage: "",
   }),
   entry: {
     type: "emit",
-    params: ({ context }) => ({
-      ...flowKey(context),
-      type: "udp.opened",
-      atMs: context.openedAtMs,
-      edgePort: context.edgePort,
-      clientAddr: context.clientAddr,
-      target: context.target,
-    }),
+    params: ({ context }) =>
+      fact("udp.opened", context.openedAtMs, {
+        edgePort: context.edgePort,
+        clientAddr: context.clientAddr,
+        target: context.target,
+      }),
   },
-  output: ({ context }) => closedFact(context),
+  output: ({ context }) => ({ atMs: closedAt(context), closed: closedData(context) }),
   on: {
     "udp.closed": { target: ".closed", actions: "closeByAddon" },
     "policy.tunnelLost": { target: ".closed", actions: "closeByTunnelLoss" },
@@ -161,32 +157,24 @@ export const udpSessionMachine = setup({
       after: { idleAfter: "idle" },
     },
     idle: {
-      entry: {
-        type: "emit",
-        params: ({ context }) => ({
-          ...flowKey(context),
-          type: "udp.idle",
-          atMs: context.lastActivityAtMs + context.idleAfterMs,
-        }),
-      },
-      on: {
-        "udp.activity": {
-          target: "active",
-          actions: [
-            "recordActivity",
-            { type: "emit", params: ({ context, event }) => ({ ...flowKey(context), type: "udp.resumed", atMs: event.atMs }) },
-          ],
-        },
-      },
+      // Idle and resumed are not logged: the catalog records a UDP session's expiry, not its quiet spells.
+      on: { "udp.activity": { target: "active", actions: "recordActivity" } },
       after: { expireAfter: { target: "expired", actions: "recordExpiry" } },
     },
     expired: {
       type: "final",
-      entry: { type: "emit", params: ({ context }) => closedFact(context) },
+      entry: [
+        {
+          type: "emit",
+          params: ({ context }) =>
+            fact("udp.expired", closedAt(context), { idleMs: context.idleAfterMs + context.expireAfterMs }),
+        },
+        { type: "emit", params: ({ context }) => fact("udp.closed", closedAt(context), closedData(context)) },
+      ],
     },
     closed: {
       type: "final",
-      entry: { type: "emit", params: ({ context }) => closedFact(context) },
+      entry: { type: "emit", params: ({ context }) => fact("udp.closed", closedAt(context), closedData(context)) },
     },
   },
 });

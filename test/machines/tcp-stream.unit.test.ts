@@ -8,7 +8,6 @@ import {
 } from "../../src/machines/tcp-stream.js";
 
 const input: TcpStreamInput = {
-  side: "hub",
   edgeId: "e1",
   sessionId: "s1",
   streamId: 7,
@@ -37,10 +36,24 @@ describe("tcpStreamMachine", () => {
     expect(actor.getSnapshot().value).toBe("open");
     actor.send(closedBy("clientClosed"));
     expect(actor.getSnapshot().status).toBe("done");
-    expect(facts.map((f) => f.type)).toEqual(["stream.opened", "stream.closed"]);
-    expect(facts[0]).toMatchObject({ atMs: 1_000, edgeId: "e1", sessionId: "s1", streamId: 7, target: "10.0.0.5:8080" });
-    expect(facts[1]).toMatchObject({ reason: "clientClosed", bytesIn: 120, bytesOut: 4_096, durationMs: 500, bytesFinal: true });
-    expect(actor.getSnapshot().output).toEqual(facts[1]);
+    expect(facts).toEqual([
+      { type: "stream.opened", time: 1_000, data: { edgePort: 80, clientAddr: "203.0.113.9:51000", target: "10.0.0.5:8080" } },
+      {
+        type: "stream.closed",
+        time: 1_500,
+        data: {
+          edgePort: 80,
+          clientAddr: "203.0.113.9:51000",
+          target: "10.0.0.5:8080",
+          bytesIn: 120,
+          bytesOut: 4_096,
+          durationMs: 500,
+          reason: "clientClosed",
+          message: "",
+        },
+      },
+    ]);
+    expect(actor.getSnapshot().output).toEqual({ atMs: 1_500, closed: facts[1]?.data });
   });
 
   it.each<StreamCloseReason>(["clientClosed", "targetClosed", "timeout", "tunnelLost", "hubShutdown", "reset", "protocolError"])(
@@ -49,7 +62,7 @@ describe("tcpStreamMachine", () => {
       const { actor, facts } = start();
       actor.send({ type: "stream.opened", atMs: 1_000 });
       actor.send(closedBy(reason));
-      expect(facts.at(-1)).toMatchObject({ type: "stream.closed", reason });
+      expect(facts.at(-1)).toMatchObject({ type: "stream.closed", data: { reason } });
       expect(facts.filter((f) => f.type === "stream.closed")).toHaveLength(1);
     },
   );
@@ -58,7 +71,7 @@ describe("tcpStreamMachine", () => {
     const { actor, facts } = start();
     actor.send(closedBy("targetRefused"));
     expect(actor.getSnapshot().status).toBe("done");
-    expect(facts).toEqual([expect.objectContaining({ type: "stream.closed", reason: "targetRefused" })]);
+    expect(facts).toEqual([expect.objectContaining({ type: "stream.closed", data: expect.objectContaining({ reason: "targetRefused" }) })]);
   });
 
   it("goes half-closed on one side's FIN and closes from there", () => {
@@ -68,8 +81,16 @@ describe("tcpStreamMachine", () => {
     expect(actor.getSnapshot().value).toBe("halfClosed");
     expect(actor.getSnapshot().context.halfClosedBy).toBe("client");
     actor.send(closedBy("targetClosed"));
-    expect(facts.map((f) => f.type)).toEqual(["stream.opened", "stream.halfClosed", "stream.closed"]);
-    expect(facts[1]).toMatchObject({ side: "client", atMs: 1_200 });
+    expect(facts.map((f) => f.type)).toEqual(["stream.opened", "stream.closed"]);
+    expect(facts[1]?.data).toMatchObject({ reason: "targetClosed" });
+  });
+
+  it("takes the target from stream.opened when the input did not know it", () => {
+    const facts: TcpStreamFact[] = [];
+    const machine = tcpStreamMachine.provide({ actions: { emit: (_, fact) => void facts.push(fact) } });
+    const actor = createActor(machine, { input: { ...input, target: null } }).start();
+    actor.send({ type: "stream.opened", atMs: 1, target: "10.0.0.9:22" });
+    expect(facts[0]?.data).toMatchObject({ target: "10.0.0.9:22" });
   });
 
   it("uses the addon's close when it arrives within the grace after the tunnel is lost", () => {
@@ -79,7 +100,7 @@ describe("tcpStreamMachine", () => {
     expect(actor.getSnapshot().value).toBe("closing");
     clock.increment(999);
     actor.send(closedBy("tunnelLost", 2_001));
-    expect(facts.at(-1)).toMatchObject({ reason: "tunnelLost", bytesIn: 120, bytesFinal: true });
+    expect(facts.at(-1)).toMatchObject({ time: 2_001, data: { reason: "tunnelLost", bytesIn: 120 } });
     clock.increment(10_000);
     expect(facts.filter((f) => f.type === "stream.closed")).toHaveLength(1);
   });
@@ -95,18 +116,24 @@ describe("tcpStreamMachine", () => {
     expect(actor.getSnapshot().status).toBe("done");
     expect(facts.at(-1)).toMatchObject({
       type: "stream.closed",
-      reason: "tunnelLost",
-      atMs: 3_000,
-      durationMs: 2_000,
-      bytesFinal: false,
+      time: 3_000,
+      data: { reason: "tunnelLost", durationMs: 2_000, bytesIn: 0, bytesOut: 0 },
     });
+    const last = facts.at(-1);
+    expect(last?.type === "stream.closed" && last.data.message).toMatch(/byte counts unknown/);
   });
 
   it("closes with hubShutdown when the hub drains, from opening too", () => {
     const { actor, facts, clock } = start();
     actor.send({ type: "policy.shutdown", atMs: 5_000 });
     clock.increment(1_000);
-    expect(facts).toEqual([expect.objectContaining({ type: "stream.closed", reason: "hubShutdown", durationMs: 0 })]);
+    expect(facts).toEqual([
+      expect.objectContaining({
+        type: "stream.closed",
+        time: 6_000,
+        data: expect.objectContaining({ reason: "hubShutdown", durationMs: 0 }),
+      }),
+    ]);
   });
 
   it("ignores events after it closed", () => {
@@ -120,8 +147,8 @@ describe("tcpStreamMachine", () => {
 
   it("emits through xstate's emitter when nothing is provided", () => {
     const seen: string[] = [];
-    const actor = createActor(tcpStreamMachine, { input: { ...input, side: "edge", target: null } });
-    actor.on("*", (fact) => void seen.push(`${fact.type}:${fact.type === "stream.closed" ? fact.reason : ""}`));
+    const actor = createActor(tcpStreamMachine, { input: { ...input, target: null } });
+    actor.on("*", (fact) => void seen.push(`${fact.type}:${fact.type === "stream.closed" ? fact.data.reason : ""}`));
     actor.start();
     actor.send({ type: "stream.opened", atMs: 1 });
     actor.send(closedBy("reset"));

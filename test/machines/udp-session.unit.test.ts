@@ -5,7 +5,7 @@ import { udpSessionMachine, type UdpSessionFact, type UdpSessionInput } from "..
 const input: UdpSessionInput = {
   edgeId: "e1",
   sessionId: "s1",
-  flowId: "53/198.51.100.7:40000",
+  udpId: "u1",
   edgePort: 53,
   clientAddr: "198.51.100.7:40000",
   target: "10.0.0.53:53",
@@ -23,11 +23,16 @@ function start() {
   return { actor, facts, clock };
 }
 
+const activity = (atMs: number, bytesIn: number, bytesOut: number) =>
+  ({ type: "udp.activity", atMs, bytesIn, bytesOut, datagramsIn: 1, datagramsOut: 1 }) as const;
+
 describe("udpSessionMachine", () => {
   it("starts active and reports its opening", () => {
     const { actor, facts } = start();
     expect(actor.getSnapshot().value).toBe("active");
-    expect(facts).toEqual([expect.objectContaining({ type: "udp.opened", atMs: 10_000, flowId: input.flowId, target: "10.0.0.53:53" })]);
+    expect(facts).toEqual([
+      { type: "udp.opened", time: 10_000, data: { edgePort: 53, clientAddr: "198.51.100.7:40000", target: "10.0.0.53:53" } },
+    ]);
   });
 
   it("goes idle after the idle delay, then expires after the expiry delay, with the simulated clock", () => {
@@ -41,59 +46,77 @@ describe("udpSessionMachine", () => {
     clock.increment(1);
     expect(actor.getSnapshot().value).toBe("expired");
     expect(actor.getSnapshot().status).toBe("done");
-    expect(facts.map((f) => f.type)).toEqual(["udp.opened", "udp.idle", "udp.closed"]);
-    expect(facts[1]).toMatchObject({ atMs: 40_000 });
-    expect(facts[2]).toMatchObject({ reason: "expired", atMs: 100_000, durationMs: 90_000 });
+    expect(facts.map((f) => f.type)).toEqual(["udp.opened", "udp.expired", "udp.closed"]);
+    expect(facts[1]).toEqual({ type: "udp.expired", time: 100_000, data: { idleMs: 90_000 } });
+    expect(facts[2]).toMatchObject({ time: 100_000, data: { reason: "expired", durationMs: 90_000, bytesIn: 0 } });
   });
 
-  it("activity restarts the idle timer and adds up the bytes", () => {
+  it("activity restarts the idle timer and adds up bytes and datagrams", () => {
     const { actor, facts, clock } = start();
     clock.increment(20_000);
-    actor.send({ type: "udp.activity", atMs: 30_000, bytesIn: 100, bytesOut: 400 });
+    actor.send(activity(30_000, 100, 400));
     clock.increment(20_000);
     expect(actor.getSnapshot().value).toBe("active");
-    actor.send({ type: "udp.activity", atMs: 50_000, bytesIn: 50, bytesOut: 0 });
+    actor.send(activity(50_000, 50, 0));
     clock.increment(30_000);
     expect(actor.getSnapshot().value).toBe("idle");
-    expect(actor.getSnapshot().context).toMatchObject({ bytesIn: 150, bytesOut: 400, lastActivityAtMs: 50_000 });
-    expect(facts.at(-1)).toMatchObject({ type: "udp.idle", atMs: 80_000 });
+    expect(actor.getSnapshot().context).toMatchObject({
+      bytesIn: 150,
+      bytesOut: 400,
+      datagramsIn: 2,
+      datagramsOut: 2,
+      lastActivityAtMs: 50_000,
+    });
+    clock.increment(60_000);
+    expect(facts.at(-1)).toMatchObject({
+      type: "udp.closed",
+      time: 140_000,
+      data: { reason: "expired", bytesIn: 150, bytesOut: 400, datagramsIn: 2, durationMs: 130_000 },
+    });
   });
 
   it("resumes from idle on activity and does not expire on the old timer", () => {
     const { actor, facts, clock } = start();
     clock.increment(30_000);
-    actor.send({ type: "udp.activity", atMs: 45_000, bytesIn: 1, bytesOut: 1 });
+    expect(actor.getSnapshot().value).toBe("idle");
+    actor.send(activity(40_000, 1, 1));
     expect(actor.getSnapshot().value).toBe("active");
-    clock.increment(60_000 - 15_000);
+    clock.increment(59_999);
     expect(actor.getSnapshot().status).toBe("active");
-    expect(facts.map((f) => f.type)).toEqual(["udp.opened", "udp.idle", "udp.resumed", "udp.idle"]);
-    expect(facts[2]).toMatchObject({ atMs: 45_000 });
+    expect(actor.getSnapshot().value).toBe("idle");
+    expect(facts.map((f) => f.type)).toEqual(["udp.opened"]);
   });
 
   it.each([
-    ["udp.closed", "closed"],
-    ["policy.tunnelLost", "tunnelLost"],
-    ["policy.shutdown", "hubShutdown"],
-  ] as const)("%s closes it with reason %s, from active or idle", (type, reason) => {
+    [{ type: "udp.closed", atMs: 50_000, reason: "targetUnreachable", message: "ICMP port unreachable" }, "targetUnreachable"],
+    [{ type: "udp.closed", atMs: 50_000, reason: "protocolError" }, "protocolError"],
+    [{ type: "policy.tunnelLost", atMs: 50_000 }, "tunnelLost"],
+    [{ type: "policy.shutdown", atMs: 50_000 }, "hubShutdown"],
+  ] as const)("%o closes it with reason %s, from active or idle", (event, reason) => {
     for (const idleFirst of [false, true]) {
       const { actor, facts, clock } = start();
-      actor.send({ type: "udp.activity", atMs: 11_000, bytesIn: 7, bytesOut: 9 });
+      actor.send(activity(11_000, 7, 9));
       if (idleFirst) clock.increment(30_000);
-      actor.send({ type, atMs: 50_000 });
+      expect(actor.getSnapshot().value).toBe(idleFirst ? "idle" : "active");
+      actor.send(event);
       expect(actor.getSnapshot().value).toBe("closed");
       expect(facts.at(-1)).toEqual({
         type: "udp.closed",
-        edgeId: "e1",
-        sessionId: "s1",
-        flowId: input.flowId,
-        atMs: 50_000,
-        reason,
-        message: "",
-        bytesIn: 7,
-        bytesOut: 9,
-        durationMs: 40_000,
+        time: 50_000,
+        data: {
+          edgePort: 53,
+          clientAddr: "198.51.100.7:40000",
+          target: "10.0.0.53:53",
+          reason,
+          message: "message" in event ? event.message : "",
+          bytesIn: 7,
+          bytesOut: 9,
+          datagramsIn: 1,
+          datagramsOut: 1,
+          durationMs: 40_000,
+        },
       });
-      expect(actor.getSnapshot().output).toEqual(facts.at(-1));
+      expect(actor.getSnapshot().output).toEqual({ atMs: 50_000, closed: facts.at(-1)?.data });
       clock.increment(1_000_000);
       expect(facts.filter((f) => f.type === "udp.closed")).toHaveLength(1);
     }
