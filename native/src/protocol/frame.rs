@@ -246,18 +246,39 @@ fn decode_port_list(
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Open { stream_id: u32, open: StreamOpen },
-    Data { stream_id: u32, data: Bytes },
+    Open {
+        stream_id: u32,
+        open: StreamOpen,
+    },
+    Data {
+        stream_id: u32,
+        data: Bytes,
+    },
     /// Sender will send no more data on this stream (TCP FIN); the other direction stays open.
-    Fin { stream_id: u32 },
+    Fin {
+        stream_id: u32,
+    },
     /// Stream is over in both directions.
-    Close { stream_id: u32, reason: CloseReason },
+    Close {
+        stream_id: u32,
+        reason: CloseReason,
+    },
     /// Grants `credit` more bytes of DATA to the peer on this stream.
-    Window { stream_id: u32, credit: u32 },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Window {
+        stream_id: u32,
+        credit: u32,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
     Config(EdgeConfig),
-    GoAway { reason: GoAwayReason, message: String },
+    GoAway {
+        reason: GoAwayReason,
+        message: String,
+    },
 }
 
 impl Frame {
@@ -296,7 +317,8 @@ impl Frame {
 
     /// Checks what the decoder would reject that the types allow: stream id rules and limits.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        let kind = kind_of(self.type_code()).ok_or(ProtocolError::UnknownFrameType(0))?;
+        let kind =
+            kind_of(self.type_code()).ok_or(ProtocolError::UnknownFrameType(self.type_code()))?;
         kind.check_stream_id(self.stream_id())?;
         match self {
             Self::Data { data, .. } if data.len() > MAX_FRAME_PAYLOAD => {
@@ -656,7 +678,11 @@ fn parse_payload(frame_type: u8, stream_id: u32, payload: &[u8]) -> Result<Frame
     Ok(frame)
 }
 
-pub(crate) fn take_u8(buf: &mut &[u8], frame: &'static str, what: &str) -> Result<u8, ProtocolError> {
+pub(crate) fn take_u8(
+    buf: &mut &[u8],
+    frame: &'static str,
+    what: &str,
+) -> Result<u8, ProtocolError> {
     if buf.remaining() < 1 {
         return Err(malformed(frame, format!("{what} truncated")));
     }
@@ -685,7 +711,11 @@ pub(crate) fn take_u32(
     Ok(buf.get_u32())
 }
 
-fn take_addr(buf: &mut &[u8], frame: &'static str, what: &str) -> Result<SocketAddr, ProtocolError> {
+fn take_addr(
+    buf: &mut &[u8],
+    frame: &'static str,
+    what: &str,
+) -> Result<SocketAddr, ProtocolError> {
     let family = take_u8(buf, frame, what)?;
     let ip = match family {
         ADDR_FAMILY_V4 => {
@@ -713,4 +743,546 @@ fn take_addr(buf: &mut &[u8], frame: &'static str, what: &str) -> Result<SocketA
     };
     let port = take_u16(buf, frame, what)?;
     Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Open {
+                stream_id: 1,
+                open: StreamOpen {
+                    edge_port: 443,
+                    client: addr("203.0.113.7:51234"),
+                    edge_local: addr("198.51.100.1:443"),
+                },
+            },
+            Frame::Open {
+                stream_id: u32::MAX,
+                open: StreamOpen {
+                    edge_port: 80,
+                    client: addr("[2001:db8::7]:40000"),
+                    edge_local: addr("[2001:db8::1]:80"),
+                },
+            },
+            Frame::Open {
+                stream_id: 3,
+                open: StreamOpen {
+                    edge_port: 22,
+                    client: addr("10.0.0.9:1"),
+                    edge_local: addr("[::1]:22"),
+                },
+            },
+            Frame::Data {
+                stream_id: 1,
+                data: Bytes::from_static(b"hello world"),
+            },
+            Frame::Data {
+                stream_id: 2,
+                data: Bytes::new(),
+            },
+            Frame::Data {
+                stream_id: 7,
+                data: Bytes::from(vec![0xab; MAX_DATA_CHUNK]),
+            },
+            Frame::Fin { stream_id: 1 },
+            Frame::Window {
+                stream_id: 1,
+                credit: 65536,
+            },
+            Frame::Ping { nonce: 0 },
+            Frame::Pong {
+                nonce: u64::MAX - 5,
+            },
+            Frame::Config(EdgeConfig::default()),
+            Frame::Config(EdgeConfig {
+                listen_ports: vec![80, 443, 8080],
+                listen_ports_udp: vec![53],
+                stun_interval_secs: 300,
+            }),
+        ]
+        .into_iter()
+        .chain(CloseReason::ALL.map(|reason| Frame::Close {
+            stream_id: 9,
+            reason,
+        }))
+        .chain(GoAwayReason::ALL.map(|reason| Frame::GoAway {
+            reason,
+            message: format!("bye: {reason} ✓"),
+        }))
+        .chain([Frame::GoAway {
+            reason: GoAwayReason::Revoked,
+            message: String::new(),
+        }])
+        .collect()
+    }
+
+    fn encode(frame: &Frame) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_frame(frame, &mut out);
+        out
+    }
+
+    fn decode_one(bytes: &[u8]) -> Result<Option<Frame>, ProtocolError> {
+        FrameDecoder::default().decode(&mut BytesMut::from(bytes))
+    }
+
+    fn raw(frame_type: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![frame_type];
+        v.extend_from_slice(&stream_id.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for frame in all_frames() {
+            let mut buf = encode(&frame);
+            let len = buf.len();
+            assert_eq!(
+                u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize,
+                len - FRAME_HEADER_LEN
+            );
+            let decoded = FrameDecoder::default().decode(&mut buf);
+            assert_eq!(decoded, Ok(Some(frame.clone())), "{frame:?}");
+            assert!(buf.is_empty(), "{frame:?} left {} bytes", buf.len());
+            assert_eq!(frame.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn header_layout_is_type_stream_length() {
+        let bytes = encode(&Frame::Window {
+            stream_id: 0x0102_0304,
+            credit: 0x0a0b_0c0d,
+        });
+        assert_eq!(
+            &bytes[..],
+            &[0x05, 1, 2, 3, 4, 0, 0, 0, 4, 0x0a, 0x0b, 0x0c, 0x0d]
+        );
+        let open = encode(&Frame::Open {
+            stream_id: 1,
+            open: StreamOpen {
+                edge_port: 443,
+                client: addr("1.2.3.4:1111"),
+                edge_local: addr("5.6.7.8:443"),
+            },
+        });
+        let expected: Vec<u8> = [
+            &[0x01, 0, 0, 0, 1, 0, 0, 0, 16][..],
+            &[0x01, 0xbb],
+            &[4, 1, 2, 3, 4, 0x04, 0x57],
+            &[4, 5, 6, 7, 8, 0x01, 0xbb],
+        ]
+        .concat();
+        assert_eq!(&open[..], &expected[..]);
+    }
+
+    #[test]
+    fn data_header_matches_encoded_data_frame() {
+        let payload = Bytes::from_static(b"zero-copy");
+        let mut out = BytesMut::new();
+        encode_data_header(42, payload.len(), &mut out);
+        assert_eq!(&out[..], &data_header(42, payload.len())[..]);
+        out.extend_from_slice(&payload);
+        assert_eq!(
+            out,
+            encode(&Frame::Data {
+                stream_id: 42,
+                data: payload
+            })
+        );
+    }
+
+    #[test]
+    fn decoded_data_shares_the_read_buffer() {
+        let mut buf = encode(&Frame::Data {
+            stream_id: 5,
+            data: Bytes::from_static(b"abcdef"),
+        });
+        let payload_ptr = buf[FRAME_HEADER_LEN..].as_ptr();
+        let Ok(Some(Frame::Data { data, .. })) = FrameDecoder::default().decode(&mut buf) else {
+            panic!("expected Data");
+        };
+        assert_eq!(data.as_ptr(), payload_ptr);
+    }
+
+    #[test]
+    fn byte_at_a_time_yields_the_same_frames() {
+        let frames = all_frames();
+        let mut wire = BytesMut::new();
+        for frame in &frames {
+            encode_frame(frame, &mut wire);
+        }
+        let mut decoder = FrameDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in wire.iter() {
+            buf.put_u8(*byte);
+            while let Some(frame) = decoder.decode(&mut buf).expect("valid stream") {
+                decoded.push(frame);
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn truncated_input_needs_more_bytes() {
+        for frame in all_frames() {
+            let bytes = encode(&frame);
+            for cut in 0..bytes.len() {
+                let mut buf = BytesMut::from(&bytes[..cut]);
+                assert_eq!(FrameDecoder::default().decode(&mut buf), Ok(None));
+                assert_eq!(buf.len(), cut, "nothing consumed from a partial frame");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_from_the_header_alone() {
+        let header = [frame_type::DATA, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff];
+        let mut buf = BytesMut::from(&header[..]);
+        let capacity_before = buf.capacity();
+        assert_eq!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(ProtocolError::PayloadTooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_PAYLOAD
+            })
+        );
+        assert_eq!(
+            buf.capacity(),
+            capacity_before,
+            "no allocation for the body"
+        );
+
+        let just_over = raw(frame_type::DATA, 1, &[0; 17]);
+        assert_eq!(
+            FrameDecoder::new(16).decode(&mut BytesMut::from(&just_over[..])),
+            Err(ProtocolError::PayloadTooLarge { len: 17, max: 16 })
+        );
+        let at_limit = raw(frame_type::DATA, 1, &[0; 16]);
+        assert!(matches!(
+            FrameDecoder::new(16).decode(&mut BytesMut::from(&at_limit[..])),
+            Ok(Some(Frame::Data { .. }))
+        ));
+    }
+
+    #[test]
+    fn stream_frames_need_a_stream_and_connection_frames_need_zero() {
+        for t in [
+            frame_type::OPEN,
+            frame_type::DATA,
+            frame_type::FIN,
+            frame_type::CLOSE,
+            frame_type::WINDOW,
+        ] {
+            let err = decode_one(&raw(t, 0, &[])).expect_err("stream id 0");
+            assert!(
+                matches!(
+                    err,
+                    ProtocolError::BadStreamId {
+                        got: 0,
+                        expected: "non-zero",
+                        ..
+                    }
+                ),
+                "type {t}: {err}"
+            );
+        }
+        for t in [
+            frame_type::PING,
+            frame_type::PONG,
+            frame_type::CONFIG,
+            frame_type::GOAWAY,
+        ] {
+            let err = decode_one(&raw(t, 3, &[])).expect_err("stream id 3");
+            assert!(
+                matches!(
+                    err,
+                    ProtocolError::BadStreamId {
+                        got: 3,
+                        expected: "0",
+                        ..
+                    }
+                ),
+                "type {t}: {err}"
+            );
+        }
+        assert!(Frame::Fin { stream_id: 0 }.validate().is_err());
+    }
+
+    #[test]
+    fn fixed_size_frames_must_have_exactly_their_size() {
+        let cases: [(u8, u32, usize); 6] = [
+            (frame_type::FIN, 1, 1),
+            (frame_type::CLOSE, 1, 2),
+            (frame_type::CLOSE, 1, 0),
+            (frame_type::WINDOW, 1, 3),
+            (frame_type::PING, 0, 9),
+            (frame_type::PONG, 0, 7),
+        ];
+        for (t, sid, len) in cases {
+            // Only the header: the size is rejected before the body arrives.
+            let mut frame = raw(t, sid, &vec![0; len]);
+            frame.truncate(FRAME_HEADER_LEN);
+            let err = decode_one(&frame).expect_err("wrong size");
+            assert!(
+                matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("exactly")),
+                "type {t} len {len}: {err}"
+            );
+        }
+        let err = decode_one(&raw(frame_type::OPEN, 1, &[0; 15])).expect_err("short open");
+        assert!(matches!(
+            err,
+            ProtocolError::Malformed { frame: "Open", .. }
+        ));
+        let err = decode_one(&raw(frame_type::OPEN, 1, &[0; 41])).expect_err("long open");
+        assert!(matches!(
+            err,
+            ProtocolError::Malformed { frame: "Open", .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_and_reserved_types_are_rejected_at_the_first_byte() {
+        assert_eq!(decode_one(&[0x00]), Err(ProtocolError::UnknownFrameType(0)));
+        assert_eq!(
+            decode_one(&raw(0x7f, 1, b"x")),
+            Err(ProtocolError::UnknownFrameType(0x7f))
+        );
+        for t in [
+            frame_type::UDP_OPEN,
+            frame_type::UDP_DATAGRAM,
+            frame_type::UDP_CLOSE,
+            0x2f,
+        ] {
+            assert_eq!(decode_one(&[t]), Err(ProtocolError::ReservedFrameType(t)));
+            let err = decode_one(&raw(t, 1, &[])).expect_err("reserved");
+            assert!(err.to_string().contains("reserved for UDP"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_reason_codes_are_errors() {
+        for code in [0u8, 9, 255] {
+            let err = decode_one(&raw(frame_type::CLOSE, 1, &[code])).expect_err("close code");
+            assert!(
+                matches!(&err, ProtocolError::Malformed { frame: "Close", detail } if detail.contains("reason")),
+                "{err}"
+            );
+        }
+        for code in [0u8, 6, 255] {
+            let err = decode_one(&raw(frame_type::GOAWAY, 0, &[code])).expect_err("goaway code");
+            assert!(
+                matches!(&err, ProtocolError::Malformed { frame: "GoAway", detail } if detail.contains("reason")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn goaway_message_must_be_utf8_and_bounded() {
+        let err = decode_one(&raw(frame_type::GOAWAY, 0, &[1, 0xff, 0xfe])).expect_err("utf8");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "GoAway", detail } if detail.contains("UTF-8"))
+        );
+        let mut long = vec![1u8];
+        long.extend(std::iter::repeat_n(b'a', MAX_GOAWAY_MESSAGE + 1));
+        let err = decode_one(&raw(frame_type::GOAWAY, 0, &long)).expect_err("too long");
+        assert!(matches!(
+            err,
+            ProtocolError::Malformed {
+                frame: "GoAway",
+                ..
+            }
+        ));
+
+        // The encoder truncates at a char boundary instead of producing an undecodable frame.
+        let frame = Frame::GoAway {
+            reason: GoAwayReason::ProtocolError,
+            message: "é".repeat(MAX_GOAWAY_MESSAGE),
+        };
+        assert!(frame.validate().is_err());
+        assert!(try_encode_frame(&frame, &mut BytesMut::new()).is_err());
+        let Ok(Some(Frame::GoAway { message, .. })) = decode_one(&encode(&frame)) else {
+            panic!("truncated GoAway must decode");
+        };
+        assert_eq!(message, "é".repeat(MAX_GOAWAY_MESSAGE / 2));
+    }
+
+    #[test]
+    fn open_with_bad_address_family_or_trailing_bytes_is_malformed() {
+        let mut payload = vec![0, 80, 5, 1, 2, 3, 4, 0, 1];
+        payload.extend_from_slice(&[4, 5, 6, 7, 8, 0, 80]);
+        let err = decode_one(&raw(frame_type::OPEN, 1, &payload)).expect_err("family 5");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "Open", detail } if detail.contains("address family 5")),
+            "{err}"
+        );
+        // v4 + v4 with 6 bytes of junk: within the Open size range but not consumed.
+        let mut payload = vec![0, 80, 4, 1, 2, 3, 4, 0, 1, 4, 5, 6, 7, 8, 0, 80];
+        payload.extend_from_slice(&[0; 6]);
+        let err = decode_one(&raw(frame_type::OPEN, 1, &payload)).expect_err("trailing");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "Open", detail } if detail.contains("trailing")),
+            "{err}"
+        );
+        // A v6 family byte with only v4-sized room.
+        let payload = [0, 80, 6, 1, 2, 3, 4, 0, 1, 4, 5, 6, 7, 8, 0, 80];
+        let err = decode_one(&raw(frame_type::OPEN, 1, &payload)).expect_err("short v6");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "Open", detail } if detail.contains("truncated")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_counts_are_bounded_and_checked_against_the_payload() {
+        let over = (MAX_CONFIG_PORTS as u16 + 1).to_be_bytes();
+        let err = decode_one(&raw(
+            frame_type::CONFIG,
+            0,
+            &[over[0], over[1], 0, 0, 0, 0, 0, 0],
+        ))
+        .expect_err("count limit");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "Config", detail } if detail.contains("exceeds")),
+            "{err}"
+        );
+        // Claims 3 ports, carries 1.
+        let err = decode_one(&raw(frame_type::CONFIG, 0, &[0, 3, 0, 80, 0, 0, 0, 0]))
+            .expect_err("truncated list");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Malformed {
+                    frame: "Config",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Valid body followed by junk.
+        let err = decode_one(&raw(frame_type::CONFIG, 0, &[0, 0, 0, 0, 0, 0, 0, 1, 9]))
+            .expect_err("trailing");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Malformed {
+                    frame: "Config",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let too_many = EdgeConfig {
+            listen_ports: vec![1; MAX_CONFIG_PORTS + 1],
+            ..EdgeConfig::default()
+        };
+        assert!(too_many.validate().is_err());
+        assert!(try_encode_frame(&Frame::Config(too_many), &mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn a_malformed_frame_leaves_the_buffer_untouched() {
+        let bytes = raw(frame_type::CLOSE, 1, &[99]);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut decoder = FrameDecoder::default();
+        assert!(decoder.decode(&mut buf).is_err());
+        assert_eq!(&buf[..], &bytes[..]);
+        assert!(decoder.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn reason_names_are_camel_case_and_codes_round_trip() {
+        let names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "clientClosed",
+                "targetClosed",
+                "targetRefused",
+                "timeout",
+                "tunnelLost",
+                "hubShutdown",
+                "reset",
+                "protocolError"
+            ]
+        );
+        let names: Vec<_> = GoAwayReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "hubShutdown",
+                "revoked",
+                "superseded",
+                "protocolError",
+                "timeout"
+            ]
+        );
+        for r in CloseReason::ALL {
+            assert_eq!(CloseReason::from_code(r.code()), Some(r));
+        }
+        for r in GoAwayReason::ALL {
+            assert_eq!(GoAwayReason::from_code(r.code()), Some(r));
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_or_overconsume() {
+        let mut rng = StdRng::seed_from_u64(0x5057_4159);
+        let known = [0x01u8, 0x02, 0x03, 0x04, 0x05, 0x10, 0x11, 0x12, 0x13, 0x20];
+        let mut frames_seen = 0usize;
+        for _ in 0..10_000 {
+            let len = rng.gen_range(0..96);
+            let mut input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            // Bias half the inputs towards plausible headers so payload parsing is exercised too.
+            if len >= FRAME_HEADER_LEN && rng.gen_bool(0.5) {
+                input[0] = known[rng.gen_range(0..known.len())];
+                if rng.gen_bool(0.5) {
+                    input[1..5].copy_from_slice(&[0, 0, 0, 0]);
+                }
+                let body = rng.gen_range(0..=(len - FRAME_HEADER_LEN) as u32);
+                input[5..9].copy_from_slice(&body.to_be_bytes());
+            }
+            let mut buf = BytesMut::from(&input[..]);
+            let mut decoder = FrameDecoder::new(rng.gen_range(0..128));
+            let mut consumed = 0usize;
+            loop {
+                let before = buf.len();
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        frames_seen += 1;
+                        let used = before - buf.len();
+                        assert!(used >= FRAME_HEADER_LEN);
+                        consumed += used;
+                        // What decodes must re-encode to the same bytes.
+                        let start = consumed - used;
+                        assert_eq!(&encode(&frame)[..], &input[start..consumed]);
+                    }
+                    Ok(None) | Err(_) => {
+                        assert_eq!(buf.len(), before, "no bytes consumed without a frame");
+                        break;
+                    }
+                }
+                assert!(consumed <= input.len());
+            }
+            assert_eq!(consumed + buf.len(), input.len());
+        }
+        assert!(
+            frames_seen > 100,
+            "only {frames_seen} frames decoded; bias too weak"
+        );
+    }
 }

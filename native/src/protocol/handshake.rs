@@ -137,7 +137,10 @@ pub fn decode_hello(buf: &mut BytesMut) -> Result<Option<Hello>, ProtocolError> 
         return Ok(None);
     };
     if kind != kind::HELLO {
-        return Err(malformed("Hello", format!("expected a Hello, got kind {kind}")));
+        return Err(malformed(
+            "Hello",
+            format!("expected a Hello, got kind {kind}"),
+        ));
     }
     let mut body = &buf[HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + body_len];
     let capabilities = take_u32(&mut body, "Hello", "capabilities")?;
@@ -341,7 +344,10 @@ impl SecretVerifier {
         let expected_bytes = expected.map_or(&self.dummy[..], str::as_bytes);
         let expected_hash = Sha256::digest(expected_bytes);
         let presented_hash = Sha256::digest(presented.as_bytes());
-        let matches: bool = expected_hash.as_slice().ct_eq(presented_hash.as_slice()).into();
+        let matches: bool = expected_hash
+            .as_slice()
+            .ct_eq(presented_hash.as_slice())
+            .into();
         matches & expected.is_some()
     }
 }
@@ -349,5 +355,311 @@ impl SecretVerifier {
 impl Default for SecretVerifier {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            edge_id: "edge-1".into(),
+            secret: "s3cret".into(),
+            capabilities: capability::UDP_FRAMES,
+        }
+    }
+
+    fn accepted() -> HelloReply {
+        HelloReply::Accepted(HelloAccepted {
+            hub_id: "hub-1".into(),
+            session_id: "0f1e2d3c".into(),
+            config: EdgeConfig {
+                listen_ports: vec![80, 443],
+                listen_ports_udp: vec![],
+                stun_interval_secs: 300,
+            },
+            ping_interval_ms: 5000,
+            idle_timeout_ms: 15000,
+        })
+    }
+
+    fn encoded_hello(h: &Hello) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_hello(h, &mut out);
+        out
+    }
+
+    /// Builds an envelope around an arbitrary body, for malformed-input cases.
+    fn envelope(version: u16, kind: u8, body: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        put_envelope(&mut out, version, kind, body);
+        out
+    }
+
+    fn text(s: &[u8]) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s);
+        v
+    }
+
+    #[test]
+    fn hello_round_trips_and_starts_with_magic_then_version() {
+        let mut buf = encoded_hello(&hello());
+        assert_eq!(&buf[..4], b"PWAY");
+        assert_eq!(&buf[4..7], &[0, 1, kind::HELLO]);
+        assert_eq!(decode_hello(&mut buf), Ok(Some(hello())));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let rejected = HelloReply::Rejected {
+            code: RejectCode::AuthFailed,
+            message: "authentication failed".into(),
+        };
+        for code in [
+            RejectCode::AuthFailed,
+            RejectCode::VersionUnsupported,
+            RejectCode::Malformed,
+        ] {
+            assert_eq!(RejectCode::from_code(code.code()), Some(code));
+        }
+        for reply in [accepted(), rejected] {
+            let mut buf = BytesMut::new();
+            encode_reply(&reply, &mut buf);
+            buf.extend_from_slice(b"\x02next frame");
+            assert_eq!(decode_reply(&mut buf), Ok(Some(reply)));
+            assert_eq!(&buf[..], b"\x02next frame", "frames after the reply stay");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_decodes_the_same_message() {
+        let whole = encoded_hello(&hello());
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.put_u8(*byte);
+            let result = decode_hello(&mut buf);
+            if i + 1 < whole.len() {
+                assert_eq!(result, Ok(None));
+            } else {
+                assert_eq!(result, Ok(Some(hello())));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_magic_is_seen_at_the_first_wrong_byte() {
+        assert_eq!(
+            decode_hello(&mut BytesMut::from(&b"G"[..])),
+            Err(ProtocolError::BadMagic)
+        );
+        assert_eq!(decode_hello(&mut BytesMut::from(&b"PW"[..])), Ok(None));
+        let http = b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n";
+        assert_eq!(
+            decode_hello(&mut BytesMut::from(&http[..])),
+            Err(ProtocolError::BadMagic)
+        );
+        // A TLS ClientHello sent to the plaintext handshake (e.g. double TLS) is also refused.
+        let tls = [0x16u8, 0x03, 0x01, 0x02, 0x00];
+        assert_eq!(
+            decode_hello(&mut BytesMut::from(&tls[..])),
+            Err(ProtocolError::BadMagic)
+        );
+        assert_eq!(
+            decode_reply(&mut BytesMut::from(&b"PWAX"[..])),
+            Err(ProtocolError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn oversize_body_is_rejected_from_the_header_alone() {
+        let mut header = BytesMut::from(&b"PWAY"[..]);
+        header.put_u16(1);
+        header.put_u8(kind::HELLO);
+        header.put_u32(u32::MAX);
+        let err = decode_hello(&mut header).expect_err("4 GiB body");
+        assert!(
+            matches!(err, ProtocolError::Malformed { frame: "Hello", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn oversize_or_empty_fields_are_rejected() {
+        let long_id = vec![b'e'; MAX_EDGE_ID_LEN + 1];
+        let mut body = 0u32.to_be_bytes().to_vec();
+        body.extend(text(&long_id));
+        body.extend(text(b"s"));
+        let err = decode_hello(&mut envelope(1, kind::HELLO, &body)).expect_err("long id");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("edge id")),
+            "{err}"
+        );
+
+        let long_secret = vec![b's'; MAX_SECRET_LEN + 1];
+        let mut body = 0u32.to_be_bytes().to_vec();
+        body.extend(text(b"e1"));
+        body.extend(text(&long_secret));
+        let err = decode_hello(&mut envelope(1, kind::HELLO, &body)).expect_err("long secret");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("secret")),
+            "{err}"
+        );
+
+        let mut body = 0u32.to_be_bytes().to_vec();
+        body.extend(text(b""));
+        body.extend(text(b"s"));
+        let err = decode_hello(&mut envelope(1, kind::HELLO, &body)).expect_err("empty id");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("empty")),
+            "{err}"
+        );
+
+        let mut body = 0u32.to_be_bytes().to_vec();
+        body.extend(text(&[0xc3, 0x28]));
+        body.extend(text(b"s"));
+        let err = decode_hello(&mut envelope(1, kind::HELLO, &body)).expect_err("bad utf8");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("UTF-8")),
+            "{err}"
+        );
+
+        let too_long = Hello {
+            secret: "x".repeat(MAX_SECRET_LEN + 1),
+            ..hello()
+        };
+        assert!(too_long.validate().is_err());
+        assert_eq!(hello().validate(), Ok(()));
+    }
+
+    #[test]
+    fn truncated_body_and_wrong_kind_are_malformed() {
+        let whole = encoded_hello(&hello());
+        // Declare one byte less than the fields need: the secret runs past the body.
+        let mut short = whole.clone();
+        let body_len = (whole.len() - HANDSHAKE_HEADER_LEN - 1) as u32;
+        short[7..11].copy_from_slice(&body_len.to_be_bytes());
+        short.truncate(whole.len() - 1);
+        let err = decode_hello(&mut short).expect_err("truncated");
+        assert!(
+            matches!(err, ProtocolError::Malformed { frame: "Hello", .. }),
+            "{err}"
+        );
+
+        let mut reply = BytesMut::new();
+        encode_reply(&accepted(), &mut reply);
+        let err = decode_hello(&mut reply).expect_err("reply is not a hello");
+        assert!(
+            matches!(err, ProtocolError::Malformed { frame: "Hello", .. }),
+            "{err}"
+        );
+        let err = decode_reply(&mut encoded_hello(&hello())).expect_err("hello is not a reply");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Malformed {
+                    frame: "HelloReply",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut body = vec![9u8];
+        body.extend(text(b"?"));
+        let err = decode_reply(&mut envelope(1, kind::REJECTED, &body)).expect_err("code 9");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("reject code")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn future_versions_and_unknown_extensions_still_decode() {
+        let mut body = capability::QUIC_DATAGRAMS.to_be_bytes().to_vec();
+        body.extend(text(b"edge-9"));
+        body.extend(text(b"pw"));
+        // Two extensions a later version might add (e.g. a list of alternative hubs).
+        body.extend([0x00, 0x07, 0x00, 0x03, b'a', b'b', b'c']);
+        body.extend([0x12, 0x34, 0x00, 0x00]);
+        let decoded = decode_hello(&mut envelope(7, kind::HELLO, &body));
+        assert_eq!(
+            decoded,
+            Ok(Some(Hello {
+                version: 7,
+                edge_id: "edge-9".into(),
+                secret: "pw".into(),
+                capabilities: capability::QUIC_DATAGRAMS,
+            }))
+        );
+        // A half extension is malformed, not silently ignored.
+        body.extend([0x00, 0x01, 0x00, 0x05, b'x']);
+        let err = decode_hello(&mut envelope(7, kind::HELLO, &body)).expect_err("bad tlv");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { detail, .. } if detail.contains("extension")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hello_debug_masks_the_secret() {
+        let shown = format!("{:?}", hello());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("edge-1"));
+    }
+
+    #[test]
+    fn verifier_accepts_only_the_right_secret() {
+        let verifier = SecretVerifier::new();
+        assert!(verifier.verify(Some("s3cret"), "s3cret"));
+        assert!(!verifier.verify(Some("s3cret"), "s3cret "));
+        assert!(!verifier.verify(Some("s3cret"), ""));
+        assert!(!verifier.verify(None, "s3cret"));
+        assert!(!verifier.verify(None, ""));
+        // Even presenting the dummy itself never passes for an unknown edge.
+        let dummy = String::from_utf8_lossy(&verifier.dummy).into_owned();
+        assert!(!verifier.verify(None, &dummy));
+        assert_ne!(
+            verifier.dummy,
+            SecretVerifier::new().dummy,
+            "dummy is random"
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_or_overconsume() {
+        let mut rng = StdRng::seed_from_u64(0x4845_4c4f);
+        let valid = encoded_hello(&hello());
+        for i in 0..10_000 {
+            let mut input: Vec<u8> = if i % 2 == 0 {
+                let len = rng.gen_range(0..64);
+                (0..len).map(|_| rng.gen()).collect()
+            } else {
+                // Mutate a valid message so the body parser sees near-miss input.
+                let mut v = valid.to_vec();
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(HANDSHAKE_MAGIC.len()..v.len());
+                    v[at] = rng.gen();
+                }
+                v
+            };
+            if rng.gen_bool(0.2) {
+                input.truncate(rng.gen_range(0..=input.len()));
+            }
+            for decode in [
+                |b: &mut BytesMut| decode_hello(b).map(|m| m.is_some()),
+                |b: &mut BytesMut| decode_reply(b).map(|m| m.is_some()),
+            ] {
+                let mut buf = BytesMut::from(&input[..]);
+                match decode(&mut buf) {
+                    Ok(true) => assert!(buf.len() < input.len()),
+                    Ok(false) | Err(_) => assert_eq!(buf.len(), input.len()),
+                }
+            }
+        }
     }
 }

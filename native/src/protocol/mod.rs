@@ -7,8 +7,14 @@ pub mod frame;
 pub mod handshake;
 pub mod proxy_header;
 
-pub use frame::{CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, ProtocolError, StreamOpen};
-pub use handshake::{Hello, HelloAccepted, HelloReply, RejectCode, SecretVerifier};
+pub use frame::{
+    data_header, encode_data_header, encode_frame, try_encode_frame, CloseReason, EdgeConfig,
+    Frame, FrameDecoder, GoAwayReason, ProtocolError, StreamOpen,
+};
+pub use handshake::{
+    decode_hello, decode_reply, encode_hello, encode_reply, Hello, HelloAccepted, HelloReply,
+    RejectCode, SecretVerifier,
+};
 pub use proxy_header::{proxy_v1_header, proxy_v2_header, ProxyTransport};
 
 /// Version carried in every `Hello`. A hub rejects versions it does not speak with `RejectCode::VersionUnsupported`.

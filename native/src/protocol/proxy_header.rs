@@ -22,7 +22,11 @@ const V2_DGRAM: u8 = 0x02;
 pub fn proxy_v1_header(client: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let line = match same_family(client.ip(), dst.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst_ip)) => {
-            format!("PROXY TCP4 {src} {dst_ip} {} {}\r\n", client.port(), dst.port())
+            format!(
+                "PROXY TCP4 {src} {dst_ip} {} {}\r\n",
+                client.port(),
+                dst.port()
+            )
         }
         (src, dst_ip) => format!(
             "PROXY TCP6 {} {} {} {}\r\n",
@@ -87,5 +91,118 @@ fn as_v6(ip: IpAddr) -> Ipv6Addr {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn v1_tcp4() {
+        let header = proxy_v1_header(addr("1.2.3.4:1111"), addr("5.6.7.8:2222"));
+        assert_eq!(header, b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n");
+    }
+
+    #[test]
+    fn v1_tcp6() {
+        let header = proxy_v1_header(addr("[2001:db8::1]:40000"), addr("[2001:db8::2]:443"));
+        assert_eq!(header, b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 443\r\n");
+    }
+
+    #[test]
+    fn v1_mixed_families_map_the_ipv4_side() {
+        let header = proxy_v1_header(addr("1.2.3.4:1111"), addr("[2001:db8::2]:443"));
+        assert_eq!(
+            header,
+            b"PROXY TCP6 ::ffff:1.2.3.4 2001:db8::2 1111 443\r\n"
+        );
+    }
+
+    #[test]
+    fn v1_ipv4_mapped_pair_from_a_dual_stack_socket_is_tcp4() {
+        let header = proxy_v1_header(addr("[::ffff:1.2.3.4]:1111"), addr("5.6.7.8:2222"));
+        assert_eq!(header, b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n");
+    }
+
+    #[test]
+    fn v1_longest_header_fits_the_spec_limit() {
+        // proxy-protocol.txt: a v1 line is at most 107 bytes including CRLF.
+        let ip = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let header = proxy_v1_header(
+            addr(&format!("[{ip}]:65535")),
+            addr(&format!("[{ip}]:65535")),
+        );
+        assert_eq!(header.len(), 104);
+        assert!(header.len() <= 107);
+    }
+
+    #[test]
+    fn v2_tcp4_matches_hand_written_bytes() {
+        let header = proxy_v2_header(
+            addr("1.2.3.4:1111"),
+            addr("5.6.7.8:2222"),
+            ProxyTransport::Stream,
+        );
+        let expected: &[u8] = &[
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54,
+            0x0A, // signature
+            0x21, // version 2, command PROXY
+            0x11, // AF_INET, STREAM
+            0x00, 0x0C, // 12 bytes of addresses
+            1, 2, 3, 4, // source address
+            5, 6, 7, 8, // destination address
+            0x04, 0x57, // source port 1111
+            0x08, 0xAE, // destination port 2222
+        ];
+        assert_eq!(header, expected);
+    }
+
+    #[test]
+    fn v2_udp4_uses_dgram() {
+        let header = proxy_v2_header(
+            addr("1.2.3.4:53"),
+            addr("5.6.7.8:5353"),
+            ProxyTransport::Datagram,
+        );
+        assert_eq!(header[13], 0x12);
+        assert_eq!(header.len(), 16 + 12);
+    }
+
+    #[test]
+    fn v2_tcp6_and_udp6_match_hand_written_bytes() {
+        let src = addr("[2001:db8::1]:40000");
+        let dst = addr("[::1]:443");
+        let mut expected = PROXY_V2_SIGNATURE.to_vec();
+        expected.extend_from_slice(&[0x21, 0x21, 0x00, 0x24]);
+        expected.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        expected.extend_from_slice(&[0x9C, 0x40, 0x01, 0xBB]);
+        assert_eq!(proxy_v2_header(src, dst, ProxyTransport::Stream), expected);
+
+        expected[13] = 0x22;
+        assert_eq!(
+            proxy_v2_header(src, dst, ProxyTransport::Datagram),
+            expected
+        );
+    }
+
+    #[test]
+    fn v2_mixed_families_map_the_ipv4_side() {
+        let header = proxy_v2_header(
+            addr("1.2.3.4:1111"),
+            addr("[::1]:443"),
+            ProxyTransport::Stream,
+        );
+        assert_eq!(header[13], 0x21);
+        assert_eq!(&header[14..16], &[0x00, 0x24]);
+        assert_eq!(
+            &header[16..32],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]
+        );
     }
 }
