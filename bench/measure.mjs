@@ -1,0 +1,132 @@
+// The measurements: each function drives one workload against a host:port and returns plain numbers.
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { connect } from "node:net";
+
+/** Runs iperf3 against `port` and returns the receiver-side throughput in Gbit/s. */
+export const iperf3 = async ({ port, seconds, parallel }) => {
+  const args = ["-c", "127.0.0.1", "-p", String(port), "-t", String(seconds), "-J"];
+  if (parallel > 1) args.push("-P", String(parallel));
+  const child = spawn("/usr/bin/iperf3", args, { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (c) => (out += c));
+  child.stderr.on("data", (c) => (err += c));
+  const [code] = await once(child, "exit");
+  let report;
+  try {
+    report = JSON.parse(out);
+  } catch {
+    throw new Error(`iperf3 exited with ${code} and no JSON: ${err || out.slice(0, 500)}`);
+  }
+  if (report.error) throw new Error(`iperf3: ${report.error}`);
+  return report.end.sum_received.bits_per_second / 1e9;
+};
+
+const connectOnce = (port) =>
+  new Promise((resolve, reject) => {
+    const socket = connect({ port, host: "127.0.0.1", noDelay: true });
+    socket.once("error", reject);
+    socket.once("connect", () => resolve(socket));
+  });
+
+/** Opens `total` connections (at most `concurrency` at a time), each doing one 1-byte echo, then closing. */
+export const connectionRate = async ({ port, total, concurrency }) => {
+  let started = 0;
+  let failed = 0;
+  const worker = async () => {
+    while (started < total) {
+      started++;
+      try {
+        const socket = await connectOnce(port);
+        const reply = once(socket, "data");
+        socket.write("x");
+        await reply;
+        socket.destroy();
+      } catch {
+        failed++;
+      }
+    }
+  };
+  const begin = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = Number(process.hrtime.bigint() - begin) / 1e9;
+  return { perSecond: (total - failed) / seconds, failed };
+};
+
+const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+/**
+ * Open-loop request/response: one connection, a 64-byte request every 1/rate s (catching up if a timer fires
+ * late, so a slow response does not delay the next request), latency from write to the full echo.
+ */
+export const latency = async ({ port, rate, seconds }) => {
+  const socket = await connectOnce(port);
+  const size = 64;
+  const request = Buffer.alloc(size, 0x61);
+  const sentAt = [];
+  const latenciesUs = [];
+  let pending = 0;
+  socket.on("data", (chunk) => {
+    pending += chunk.length;
+    const now = process.hrtime.bigint();
+    while (pending >= size) {
+      pending -= size;
+      latenciesUs.push(Number(now - sentAt[latenciesUs.length]) / 1e3);
+    }
+  });
+  const total = rate * seconds;
+  const intervalNs = 1e9 / rate;
+  const begin = process.hrtime.bigint();
+  await new Promise((resolve) => {
+    const tick = () => {
+      const due = Math.min(total, Math.floor(Number(process.hrtime.bigint() - begin) / intervalNs) + 1);
+      while (sentAt.length < due) {
+        sentAt.push(process.hrtime.bigint());
+        socket.write(request);
+      }
+      if (sentAt.length >= total) resolve();
+      else setTimeout(tick, 0.5);
+    };
+    tick();
+  });
+  const deadline = Date.now() + 10_000;
+  while (latenciesUs.length < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  socket.destroy();
+  const sorted = [...latenciesUs].sort((a, b) => a - b);
+  return {
+    requests: total,
+    answered: latenciesUs.length,
+    p50Us: percentile(sorted, 50),
+    p99Us: percentile(sorted, 99),
+    maxUs: sorted[sorted.length - 1],
+  };
+};
+
+/** VmRSS in KiB from /proc/<pid>/status. */
+export const rssKiB = async (pid) => {
+  const { readFile } = await import("node:fs/promises");
+  const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(await readFile(`/proc/${pid}/status`, "utf8"));
+  if (!match) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(match[1]);
+};
+
+/** Opens `count` connections to `port` and leaves them idle; returns them (close with `destroy`). */
+export const openIdle = async ({ port, count, concurrency = 50 }) => {
+  const sockets = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      next++;
+      const socket = await connectOnce(port);
+      socket.on("error", () => undefined);
+      // One echo round trip proves the stream reached the target before it is counted as open.
+      const reply = once(socket, "data");
+      socket.write("x");
+      await reply;
+      sockets.push(socket);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return sockets;
+};

@@ -1,0 +1,193 @@
+#!/usr/bin/env node
+// Portway benchmark: tunnel vs direct loopback vs two chained socat relays. Not a test: it measures, compares
+// against the targets of issue 2 and writes docs/performance.md. Run with `npm run bench`.
+//
+// Environment knobs (defaults in brackets): BENCH_SECONDS [5] per iperf3 run, BENCH_CONNECTIONS [2000] for the
+// connection-rate test, BENCH_IDLE_STREAMS [1000], BENCH_LATENCY_SECONDS [5], BENCH_OUT [docs/performance.md].
+import { execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism, totalmem } from "node:os";
+import { join } from "node:path";
+import { connectionRate, iperf3, latency, openIdle, rssKiB } from "./measure.mjs";
+import { root, startEchoServer, startIperfServer, startSocatChain } from "./processes.mjs";
+import { startTunnelCli } from "./tunnel-cli.mjs";
+
+const env = (name, fallback) => (process.env[name] ? Number(process.env[name]) : fallback);
+const SECONDS = env("BENCH_SECONDS", 5);
+const CONNECTIONS = env("BENCH_CONNECTIONS", 2000);
+const IDLE_STREAMS = env("BENCH_IDLE_STREAMS", 1000);
+const LATENCY_SECONDS = env("BENCH_LATENCY_SECONDS", 5);
+const LATENCY_RATE = 1000;
+const OUT = process.env.BENCH_OUT ?? join(root, "docs", "performance.md");
+
+const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
+const stack = [];
+const cleanup = async () => {
+  while (stack.length > 0) await stack.pop()().catch((e) => log(`cleanup: ${e.message}`));
+};
+const track = (thing) => {
+  stack.push(() => thing.stop());
+  return thing;
+};
+
+const machine = () => {
+  const cpu = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
+  const kernel = execFileSync("uname", ["-sr"], { encoding: "utf8" }).trim();
+  return { nproc: availableParallelism(), cpu, kernel, memGiB: (totalmem() / 2 ** 30).toFixed(1), node: process.version, date: new Date().toISOString() };
+};
+
+const results = { machine: machine(), throughput: [], connections: [], latency: [], idle: undefined, errors: [] };
+
+/** Runs one measurement; a failure is recorded in the report instead of aborting the whole run. */
+const attempt = async (label, fn) => {
+  log(label);
+  try {
+    return await fn();
+  } catch (error) {
+    log(`${label} failed: ${error.message}`);
+    results.errors.push(`${label}: ${error.message}`);
+    return undefined;
+  }
+};
+
+const main = async () => {
+  log(`machine: ${JSON.stringify(results.machine)}`);
+  const iperfServer = track(await startIperfServer());
+  const echo = track(await startEchoServer());
+  const socatIperf = track(await startSocatChain(iperfServer.port));
+  const socatEcho = track(await startSocatChain(echo.port));
+  const tunnel = track(
+    await startTunnelCli({ routes: [{ target: `127.0.0.1:${iperfServer.port}` }, { target: `127.0.0.1:${echo.port}` }] }),
+  );
+  const [tunnelIperf, tunnelEcho] = tunnel.listenPorts;
+
+  const paths = [
+    { name: "direct", iperf: iperfServer.port, echo: echo.port },
+    { name: "tunnel", iperf: tunnelIperf, echo: tunnelEcho },
+    { name: "socat×2", iperf: socatIperf.port, echo: socatEcho.port },
+  ];
+
+  for (const parallel of [1, 4]) {
+    for (const path of paths) {
+      const gbps = await attempt(`iperf3 -P ${parallel} via ${path.name}`, () => iperf3({ port: path.iperf, seconds: SECONDS, parallel }));
+      results.throughput.push({ path: path.name, parallel, gbps });
+    }
+  }
+  for (const path of paths) {
+    const rate = await attempt(`connection rate via ${path.name}`, () => connectionRate({ port: path.echo, total: CONNECTIONS, concurrency: 8 }));
+    results.connections.push({ path: path.name, ...rate });
+  }
+  for (const path of paths) {
+    const lat = await attempt(`latency at ${LATENCY_RATE} req/s via ${path.name}`, () => latency({ port: path.echo, rate: LATENCY_RATE, seconds: LATENCY_SECONDS }));
+    results.latency.push({ path: path.name, ...lat });
+  }
+  await tunnel.stop();
+
+  // Idle streams on a fresh hub/edge pair, so the baseline is not inflated by the bulk runs.
+  results.idle = await attempt(`RSS of hub and edge with ${IDLE_STREAMS} idle streams`, async () => {
+    const fresh = track(await startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }] }));
+    const before = { hub: await rssKiB(fresh.hubPid), edge: await rssKiB(fresh.edgePid) };
+    const sockets = await openIdle({ port: fresh.listenPorts[0], count: IDLE_STREAMS });
+    await new Promise((r) => setTimeout(r, 500)); // let both processes finish their bookkeeping for the last streams
+    const after = { hub: await rssKiB(fresh.hubPid), edge: await rssKiB(fresh.edgePid) };
+    for (const s of sockets) s.destroy();
+    await fresh.stop();
+    return { streams: sockets.length, before, after };
+  });
+};
+
+const fmt = (value, digits = 2) => (value === undefined || Number.isNaN(value) ? "n/a" : value.toFixed(digits));
+const verdict = (ok) => (ok === undefined ? "not measured" : ok ? "**met**" : "**missed**");
+
+const report = () => {
+  const m = results.machine;
+  const tp = (path, parallel) => results.throughput.find((r) => r.path === path && r.parallel === parallel)?.gbps;
+  const lines = [];
+  lines.push("# Performance", "");
+  lines.push("Written by `bench/run.mjs` (do not edit by hand; rerun it). Figures are from one run on one machine;");
+  lines.push("compare ratios within the run rather than absolute numbers across machines.", "");
+  lines.push("## Machine", "");
+  lines.push(`- date: ${m.date}`);
+  lines.push(`- CPU: ${m.cpu}, nproc ${m.nproc}, memory ${m.memGiB} GiB`);
+  lines.push(`- kernel: ${m.kernel}; Node ${m.node}`);
+  lines.push("- everything on loopback: client, hub, edge and targets share the same cores", "");
+  lines.push("## Reproduce", "");
+  lines.push("```sh", "npm run bench   # = node scripts/setup.mjs --with-peers && node bench/run.mjs", "```", "");
+  lines.push(`Knobs: BENCH_SECONDS=${SECONDS}, BENCH_CONNECTIONS=${CONNECTIONS}, BENCH_IDLE_STREAMS=${IDLE_STREAMS}, BENCH_LATENCY_SECONDS=${LATENCY_SECONDS}.`, "");
+  lines.push("Paths: **direct** = client → target on loopback; **tunnel** = client → edge → TLS tunnel → hub → target, hub and");
+  lines.push("edge as separate processes started with the CLI (`node bin/portway.js hub|edge`), PROXY protocol off;");
+  lines.push("**socat×2** = client → `socat TCP-LISTEN:a,fork,reuseaddr TCP:127.0.0.1:b` → a second socat → target.", "");
+
+  lines.push("## Bulk TCP throughput (iperf3)", "");
+  lines.push(`\`iperf3 -c 127.0.0.1 -p PORT -t ${SECONDS} [-P 4]\`, receiver-side rate.`, "");
+  lines.push("| streams | direct Gbit/s | tunnel Gbit/s | tunnel / direct | socat×2 Gbit/s | socat×2 / direct |", "| --- | --- | --- | --- | --- | --- |");
+  for (const parallel of [1, 4]) {
+    const d = tp("direct", parallel);
+    const t = tp("tunnel", parallel);
+    const s = tp("socat×2", parallel);
+    lines.push(`| ${parallel} | ${fmt(d)} | ${fmt(t)} | ${d && t ? `${fmt((100 * t) / d, 1)} %` : "n/a"} | ${fmt(s)} | ${d && s ? `${fmt((100 * s) / d, 1)} %` : "n/a"} |`);
+  }
+  lines.push("");
+
+  lines.push("## New connections per second", "");
+  lines.push(`${CONNECTIONS} connections, 8 at a time; each connects, does one 1-byte echo and closes (Node client, Node echo server in its own process).`, "");
+  lines.push("| path | connections/s | failed |", "| --- | --- | --- |");
+  for (const r of results.connections) lines.push(`| ${r.path} | ${fmt(r.perSecond, 0)} | ${r.failed ?? "n/a"} |`);
+  lines.push("");
+
+  lines.push("## Request/response latency", "");
+  lines.push(`One connection, a 64-byte request every 1 ms (${LATENCY_RATE} req/s, open loop) for ${LATENCY_SECONDS} s; time from write to the full echo.`, "");
+  lines.push("| path | p50 µs | p99 µs | max µs | answered |", "| --- | --- | --- | --- | --- |");
+  for (const r of results.latency) lines.push(`| ${r.path} | ${fmt(r.p50Us, 0)} | ${fmt(r.p99Us, 0)} | ${fmt(r.maxUs, 0)} | ${r.answered ?? "n/a"}/${r.requests ?? "n/a"} |`);
+  const direct = results.latency.find((r) => r.path === "direct");
+  const tunnel = results.latency.find((r) => r.path === "tunnel");
+  const addedP99 = direct?.p99Us !== undefined && tunnel?.p99Us !== undefined ? tunnel.p99Us - direct.p99Us : undefined;
+  const addedP50 = direct?.p50Us !== undefined && tunnel?.p50Us !== undefined ? tunnel.p50Us - direct.p50Us : undefined;
+  lines.push("", `Added by the tunnel: p50 ${fmt(addedP50, 0)} µs, p99 ${fmt(addedP99, 0)} µs.`, "");
+
+  lines.push("## Memory per idle stream", "");
+  const idle = results.idle;
+  let perStream;
+  if (idle) {
+    const delta = { hub: idle.after.hub - idle.before.hub, edge: idle.after.edge - idle.before.edge };
+    perStream = { hub: delta.hub / idle.streams, edge: delta.edge / idle.streams };
+    lines.push(`VmRSS from /proc/<pid>/status of the hub and edge processes before and after opening ${idle.streams} idle streams (each did one echo, then stays open).`, "");
+    lines.push("| process | before KiB | after KiB | KiB per idle stream |", "| --- | --- | --- | --- |");
+    lines.push(`| hub | ${idle.before.hub} | ${idle.after.hub} | ${fmt(perStream.hub, 1)} |`);
+    lines.push(`| edge | ${idle.before.edge} | ${idle.after.edge} | ${fmt(perStream.edge, 1)} |`);
+    lines.push("");
+  } else {
+    lines.push("Not measured (see errors below).", "");
+  }
+
+  lines.push("## Targets (issue 2)", "");
+  const t1 = tp("tunnel", 1);
+  const d1 = tp("direct", 1);
+  const ratio = t1 && d1 ? t1 / d1 : undefined;
+  lines.push("| target | measured | verdict |", "| --- | --- | --- |");
+  lines.push(`| tunnel bulk throughput ≥ 20 % of direct loopback (1 stream) | ${ratio === undefined ? "n/a" : `${fmt(100 * ratio, 1)} %`} | ${verdict(ratio === undefined ? undefined : ratio >= 0.2)} |`);
+  lines.push(`| stretch: ≥ 30 % | ${ratio === undefined ? "n/a" : `${fmt(100 * ratio, 1)} %`} | ${verdict(ratio === undefined ? undefined : ratio >= 0.3)} |`);
+  lines.push(`| added p99 ≤ 1 ms at 1,000 req/s | ${addedP99 === undefined ? "n/a" : `${fmt(addedP99 / 1000, 3)} ms`} | ${verdict(addedP99 === undefined ? undefined : addedP99 <= 1000)} |`);
+  const worst = perStream ? Math.max(perStream.hub, perStream.edge) : undefined;
+  lines.push(`| ≤ 64 KiB per idle stream (each process) | ${worst === undefined ? "n/a" : `hub ${fmt(perStream.hub, 1)} KiB, edge ${fmt(perStream.edge, 1)} KiB`} | ${verdict(worst === undefined ? undefined : worst <= 64)} |`);
+  lines.push("");
+  if (results.errors.length > 0) {
+    lines.push("## Errors during this run", "");
+    for (const e of results.errors) lines.push(`- ${e.replaceAll("\n", " ")}`);
+    lines.push("");
+  }
+  return lines.join("\n");
+};
+
+try {
+  await main();
+} catch (error) {
+  results.errors.push(`setup: ${error.message}`);
+  log(`aborted: ${error.stack ?? error.message}`);
+} finally {
+  await cleanup();
+}
+const text = report();
+writeFileSync(OUT, text);
+process.stdout.write(`${text}\n`);
+log(`wrote ${OUT}`);
