@@ -1,0 +1,241 @@
+/**
+ * Lifecycle events delivered by the native addon (docs/architecture.md, "Event batches"), as schemas and a
+ * discriminated union per role. Fields the contract does not list are ignored, so the addon may add fields
+ * without breaking older TypeScript.
+ */
+import { Either, ParseResult, Schema } from "effect";
+
+const Seq = Schema.Int.pipe(Schema.positive());
+const Port = Schema.Int.pipe(Schema.between(0, 65535));
+const Count = Schema.Number.pipe(Schema.nonNegative());
+/** A free-text message; the addon may send `null` or leave it out. */
+const Message = Schema.optionalWith(Schema.String, { nullable: true, default: () => "" });
+const NullableString = Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null });
+
+const event = <T extends string, F extends Schema.Struct.Fields>(type: T, fields: F) =>
+  Schema.Struct({ type: Schema.Literal(type), seq: Seq, atMs: Schema.Number, ...fields });
+
+/** Why the hub refused an edge during the handshake. */
+export const AuthFailedReason = Schema.Literal(
+  "authFailed",
+  "versionUnsupported",
+  "malformedHello",
+  "handshakeTimeout",
+  "tlsError",
+);
+export type AuthFailedReason = typeof AuthFailedReason.Type;
+
+/** Why an edge's tunnel session ended, from the hub's view. */
+export const EdgeDisconnectReason = Schema.Literal(
+  "edgeClosed",
+  "timeout",
+  "protocolError",
+  "revoked",
+  "superseded",
+  "hubShutdown",
+  "ioError",
+);
+export type EdgeDisconnectReason = typeof EdgeDisconnectReason.Type;
+
+/** Why a relayed stream ended. */
+export const StreamCloseReason = Schema.Literal(
+  "clientClosed",
+  "targetClosed",
+  "targetRefused",
+  "timeout",
+  "tunnelLost",
+  "hubShutdown",
+  "reset",
+  "protocolError",
+);
+export type StreamCloseReason = typeof StreamCloseReason.Type;
+
+export const ListenerProtocol = Schema.Literal("tcp", "udp");
+export type ListenerProtocol = typeof ListenerProtocol.Type;
+
+// ---- hub events ------------------------------------------------------------------------------------------
+
+export const HubListening = event("hub.listening", { port: Port });
+export const HubStopped = event("hub.stopped", {});
+export const EdgeConnected = event("edge.connected", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  remoteAddr: Schema.String,
+});
+export const EdgeAuthFailed = event("edge.authFailed", {
+  remoteAddr: Schema.String,
+  claimedEdgeId: NullableString,
+  reason: AuthFailedReason,
+});
+export const EdgeDisconnected = event("edge.disconnected", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  reason: EdgeDisconnectReason,
+  message: Message,
+});
+export const EdgeConfigPushed = event("edge.configPushed", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  listenPorts: Schema.Array(Port),
+  listenPortsUdp: Schema.Array(Port),
+});
+export const HubStreamOpened = event("stream.opened", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  streamId: Schema.Int,
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: Schema.String,
+});
+export const HubStreamClosed = event("stream.closed", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  streamId: Schema.Int,
+  edgePort: Port,
+  clientAddr: Schema.String,
+  target: Schema.String,
+  bytesIn: Count,
+  bytesOut: Count,
+  durationMs: Count,
+  reason: StreamCloseReason,
+  message: Message,
+});
+export const TunnelProtocolError = event("tunnel.protocolError", {
+  remoteAddr: Schema.String,
+  edgeId: NullableString,
+  sessionId: NullableString,
+  message: Message,
+});
+
+const hubEventSchemas = {
+  "hub.listening": HubListening,
+  "hub.stopped": HubStopped,
+  "edge.connected": EdgeConnected,
+  "edge.authFailed": EdgeAuthFailed,
+  "edge.disconnected": EdgeDisconnected,
+  "edge.configPushed": EdgeConfigPushed,
+  "stream.opened": HubStreamOpened,
+  "stream.closed": HubStreamClosed,
+  "tunnel.protocolError": TunnelProtocolError,
+} as const;
+
+/** Every event the native hub emits, discriminated by `type`. */
+export const NativeHubEvent = Schema.Union(...Object.values(hubEventSchemas));
+export type NativeHubEvent = typeof NativeHubEvent.Type;
+export type NativeHubEventType = NativeHubEvent["type"];
+/** The hub event of one `type`, e.g. `NativeHubEventOf<"stream.closed">`. */
+export type NativeHubEventOf<T extends NativeHubEventType> = Extract<NativeHubEvent, { readonly type: T }>;
+
+// ---- edge events -----------------------------------------------------------------------------------------
+
+const HubAddress = Schema.String;
+
+export const TunnelConnecting = event("tunnel.connecting", { hub: HubAddress, attempt: Schema.Int });
+export const TunnelConnected = event("tunnel.connected", {
+  hub: HubAddress,
+  hubId: Schema.String,
+  sessionId: Schema.String,
+  hubFingerprint: Schema.String,
+  pinned: Schema.Boolean,
+});
+export const TunnelUnpinned = event("tunnel.unpinned", { hub: HubAddress, hubFingerprint: Schema.String });
+export const TunnelDisconnected = event("tunnel.disconnected", {
+  hub: HubAddress,
+  reason: Schema.String,
+  message: Message,
+  retryInMs: Schema.optionalWith(Schema.NullOr(Count), { default: () => null }),
+});
+export const TunnelRejected = event("tunnel.rejected", {
+  hub: HubAddress,
+  reason: Schema.String,
+  message: Message,
+  retryInMs: Schema.optionalWith(Schema.NullOr(Count), { default: () => null }),
+});
+export const PortsAssigned = event("ports.assigned", {
+  listenPorts: Schema.Array(Port),
+  listenPortsUdp: Schema.Array(Port),
+});
+export const PortsUpdated = event("ports.updated", {
+  listenPorts: Schema.Array(Port),
+  listenPortsUdp: Schema.Array(Port),
+  added: Schema.Array(Port),
+  removed: Schema.Array(Port),
+});
+export const ListenerError = event("listener.error", {
+  port: Port,
+  protocol: Schema.optionalWith(ListenerProtocol, { default: () => "tcp" as const }),
+  code: Schema.String,
+  message: Message,
+});
+export const EdgeStreamOpened = event("stream.opened", {
+  edgeId: Schema.optional(Schema.String),
+  sessionId: Schema.String,
+  streamId: Schema.Int,
+  edgePort: Port,
+  clientAddr: Schema.String,
+});
+export const EdgeStreamClosed = event("stream.closed", {
+  edgeId: Schema.optional(Schema.String),
+  sessionId: Schema.String,
+  streamId: Schema.Int,
+  edgePort: Port,
+  clientAddr: Schema.String,
+  bytesIn: Count,
+  bytesOut: Count,
+  durationMs: Count,
+  reason: StreamCloseReason,
+  message: Message,
+});
+
+const edgeEventSchemas = {
+  "tunnel.connecting": TunnelConnecting,
+  "tunnel.connected": TunnelConnected,
+  "tunnel.unpinned": TunnelUnpinned,
+  "tunnel.disconnected": TunnelDisconnected,
+  "tunnel.rejected": TunnelRejected,
+  "ports.assigned": PortsAssigned,
+  "ports.updated": PortsUpdated,
+  "listener.error": ListenerError,
+  "stream.opened": EdgeStreamOpened,
+  "stream.closed": EdgeStreamClosed,
+} as const;
+
+/** Every event the native edge emits, discriminated by `type`. */
+export const NativeEdgeEvent = Schema.Union(...Object.values(edgeEventSchemas));
+export type NativeEdgeEvent = typeof NativeEdgeEvent.Type;
+export type NativeEdgeEventType = NativeEdgeEvent["type"];
+/** The edge event of one `type`, e.g. `NativeEdgeEventOf<"ports.updated">`. */
+export type NativeEdgeEventOf<T extends NativeEdgeEventType> = Extract<NativeEdgeEvent, { readonly type: T }>;
+
+// ---- per-event decoding ----------------------------------------------------------------------------------
+
+/** Decodes one raw event object; `Left` carries a message naming the event and what is wrong with it. */
+export type EventDecoder<E> = (raw: unknown) => Either.Either<E, string>;
+
+const describe = (raw: Record<string, unknown>): string =>
+  `event ${JSON.stringify(raw["type"])} (seq ${String(raw["seq"])})`;
+
+const makeEventDecoder = <E>(schemas: Record<string, Schema.Schema.AnyNoContext>): EventDecoder<E> => {
+  const decoders = new Map<string, (u: unknown) => Either.Either<E, ParseResult.ParseError>>();
+  for (const [type, schema] of Object.entries(schemas)) {
+    // The map is keyed by each schema's own `type` literal, so a successful decode is a member of E.
+    decoders.set(type, Schema.decodeUnknownEither(schema) as (u: unknown) => Either.Either<E, ParseResult.ParseError>);
+  }
+  return (raw) => {
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+      return Either.left(`event is not an object: ${JSON.stringify(raw)}`);
+    }
+    const record = raw as Record<string, unknown>;
+    const type = record["type"];
+    const decode = typeof type === "string" ? decoders.get(type) : undefined;
+    if (decode === undefined) return Either.left(`unknown ${describe(record)}`);
+    return Either.mapLeft(decode(raw), (error) => {
+      const issue = ParseResult.ArrayFormatter.formatErrorSync(error)[0];
+      const where = issue === undefined || issue.path.length === 0 ? "" : `${issue.path.join(".")}: `;
+      return `invalid ${describe(record)}: ${where}${issue?.message ?? error.message}`;
+    });
+  };
+};
+
+export const decodeNativeHubEvent: EventDecoder<NativeHubEvent> = makeEventDecoder(hubEventSchemas);
+export const decodeNativeEdgeEvent: EventDecoder<NativeEdgeEvent> = makeEventDecoder(edgeEventSchemas);
