@@ -163,6 +163,21 @@ mod tests {
     }
 
     #[test]
+    fn v2_matches_a_header_written_by_haproxy() {
+        // 172.19.0.1:42578 -> 172.19.0.3:80 as HAProxy itself wrote it (a published packet capture).
+        let header = proxy_v2_header(
+            addr("172.19.0.1:42578"),
+            addr("172.19.0.3:80"),
+            ProxyTransport::Stream,
+        );
+        let captured: [u8; 28] = [
+            0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11,
+            0x00, 0x0c, 0xac, 0x13, 0x00, 0x01, 0xac, 0x13, 0x00, 0x03, 0xa6, 0x52, 0x00, 0x50,
+        ];
+        assert_eq!(header, captured);
+    }
+
+    #[test]
     fn v2_udp4_uses_dgram() {
         let header = proxy_v2_header(
             addr("1.2.3.4:53"),
