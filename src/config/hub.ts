@@ -23,11 +23,17 @@ import {
   type SourcedConfig,
 } from "./sources.js";
 
-const PortKey = expecting(
-  Schema.String.pipe(
-    Schema.filter((key) => /^\d+$/.test(key) && Number(key) >= 1 && Number(key) <= 65535),
-  ),
-  "a port number 1..65535",
+/** Target overrides keyed by edge port; keys are checked here so a bad key is named in the error. */
+const Targets = Schema.Record({ key: Schema.String, value: HostPort }).pipe(
+  Schema.filter((targets) => {
+    for (const key of Object.keys(targets)) {
+      const port = Number(key);
+      if (!/^\d+$/.test(key) || port < 1 || port > 65535) {
+        return { path: [key], message: `must be keyed by a port number 1..65535, got key ${JSON.stringify(key)}` };
+      }
+    }
+    return true;
+  }),
 );
 
 /** One edge the hub accepts, with the ports it should listen on. */
@@ -40,7 +46,7 @@ export const AllowedEdgeSchema = Schema.Struct({
   /** UDP ports the edge listens on. Default: none. */
   listenPortsUdp: Schema.optionalWith(PortList, { default: () => [] }),
   /** Per-port target `host:port`. Default: edge port N goes to `targetHost:N`. */
-  targets: Schema.optionalWith(Schema.Record({ key: PortKey, value: HostPort }), { default: () => ({}) }),
+  targets: Schema.optionalWith(Targets, { default: () => ({}) }),
   /** How often the edge refreshes its public address with STUN. Default 300 s; 0 disables. */
   stunIntervalSecs: Schema.optionalWith(
     expecting(Schema.Int.pipe(Schema.between(0, 86_400)), "a whole number of seconds 0..86400"),

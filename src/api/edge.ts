@@ -1,0 +1,343 @@
+/** `RemoteIngressEdge`: the seed project's Promise/EventEmitter API, a thin wrapper over the `Edge` service. */
+import { EventEmitter } from "node:events";
+import { Effect, Exit, Fiber, Scope, Stream } from "effect";
+import type { EdgeOptions } from "../config/edge.js";
+import { AlreadyRunningError, NotRunningError } from "../errors.js";
+import type { EventStreamProblem } from "../native/addon.js";
+import type { ListenerProtocol, NativeEdgeEvent, StreamCloseReason } from "../native/events.js";
+import type { NativeEdgeStatus, NativeListenerError } from "../native/status.js";
+import { Edge, type EdgeEvent, type EdgeService } from "../edge/service.js";
+import { runToPromise } from "./run.js";
+
+/**
+ * Options for `RemoteIngressEdge.start()`: `{ token }` or `{ hubHost, hubPort, edgeId, secret, bindAddress? }`,
+ * plus optional extras (`hubCertFingerprint`, `caPem`, `hubs`, timings; see `EdgeOptions`).
+ */
+export type RemoteIngressEdgeOptions = EdgeOptions;
+
+export interface RemoteIngressEdgeStatus {
+  readonly running: boolean;
+  readonly connected: boolean;
+  /** The edge's public address once discovered (STUN); null until then. */
+  readonly publicIp: string | null;
+  readonly activeStreams: number;
+  /** TCP ports currently assigned by the hub. */
+  readonly listenPorts: ReadonlyArray<number>;
+  readonly listenPortsUdp?: ReadonlyArray<number>;
+  /** The hub's certificate fingerprint as seen on the current/last connection. */
+  readonly hubFingerprint?: string | null;
+  /** Whether that fingerprint was verified (pinned or CA-checked). */
+  readonly pinned?: boolean;
+  /** `host:port` of the hub connected to. */
+  readonly hub?: string | null;
+  readonly hubId?: string | null;
+  readonly sessionId?: string | null;
+  /** Ports that could not be opened (in use, permission denied). */
+  readonly listenerErrors?: ReadonlyArray<NativeListenerError>;
+  /** The most recent connection error, if any. */
+  readonly lastError?: string | null;
+}
+
+/** `tunnelConnected`: the tunnel to a hub is up. */
+export interface TunnelConnectedEvent {
+  /** `host:port` of the hub. */
+  readonly hub: string;
+  readonly hubId: string;
+  readonly sessionId: string;
+  /** sha256 of the hub certificate (lowercase hex). */
+  readonly hubFingerprint: string;
+  /** False when the edge connected without pinning or CA verification (a warning is logged once). */
+  readonly pinned: boolean;
+}
+
+/** `tunnelDisconnected`: the tunnel went down; the edge reconnects after `retryInMs` (null: it will not). */
+export interface TunnelDisconnectedEvent {
+  readonly reason: string;
+  readonly message: string;
+  readonly hub: string;
+  readonly retryInMs: number | null;
+}
+
+/** `tunnelRejected`: a connection attempt was refused (bad credentials, fingerprint mismatch, …). */
+export type TunnelRejectedEvent = TunnelDisconnectedEvent;
+
+/** `portsAssigned`: ports received on a successful handshake. */
+export interface PortsAssignedEvent {
+  readonly listenPorts: ReadonlyArray<number>;
+  readonly listenPortsUdp: ReadonlyArray<number>;
+}
+
+/** `portsUpdated`: the hub changed this edge's ports while connected. */
+export interface PortsUpdatedEvent {
+  readonly listenPorts: ReadonlyArray<number>;
+  readonly listenPortsUdp: ReadonlyArray<number>;
+  readonly added: ReadonlyArray<number>;
+  readonly removed: ReadonlyArray<number>;
+}
+
+/** `listenerError`: a public port could not be opened. */
+export interface ListenerErrorEvent {
+  readonly port: number;
+  readonly protocol: ListenerProtocol;
+  /** `EADDRINUSE`, `EACCES`, … */
+  readonly code: string;
+  readonly message: string;
+}
+
+/** `publicIpDiscovered`: the edge learned its public address (STUN). */
+export interface PublicIpDiscoveredEvent {
+  readonly ip: string;
+}
+
+/** `streamOpened`: a client connected to a public port. */
+export interface EdgeStreamOpenedEvent {
+  readonly streamId: number;
+  readonly sessionId: string;
+  readonly edgePort: number;
+  readonly clientAddr: string;
+}
+
+/** `streamClosed`: a client stream ended. */
+export interface EdgeStreamClosedEvent extends EdgeStreamOpenedEvent {
+  /** Client → target bytes. */
+  readonly bytesIn: number;
+  /** Target → client bytes. */
+  readonly bytesOut: number;
+  readonly reason: StreamCloseReason;
+  readonly message: string;
+  readonly durationMs: number;
+}
+
+/** Events a `RemoteIngressEdge` emits, with their payloads. */
+export interface RemoteIngressEdgeEvents {
+  tunnelConnected: [TunnelConnectedEvent];
+  tunnelDisconnected: [TunnelDisconnectedEvent];
+  tunnelRejected: [TunnelRejectedEvent];
+  portsAssigned: [PortsAssignedEvent];
+  portsUpdated: [PortsUpdatedEvent];
+  listenerError: [ListenerErrorEvent];
+  /** Not emitted until STUN discovery lands in the addon. */
+  publicIpDiscovered: [PublicIpDiscoveredEvent];
+  streamOpened: [EdgeStreamOpenedEvent];
+  streamClosed: [EdgeStreamClosedEvent];
+  /** Every native event, unmapped. */
+  nativeEvent: [NativeEdgeEvent];
+  /** The native event stream lost or garbled events. */
+  eventStreamProblem: [EventStreamProblem];
+}
+
+type EdgeApiEvent = {
+  [K in keyof RemoteIngressEdgeEvents]: [K, ...RemoteIngressEdgeEvents[K]];
+}[keyof RemoteIngressEdgeEvents];
+
+/** Maps one edge event to the seed API's event name and payload. */
+export const toEdgeApiEvent = (event: EdgeEvent): EdgeApiEvent | undefined => {
+  switch (event.type) {
+    case "tunnel.connected":
+      return [
+        "tunnelConnected",
+        {
+          hub: event.hub,
+          hubId: event.hubId,
+          sessionId: event.sessionId,
+          hubFingerprint: event.hubFingerprint,
+          pinned: event.pinned,
+        },
+      ];
+    case "tunnel.disconnected":
+    case "tunnel.rejected":
+      return [
+        event.type === "tunnel.disconnected" ? "tunnelDisconnected" : "tunnelRejected",
+        { reason: event.reason, message: event.message, hub: event.hub, retryInMs: event.retryInMs },
+      ];
+    case "ports.assigned":
+      return ["portsAssigned", { listenPorts: event.listenPorts, listenPortsUdp: event.listenPortsUdp }];
+    case "ports.updated":
+      return [
+        "portsUpdated",
+        {
+          listenPorts: event.listenPorts,
+          listenPortsUdp: event.listenPortsUdp,
+          added: event.added,
+          removed: event.removed,
+        },
+      ];
+    case "listener.error":
+      return ["listenerError", { port: event.port, protocol: event.protocol, code: event.code, message: event.message }];
+    case "stream.opened":
+      return [
+        "streamOpened",
+        { streamId: event.streamId, sessionId: event.sessionId, edgePort: event.edgePort, clientAddr: event.clientAddr },
+      ];
+    case "stream.closed":
+      return [
+        "streamClosed",
+        {
+          streamId: event.streamId,
+          sessionId: event.sessionId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          bytesIn: event.bytesIn,
+          bytesOut: event.bytesOut,
+          reason: event.reason,
+          message: event.message,
+          durationMs: event.durationMs,
+        },
+      ];
+    case "events.gap":
+    case "events.invalid":
+      return ["eventStreamProblem", event];
+    default:
+      return undefined;
+  }
+};
+
+const toStatus = (s: NativeEdgeStatus): RemoteIngressEdgeStatus => ({
+  running: s.running,
+  connected: s.connected,
+  publicIp: s.publicIp,
+  activeStreams: s.activeStreams,
+  listenPorts: s.listenPorts,
+  listenPortsUdp: s.listenPortsUdp,
+  hubFingerprint: s.hubFingerprint,
+  pinned: s.pinned,
+  hub: s.hub,
+  hubId: s.hubId,
+  sessionId: s.sessionId,
+  listenerErrors: s.listenerErrors,
+  lastError: s.lastError,
+});
+
+const STOPPED_STATUS: RemoteIngressEdgeStatus = {
+  running: false,
+  connected: false,
+  publicIp: null,
+  activeStreams: 0,
+  listenPorts: [],
+  listenPortsUdp: [],
+  listenerErrors: [],
+};
+
+const DRAIN_TIMEOUT_MS = 2000;
+
+interface Running {
+  readonly scope: Scope.CloseableScope;
+  readonly edge: EdgeService;
+  readonly consumer: Fiber.RuntimeFiber<void>;
+}
+
+/**
+ * An edge: dials a hub, opens the public ports the hub assigns, and relays each client through the tunnel.
+ *
+ * ```ts
+ * const edge = new RemoteIngressEdge();
+ * edge.on("portsAssigned", ({ listenPorts }) => console.log("listening on", listenPorts));
+ * await edge.start({ token });
+ * await edge.waitConnected(10_000);
+ * ```
+ */
+export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
+  #running: Running | undefined;
+  #transition: Promise<void> | undefined;
+  #lastPublicIp: string | null = null;
+
+  /** True between a successful `start()` and `stop()`. */
+  get running(): boolean {
+    return this.#running !== undefined;
+  }
+
+  /** The running edge's Effect service; undefined when stopped. */
+  get service(): EdgeService | undefined {
+    return this.#running?.edge;
+  }
+
+  /**
+   * Starts the edge. Resolves once it is started, not necessarily connected (see `waitConnected`). Rejects with
+   * `ConfigError` (including a malformed token), `EdgeStartError`, `AddonLoadError` or `AlreadyRunningError`.
+   */
+  async start(options: RemoteIngressEdgeOptions): Promise<void> {
+    if (this.#running !== undefined || this.#transition !== undefined) {
+      throw new AlreadyRunningError({ message: "edge is already running (or starting/stopping); call stop() first" });
+    }
+    const starting = this.#start(options);
+    this.#transition = starting.catch(() => undefined);
+    try {
+      await starting;
+    } finally {
+      this.#transition = undefined;
+    }
+  }
+
+  async #start(options: RemoteIngressEdgeOptions): Promise<void> {
+    const scope = Effect.runSync(Scope.make());
+    try {
+      const edge = await runToPromise(Scope.extend(Edge.make(options), scope));
+      const consumer = Effect.runFork(Stream.runForEach(edge.events, (event) => Effect.sync(() => this.#emit(event))));
+      this.#running = { scope, edge, consumer };
+    } catch (error) {
+      await Effect.runPromise(Scope.close(scope, Exit.void));
+      throw error;
+    }
+  }
+
+  #emit(event: EdgeEvent): void {
+    if (event.type !== "events.gap" && event.type !== "events.invalid") this.emit("nativeEvent", event);
+    const mapped = toEdgeApiEvent(event);
+    if (mapped !== undefined) (this.emit as (name: string, payload: unknown) => boolean)(mapped[0], mapped[1]);
+    if (event.type === "tunnel.connected" && this.#running !== undefined) {
+      const status = Effect.runSyncExit(this.#running.edge.status);
+      if (Exit.isSuccess(status)) this.#notePublicIp(status.value.publicIp);
+    }
+  }
+
+  /** A status snapshot; when stopped, `running` and `connected` are false and lists are empty. */
+  async getStatus(): Promise<RemoteIngressEdgeStatus> {
+    const running = this.#running;
+    if (running === undefined) return STOPPED_STATUS;
+    const status = toStatus(await runToPromise(running.edge.status));
+    this.#notePublicIp(status.publicIp);
+    return status;
+  }
+
+  // The addon reports the public address in status; surface the first sighting (and changes) as an event.
+  #notePublicIp(ip: string | null): void {
+    if (ip !== null && ip !== this.#lastPublicIp) {
+      this.#lastPublicIp = ip;
+      this.emit("publicIpDiscovered", { ip });
+    }
+  }
+
+  /**
+   * Resolves with the status once a tunnel is up (at once if it already is). Rejects with
+   * `EdgeConnectTimeoutError` (carrying the last connection error) after `timeoutMs`.
+   */
+  async waitConnected(timeoutMs = 10_000): Promise<RemoteIngressEdgeStatus> {
+    const running = this.#running;
+    if (running === undefined) throw new NotRunningError({ message: "edge is not running; call start() first" });
+    return toStatus(await runToPromise(running.edge.waitConnected(timeoutMs)));
+  }
+
+  /** Stops the edge (closes listeners and the tunnel) after emitting the last events. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.#transition !== undefined) await this.#transition;
+    const running = this.#running;
+    if (running === undefined) return;
+    this.#running = undefined;
+    const stopping = (async () => {
+      await Effect.runPromise(Scope.close(running.scope, Exit.void));
+      await Effect.runPromise(
+        Fiber.join(running.consumer).pipe(
+          Effect.timeout(DRAIN_TIMEOUT_MS),
+          Effect.catchAll(() => Fiber.interrupt(running.consumer)),
+          Effect.asVoid,
+        ),
+      );
+    })();
+    this.#transition = stopping;
+    try {
+      await stopping;
+    } finally {
+      this.#transition = undefined;
+    }
+  }
+}

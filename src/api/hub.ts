@@ -1,0 +1,277 @@
+/** `RemoteIngressHub`: the seed project's Promise/EventEmitter API, a thin wrapper over the `Hub` service. */
+import { EventEmitter } from "node:events";
+import { Effect, Exit, Fiber, Scope, Stream } from "effect";
+import type { AllowedEdgeInput, HubOptions } from "../config/hub.js";
+import { AlreadyRunningError, NotRunningError } from "../errors.js";
+import type { EventStreamProblem } from "../native/addon.js";
+import type { AuthFailedReason, EdgeDisconnectReason, NativeHubEvent, StreamCloseReason } from "../native/events.js";
+import type { NativeHubStatus } from "../native/status.js";
+import { Hub, type HubEvent, type HubService } from "../hub/service.js";
+import { runToPromise } from "./run.js";
+
+/** Options for `RemoteIngressHub.start()`: the seed's fields plus optional extras (see `HubOptions`). */
+export type RemoteIngressHubOptions = HubOptions;
+
+/** One connected edge in `getStatus()`. */
+export interface ConnectedEdgeStatus {
+  readonly edgeId: string;
+  /** Epoch milliseconds. */
+  readonly connectedAt: number;
+  readonly activeStreams: number;
+  readonly sessionId: string;
+  readonly remoteAddr: string;
+  /** Client → target bytes over this session. */
+  readonly bytesIn: number;
+  /** Target → client bytes over this session. */
+  readonly bytesOut: number;
+}
+
+export interface RemoteIngressHubStatus {
+  readonly running: boolean;
+  readonly tunnelPort: number;
+  readonly connectedEdges: ReadonlyArray<ConnectedEdgeStatus>;
+  readonly hubId?: string;
+  /** sha256 of the hub certificate, lowercase hex: what edges pin. */
+  readonly hubFingerprint?: string;
+}
+
+/** `edgeConnected`: an edge finished its handshake. */
+export interface EdgeConnectedEvent {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  /** The edge's address as the hub sees it (`ip:port`). */
+  readonly remoteAddr: string;
+}
+
+/** `edgeDisconnected`: an edge's tunnel session ended. */
+export interface EdgeDisconnectedEvent {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  readonly reason: EdgeDisconnectReason;
+  readonly message: string;
+}
+
+/** `edgeAuthFailed`: a connection was refused during the handshake. */
+export interface EdgeAuthFailedEvent {
+  readonly remoteAddr: string;
+  readonly claimedEdgeId: string | null;
+  readonly reason: AuthFailedReason;
+}
+
+/** `streamOpened`: a client connected to an edge port and the hub is relaying it to its target. */
+export interface HubStreamOpenedEvent {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  readonly streamId: number;
+  /** The public port on the edge the client connected to. */
+  readonly edgePort: number;
+  /** The client's address (`ip:port`), as sent to the target in the PROXY header. */
+  readonly clientAddr: string;
+  /** `host:port` the stream was forwarded to. */
+  readonly target: string;
+}
+
+/** `streamClosed`: a relayed stream ended. */
+export interface HubStreamClosedEvent extends HubStreamOpenedEvent {
+  /** Client → target bytes. */
+  readonly bytesIn: number;
+  /** Target → client bytes. */
+  readonly bytesOut: number;
+  readonly reason: StreamCloseReason;
+  readonly message: string;
+  readonly durationMs: number;
+}
+
+/** Events a `RemoteIngressHub` emits, with their payloads. */
+export interface RemoteIngressHubEvents {
+  /** An edge connected and authenticated. */
+  edgeConnected: [EdgeConnectedEvent];
+  /** An edge's session ended (closed, timed out, revoked, superseded, hub shutdown, I/O error). */
+  edgeDisconnected: [EdgeDisconnectedEvent];
+  /** A connection attempt was refused (bad secret, unknown edge, bad hello, TLS error, handshake timeout). */
+  edgeAuthFailed: [EdgeAuthFailedEvent];
+  /** A client stream started. */
+  streamOpened: [HubStreamOpenedEvent];
+  /** A client stream ended, with byte counts and the reason. */
+  streamClosed: [HubStreamClosedEvent];
+  /** Every native event, unmapped (for logging and tools). */
+  nativeEvent: [NativeHubEvent];
+  /** The native event stream lost or garbled events (a seq gap or an undecodable event). */
+  eventStreamProblem: [EventStreamProblem];
+}
+
+/** Maps one hub event to the seed API's event name and payload. */
+export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEvents]: [K, ...RemoteIngressHubEvents[K]] }[keyof RemoteIngressHubEvents] | undefined => {
+  switch (event.type) {
+    case "edge.connected":
+      return ["edgeConnected", { edgeId: event.edgeId, sessionId: event.sessionId, remoteAddr: event.remoteAddr }];
+    case "edge.disconnected":
+      return [
+        "edgeDisconnected",
+        { edgeId: event.edgeId, sessionId: event.sessionId, reason: event.reason, message: event.message },
+      ];
+    case "edge.authFailed":
+      return [
+        "edgeAuthFailed",
+        { remoteAddr: event.remoteAddr, claimedEdgeId: event.claimedEdgeId, reason: event.reason },
+      ];
+    case "stream.opened":
+      return [
+        "streamOpened",
+        {
+          edgeId: event.edgeId,
+          sessionId: event.sessionId,
+          streamId: event.streamId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          target: event.target,
+        },
+      ];
+    case "stream.closed":
+      return [
+        "streamClosed",
+        {
+          edgeId: event.edgeId,
+          sessionId: event.sessionId,
+          streamId: event.streamId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          target: event.target,
+          bytesIn: event.bytesIn,
+          bytesOut: event.bytesOut,
+          reason: event.reason,
+          message: event.message,
+          durationMs: event.durationMs,
+        },
+      ];
+    case "events.gap":
+    case "events.invalid":
+      return ["eventStreamProblem", event];
+    default:
+      return undefined;
+  }
+};
+
+const toStatus = (status: NativeHubStatus, fingerprint: string): RemoteIngressHubStatus => ({
+  running: status.running,
+  tunnelPort: status.tunnelPort,
+  hubId: status.hubId,
+  hubFingerprint: status.fingerprint === "" ? fingerprint : status.fingerprint,
+  connectedEdges: status.edges.map((e) => ({
+    edgeId: e.edgeId,
+    connectedAt: e.connectedAt,
+    activeStreams: e.activeStreams,
+    sessionId: e.sessionId,
+    remoteAddr: e.remoteAddr,
+    bytesIn: e.bytesIn,
+    bytesOut: e.bytesOut,
+  })),
+});
+
+/** How long `stop()` waits for the last events to be emitted after the hub stopped. */
+const DRAIN_TIMEOUT_MS = 2000;
+
+interface Running {
+  readonly scope: Scope.CloseableScope;
+  readonly hub: HubService;
+  readonly consumer: Fiber.RuntimeFiber<void>;
+}
+
+/**
+ * A hub: accepts edges over TLS and forwards their client streams to targets with a PROXY header.
+ *
+ * ```ts
+ * const hub = new RemoteIngressHub();
+ * hub.on("streamClosed", (e) => console.log(e.edgeId, e.bytesIn, e.bytesOut, e.reason));
+ * await hub.start({ tunnelPort: 8443 });
+ * await hub.updateAllowedEdges([{ id: "e1", secret: "s3cret", listenPorts: [80] }]);
+ * ```
+ */
+export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
+  #running: Running | undefined;
+  #transition: Promise<void> | undefined;
+  #lastTunnelPort: number | undefined;
+
+  /** True between a successful `start()` and `stop()`. */
+  get running(): boolean {
+    return this.#running !== undefined;
+  }
+
+  /** The running hub's Effect service (for mixing with the Effect API); undefined when stopped. */
+  get service(): HubService | undefined {
+    return this.#running?.hub;
+  }
+
+  /** Starts the hub; resolves once the tunnel port listens. Rejects with `ConfigError`, `HubStartError`, `AddonLoadError`, or `AlreadyRunningError`. */
+  async start(options: RemoteIngressHubOptions = {}): Promise<void> {
+    if (this.#running !== undefined || this.#transition !== undefined) {
+      throw new AlreadyRunningError({ message: "hub is already running (or starting/stopping); call stop() first" });
+    }
+    const starting = this.#start(options);
+    this.#transition = starting.catch(() => undefined);
+    try {
+      await starting;
+    } finally {
+      this.#transition = undefined;
+    }
+  }
+
+  async #start(options: RemoteIngressHubOptions): Promise<void> {
+    const scope = Effect.runSync(Scope.make());
+    try {
+      const hub = await runToPromise(Scope.extend(Hub.make(options), scope));
+      const consumer = Effect.runFork(Stream.runForEach(hub.events, (event) => Effect.sync(() => this.#emit(event))));
+      this.#lastTunnelPort = hub.tunnelPort;
+      this.#running = { scope, hub, consumer };
+    } catch (error) {
+      await Effect.runPromise(Scope.close(scope, Exit.void));
+      throw error;
+    }
+  }
+
+  #emit(event: HubEvent): void {
+    if (event.type !== "events.gap" && event.type !== "events.invalid") this.emit("nativeEvent", event);
+    const mapped = toHubApiEvent(event);
+    if (mapped !== undefined) (this.emit as (name: string, payload: unknown) => boolean)(mapped[0], mapped[1]);
+  }
+
+  /** Replaces the allowed-edge list (full replacement). Connected edges get new ports live; removed ones are cut. */
+  async updateAllowedEdges(edges: ReadonlyArray<AllowedEdgeInput>): Promise<void> {
+    const running = this.#running;
+    if (running === undefined) throw new NotRunningError({ message: "hub is not running; call start() first" });
+    await runToPromise(running.hub.updateAllowedEdges(edges));
+  }
+
+  /** A status snapshot. When stopped: `{ running: false, tunnelPort, connectedEdges: [] }`. */
+  async getStatus(): Promise<RemoteIngressHubStatus> {
+    const running = this.#running;
+    if (running === undefined) {
+      return { running: false, tunnelPort: this.#lastTunnelPort ?? 0, connectedEdges: [] };
+    }
+    return toStatus(await runToPromise(running.hub.status), running.hub.fingerprint);
+  }
+
+  /** Stops the hub (edges get GoAway, streams are cut) after emitting the last events. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.#transition !== undefined) await this.#transition;
+    const running = this.#running;
+    if (running === undefined) return;
+    this.#running = undefined;
+    const stopping = (async () => {
+      await Effect.runPromise(Scope.close(running.scope, Exit.void));
+      await Effect.runPromise(
+        Fiber.join(running.consumer).pipe(
+          Effect.timeout(DRAIN_TIMEOUT_MS),
+          Effect.catchAll(() => Fiber.interrupt(running.consumer)),
+          Effect.asVoid,
+        ),
+      );
+    })();
+    this.#transition = stopping;
+    try {
+      await stopping;
+    } finally {
+      this.#transition = undefined;
+    }
+  }
+}
