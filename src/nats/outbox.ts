@@ -307,22 +307,27 @@ export class Outbox {
       const bufs = this.pending;
       this.pending = [];
       this.pendingRecords = 0;
-      const chunk = bufs.length === 1 ? (bufs[0] as Buffer) : Buffer.concat(bufs);
-      const tail = this.segments[this.segments.length - 1] as Segment;
       try {
-        const fh = this.writeFh as FileHandle;
-        let written = 0;
-        while (written < chunk.length) {
-          const r = await fh.write(chunk, written, chunk.length - written);
-          written += r.bytesWritten;
+        // One write per segment touched; roll once a segment reaches segmentBytes.
+        let i = 0;
+        while (i < bufs.length) {
+          const tail = this.segments[this.segments.length - 1] as Segment;
+          const group: Buffer[] = [];
+          let size = 0;
+          while (i < bufs.length && (group.length === 0 || tail.size + size < this.segmentBytes)) {
+            const b = bufs[i++] as Buffer;
+            group.push(b);
+            size += b.length;
+          }
+          await this.writeAll(group.length === 1 ? (group[0] as Buffer) : Buffer.concat(group, size));
+          tail.size += size;
+          if (tail.size >= this.segmentBytes) await this.roll();
         }
         const now = Date.now();
         if (this.fsync === "always" || (typeof this.fsync === "object" && now - this.lastSync >= this.fsync.intervalMs)) {
-          await fh.datasync();
+          await this.writeFh?.datasync();
           this.lastSync = now;
         }
-        tail.size += chunk.length;
-        if (tail.size >= this.segmentBytes) await this.roll();
       } catch (cause) {
         this.writeError = new OutboxIoError({ op: "write", cause });
         this.log("error", this.writeError.message);
@@ -330,8 +335,18 @@ export class Outbox {
     }
   }
 
+  private async writeAll(chunk: Buffer): Promise<void> {
+    const fh = this.writeFh as FileHandle;
+    let written = 0;
+    while (written < chunk.length) {
+      const r = await fh.write(chunk, written, chunk.length - written);
+      written += r.bytesWritten;
+    }
+  }
+
   private async roll(): Promise<void> {
     const tail = this.segments[this.segments.length - 1] as Segment;
+    if (this.fsync !== "never") await this.writeFh?.datasync();
     await this.writeFh?.close();
     const next: Segment = { index: tail.index + 1, size: 0 };
     this.writeFh = await open(join(this.dir, segName(next.index)), "a");
