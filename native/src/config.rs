@@ -1,0 +1,408 @@
+//! Config JSON from TypeScript (see docs/architecture.md), parsed and validated once at the boundary.
+use crate::error::AddonError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    V1,
+    V2,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubConfig {
+    #[serde(default = "default_hub_id")]
+    pub hub_id: String,
+    #[serde(default = "default_bind_host")]
+    pub bind_host: String,
+    pub tunnel_port: u16,
+    #[serde(default = "default_target_host")]
+    pub target_host: String,
+    #[serde(default)]
+    pub proxy_protocol_tcp: ProxyProtocol,
+    #[serde(default = "default_udp_proxy")]
+    pub proxy_protocol_udp: ProxyProtocol,
+    pub cert_pem: String,
+    pub key_pem: String,
+    #[serde(default = "default_ping_ms")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_connect_ms")]
+    pub target_connect_timeout_ms: u64,
+    #[serde(default)]
+    pub edges: Vec<EdgeEntry>,
+}
+
+/// One allowed edge (`NativeEdge`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeEntry {
+    pub id: String,
+    pub secret: String,
+    #[serde(default)]
+    pub listen_ports: Vec<u16>,
+    #[serde(default)]
+    pub listen_ports_udp: Vec<u16>,
+    /// Edge port (as a decimal string) → "host:port".
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+    #[serde(default = "default_stun_secs")]
+    pub stun_interval_secs: u32,
+}
+
+// The secret never appears in logs or error messages.
+impl std::fmt::Debug for EdgeEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeEntry")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("listen_ports", &self.listen_ports)
+            .field("listen_ports_udp", &self.listen_ports_udp)
+            .field("targets", &self.targets)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HubAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeConfigJson {
+    pub hubs: Vec<HubAddress>,
+    pub edge_id: String,
+    pub secret: String,
+    #[serde(default = "default_bind_host")]
+    pub bind_address: String,
+    #[serde(default)]
+    pub hub_cert_fingerprint: Option<String>,
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "default_ping_ms")]
+    pub ping_interval_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_reconnect_initial_ms")]
+    pub reconnect_initial_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+impl std::fmt::Debug for EdgeConfigJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeConfigJson")
+            .field("hubs", &self.hubs)
+            .field("edge_id", &self.edge_id)
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_hub_id() -> String {
+    "hub".into()
+}
+fn default_bind_host() -> String {
+    "0.0.0.0".into()
+}
+fn default_target_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_udp_proxy() -> ProxyProtocol {
+    ProxyProtocol::V2
+}
+fn default_ping_ms() -> u64 {
+    5_000
+}
+fn default_idle_ms() -> u64 {
+    15_000
+}
+fn default_handshake_ms() -> u64 {
+    5_000
+}
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_stun_secs() -> u32 {
+    300
+}
+fn default_reconnect_initial_ms() -> u64 {
+    250
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+fn invalid(msg: impl std::fmt::Display) -> AddonError {
+    AddonError::InvalidConfig(msg.to_string())
+}
+
+fn check_ms(name: &str, value: u64) -> Result<Duration, AddonError> {
+    if value == 0 || value > 24 * 3600 * 1000 {
+        return Err(invalid(format!(
+            "{name} must be between 1 and 86400000 ms, got {value}"
+        )));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+fn check_ports(what: &str, ports: &[u16]) -> Result<(), AddonError> {
+    if ports.contains(&0) {
+        return Err(invalid(format!("{what}: port 0 is not allowed")));
+    }
+    Ok(())
+}
+
+/// Validates a "host:port" target (host may be a name, IPv4 or [IPv6]).
+fn check_target(port_key: &str, target: &str) -> Result<(), AddonError> {
+    let bad = || {
+        invalid(format!(
+            "targets[{port_key}]: expected \"host:port\", got {target:?}"
+        ))
+    };
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl EdgeEntry {
+    fn validate(&self) -> Result<(), AddonError> {
+        if self.id.is_empty() || self.id.len() > crate::protocol::handshake::MAX_EDGE_ID_LEN {
+            return Err(invalid(format!(
+                "edge id {:?} must have 1..=128 bytes",
+                self.id
+            )));
+        }
+        if self.secret.is_empty() || self.secret.len() > crate::protocol::handshake::MAX_SECRET_LEN
+        {
+            return Err(invalid(format!(
+                "edge {:?}: secret must have 1..=512 bytes",
+                self.id
+            )));
+        }
+        check_ports(
+            &format!("edge {:?} listenPorts", self.id),
+            &self.listen_ports,
+        )?;
+        check_ports(
+            &format!("edge {:?} listenPortsUdp", self.id),
+            &self.listen_ports_udp,
+        )?;
+        for (key, target) in &self.targets {
+            key.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                invalid(format!(
+                    "edge {:?}: target key {key:?} is not a port",
+                    self.id
+                ))
+            })?;
+            check_target(key, target)?;
+        }
+        Ok(())
+    }
+
+    /// Where a stream arriving on `edge_port` goes.
+    pub fn target_for(&self, edge_port: u16, target_host: &str) -> String {
+        match self.targets.get(&edge_port.to_string()) {
+            Some(t) => t.clone(),
+            None if target_host.contains(':') => format!("[{target_host}]:{edge_port}"),
+            None => format!("{target_host}:{edge_port}"),
+        }
+    }
+
+    pub fn wire_config(&self) -> crate::protocol::EdgeConfig {
+        crate::protocol::EdgeConfig {
+            listen_ports: sorted_unique(&self.listen_ports),
+            listen_ports_udp: sorted_unique(&self.listen_ports_udp),
+            stun_interval_secs: self.stun_interval_secs,
+        }
+    }
+}
+
+pub fn sorted_unique(ports: &[u16]) -> Vec<u16> {
+    let mut v = ports.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Parses and validates the `edges` list (also used by `hubUpdateEdges`).
+pub fn parse_edges(json: &str) -> Result<Vec<EdgeEntry>, AddonError> {
+    let edges: Vec<EdgeEntry> = serde_json::from_str(json).map_err(invalid)?;
+    validate_edges(&edges)?;
+    Ok(edges)
+}
+
+fn validate_edges(edges: &[EdgeEntry]) -> Result<(), AddonError> {
+    let mut seen = std::collections::HashSet::new();
+    for e in edges {
+        e.validate()?;
+        if !seen.insert(e.id.as_str()) {
+            return Err(invalid(format!("edge id {:?} appears twice", e.id)));
+        }
+    }
+    Ok(())
+}
+
+/// Validated hub settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub raw: HubConfig,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub target_connect_timeout: Duration,
+}
+
+pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
+    let raw: HubConfig = serde_json::from_str(json).map_err(invalid)?;
+    if raw.hub_id.is_empty() {
+        return Err(invalid("hubId must not be empty"));
+    }
+    if raw.proxy_protocol_udp == ProxyProtocol::V1 {
+        return Err(invalid("proxyProtocolUdp must be \"v2\" or \"none\""));
+    }
+    validate_edges(&raw.edges)?;
+    let ping_interval = check_ms("pingIntervalMs", raw.ping_interval_ms)?;
+    let idle_timeout = check_ms("idleTimeoutMs", raw.idle_timeout_ms)?;
+    if idle_timeout <= ping_interval {
+        return Err(invalid("idleTimeoutMs must be greater than pingIntervalMs"));
+    }
+    Ok(HubSettings {
+        ping_interval,
+        idle_timeout,
+        handshake_timeout: check_ms("handshakeTimeoutMs", raw.handshake_timeout_ms)?,
+        target_connect_timeout: check_ms("targetConnectTimeoutMs", raw.target_connect_timeout_ms)?,
+        raw,
+    })
+}
+
+/// Validated edge settings.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub raw: EdgeConfigJson,
+    /// Normalized (lowercase, no colons) sha256 hex, if pinned.
+    pub fingerprint: Option<String>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+pub fn normalize_fingerprint(fp: &str) -> Result<String, AddonError> {
+    let norm: String = fp
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if norm.len() != 64 || !norm.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "hubCertFingerprint must be 64 hex characters (sha256)",
+        ));
+    }
+    Ok(norm)
+}
+
+pub fn parse_edge_config(json: &str) -> Result<EdgeSettings, AddonError> {
+    let raw: EdgeConfigJson = serde_json::from_str(json).map_err(invalid)?;
+    if raw.hubs.is_empty() {
+        return Err(invalid("hubs must list at least one hub"));
+    }
+    if let Some(h) = raw.hubs.iter().find(|h| h.host.is_empty() || h.port == 0) {
+        return Err(invalid(format!("hub address {h} is not valid")));
+    }
+    if raw.edge_id.is_empty() || raw.edge_id.len() > crate::protocol::handshake::MAX_EDGE_ID_LEN {
+        return Err(invalid("edgeId must have 1..=128 bytes"));
+    }
+    if raw.secret.is_empty() || raw.secret.len() > crate::protocol::handshake::MAX_SECRET_LEN {
+        return Err(invalid("secret must have 1..=512 bytes"));
+    }
+    let fingerprint = match raw.hub_cert_fingerprint.as_deref() {
+        Some(fp) if !fp.is_empty() => Some(normalize_fingerprint(fp)?),
+        _ => None,
+    };
+    let ping_interval = check_ms("pingIntervalMs", raw.ping_interval_ms)?;
+    let idle_timeout = check_ms("idleTimeoutMs", raw.idle_timeout_ms)?;
+    if idle_timeout <= ping_interval {
+        return Err(invalid("idleTimeoutMs must be greater than pingIntervalMs"));
+    }
+    let reconnect_initial = check_ms("reconnectInitialMs", raw.reconnect_initial_ms)?;
+    let reconnect_max = check_ms("reconnectMaxMs", raw.reconnect_max_ms)?;
+    if reconnect_max < reconnect_initial {
+        return Err(invalid(
+            "reconnectMaxMs must be at least reconnectInitialMs",
+        ));
+    }
+    Ok(EdgeSettings {
+        raw,
+        fingerprint,
+        ping_interval,
+        idle_timeout,
+        reconnect_initial,
+        reconnect_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "\"certPem\":\"c\",\"keyPem\":\"k\"";
+
+    #[test]
+    fn hub_config_defaults_and_errors() {
+        let ok = parse_hub_config(&format!("{{\"tunnelPort\":0,{CERT}}}")).unwrap();
+        assert_eq!(ok.raw.proxy_protocol_tcp, ProxyProtocol::V1);
+        let err =
+            parse_hub_config(&format!("{{\"tunnelPort\":0,{CERT},\"bogus\":1}}")).unwrap_err();
+        assert!(err.to_string().starts_with("EINVALIDCONFIG: "), "{err}");
+        let err = parse_hub_config("not json").unwrap_err();
+        assert!(err.to_string().starts_with("EINVALIDCONFIG: "));
+        let bad_target = format!(
+            "{{\"tunnelPort\":0,{CERT},\"edges\":[{{\"id\":\"e\",\"secret\":\"s\",\"targets\":{{\"80\":\"nope\"}}}}]}}"
+        );
+        assert!(parse_hub_config(&bad_target).is_err());
+    }
+
+    #[test]
+    fn target_lookup() {
+        let e: EdgeEntry = serde_json::from_str(
+            r#"{"id":"e","secret":"s","listenPorts":[80,81],"targets":{"80":"10.0.0.5:8080"}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.target_for(80, "127.0.0.1"), "10.0.0.5:8080");
+        assert_eq!(e.target_for(81, "127.0.0.1"), "127.0.0.1:81");
+        assert_eq!(e.target_for(81, "::1"), "[::1]:81");
+    }
+
+    #[test]
+    fn fingerprint_normalized() {
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(normalize_fingerprint(&fp).unwrap(), "ab".repeat(32));
+        assert!(normalize_fingerprint("abc").is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! The edge role: keeps one tunnel to a hub up and serves the public listeners over it.
+//!
+//! Choices:
+//! - Connecting tries the configured hubs in order; when all fail it waits a jittered exponential
+//!   backoff (reconnectInitialMs doubling up to reconnectMaxMs, uniform in [d/2, d]). A session
+//!   that lasted at least `STABLE_SESSION` resets the backoff.
+//! - An auth rejection or a pinned-fingerprint mismatch is reported as `tunnel.rejected` and retried
+//!   with the same backoff (the hub's edge list or certificate may be fixed meanwhile).
+//! - Listeners stay bound while the tunnel is down, so a reconnect (or a failover to another hub)
+//!   does not lose the ports; a connection arriving while no tunnel is up is closed at once.
+//! - On `Config` the port set is diffed: new ports are bound, removed ports stop accepting, and
+//!   streams already running on a removed port are left to finish. A port that fails to bind is
+//!   reported (`listener.error`) and retried at the next assignment; other ports keep working.
+use crate::config::{sorted_unique, EdgeSettings};
+use crate::error::AddonError;
+use crate::events::{Event, EventSink};
+use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, Role};
+use crate::protocol::handshake::{decode_reply, encode_hello, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::{
+    EdgeConfig, Hello, HelloAccepted, HelloReply, RejectCode, StreamOpen, PROTOCOL_VERSION,
+};
+use crate::relay::{relay, ByteCounters, SocketSide};
+use crate::runtime::{until_set, TaskGroup};
+use crate::status::{close_reason_name, goaway_reason_name, EdgeStatus, ListenerErrorStatus};
+use crate::transport::tls;
+use bytes::BytesMut;
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// A running edge. Cheap to clone.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<EdgeInner>,
+}
+
+struct EdgeInner {
+    settings: EdgeSettings,
+    connector: TlsConnector,
+    events: EventSink,
+    tasks: TaskGroup,
+    state: Mutex<EdgeState>,
+    counters: ByteCounters,
+    active_streams: AtomicU64,
+    stopping: watch::Sender<bool>,
+    stop_started: AtomicBool,
+    stopped: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct EdgeState {
+    tunnel: Option<Tunnel>,
+    hub: Option<String>,
+    hub_id: Option<String>,
+    hub_fingerprint: Option<String>,
+    listen_ports: Vec<u16>,
+    listen_ports_udp: Vec<u16>,
+    listeners: HashMap<u16, JoinHandle<()>>,
+    listener_errors: Vec<ListenerErrorStatus>,
+    last_error: Option<String>,
+    unpinned_reported: bool,
+}
+
+#[derive(Clone)]
+struct Tunnel {
+    mux: MuxHandle,
+    session_id: String,
+}
+
+/// Why one connection attempt failed.
+enum AttemptError {
+    /// `tunnel.rejected`
+    Rejected(&'static str, String),
+    /// `tunnel.disconnected`
+    Failed(&'static str, String),
+}
+
+struct Connected {
+    tls: TlsStream<TcpStream>,
+    leftover: BytesMut,
+    accepted: HelloAccepted,
+    fingerprint: String,
+}
+
+impl Edge {
+    /// Starts connecting in the background.
+    pub fn start(settings: EdgeSettings, events: EventSink) -> Result<Edge, AddonError> {
+        let client_config = tls::client_config(
+            settings.fingerprint.as_deref(),
+            settings.raw.ca_pem.as_deref(),
+        )?;
+        for hub in &settings.raw.hubs {
+            tls::server_name(settings.raw.server_name.as_deref().unwrap_or(&hub.host))?;
+        }
+        let inner = Arc::new(EdgeInner {
+            settings,
+            connector: TlsConnector::from(client_config),
+            events,
+            tasks: TaskGroup::default(),
+            state: Mutex::new(EdgeState::default()),
+            counters: ByteCounters::default(),
+            active_streams: AtomicU64::new(0),
+            stopping: watch::channel(false).0,
+            stop_started: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
+        });
+        inner.tasks.spawn(connect_loop(inner.clone()));
+        Ok(Edge { inner })
+    }
+
+    pub fn status(&self) -> EdgeStatus {
+        let inner = &self.inner;
+        let state = inner.state();
+        let mut listener_errors = state.listener_errors.clone();
+        listener_errors.sort_by_key(|e| e.port);
+        EdgeStatus {
+            running: !*inner.stopping.borrow(),
+            connected: state.tunnel.is_some(),
+            hub: state.hub.clone(),
+            hub_id: state.hub_id.clone(),
+            session_id: state.tunnel.as_ref().map(|t| t.session_id.clone()),
+            hub_fingerprint: state.hub_fingerprint.clone(),
+            pinned: inner.settings.fingerprint.is_some(),
+            public_ip: None,
+            active_streams: inner.active_streams.load(Ordering::Relaxed),
+            listen_ports: state.listen_ports.clone(),
+            listen_ports_udp: state.listen_ports_udp.clone(),
+            listener_errors,
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    /// Closes the tunnel and the listeners, waits for every task. Idempotent.
+    pub async fn stop(&self) {
+        let inner = &self.inner;
+        let mut stopped = inner.stopped.subscribe();
+        if inner.stop_started.swap(true, Ordering::AcqRel) {
+            until_set(&mut stopped).await;
+            return;
+        }
+        inner.stopping.send_replace(true);
+        inner.tasks.wait_idle().await;
+        inner.events.flush().await;
+        inner.stopped.send_replace(true);
+    }
+}
+
+impl EdgeInner {
+    fn state(&self) -> MutexGuard<'_, EdgeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let initial = self.settings.reconnect_initial.as_millis() as u64;
+        let max = self.settings.reconnect_max.as_millis() as u64;
+        let ceiling = initial.saturating_mul(1u64 << failures.min(30)).min(max);
+        Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
+    }
+
+    /// Sleeps, or returns false if the edge is stopping.
+    async fn pause(&self, delay: Duration) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            _ = until_set(&mut stopping) => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+}
+
+async fn connect_loop(inner: Arc<EdgeInner>) {
+    let hubs = inner.settings.raw.hubs.clone();
+    let mut failures: u32 = 0;
+    let mut attempt: u64 = 0;
+    'rounds: while !inner.is_stopping() {
+        for (index, hub) in hubs.iter().enumerate() {
+            let hub_name = hub.to_string();
+            attempt += 1;
+            inner.events.emit(Event::TunnelConnecting {
+                hub: hub_name.clone(),
+                attempt,
+            });
+            let mut stopping = inner.stopping.subscribe();
+            let result = tokio::select! {
+                _ = until_set(&mut stopping) => break 'rounds,
+                result = connect_once(&inner, &hub.host, hub.port) => result,
+            };
+            match result {
+                Ok(connected) => {
+                    let started = Instant::now();
+                    let end = run_tunnel(&inner, &hub_name, connected).await;
+                    if started.elapsed() >= STABLE_SESSION {
+                        failures = 0;
+                    }
+                    let Some((reason, message)) = end else {
+                        break 'rounds;
+                    };
+                    let delay = inner.backoff(failures);
+                    failures = failures.saturating_add(1);
+                    inner.state().last_error = Some(format!("{reason}: {message}"));
+                    inner.events.emit(Event::TunnelDisconnected {
+                        hub: hub_name,
+                        reason,
+                        message,
+                        retry_in_ms: Some(delay.as_millis() as u64),
+                    });
+                    if !inner.pause(delay).await {
+                        break 'rounds;
+                    }
+                    continue 'rounds;
+                }
+                Err(error) => {
+                    let last_hub = index + 1 == hubs.len();
+                    let delay = if last_hub {
+                        inner.backoff(failures)
+                    } else {
+                        Duration::ZERO
+                    };
+                    if last_hub {
+                        failures = failures.saturating_add(1);
+                    }
+                    let retry_in_ms = Some(delay.as_millis() as u64);
+                    let event = match error {
+                        AttemptError::Rejected(reason, message) => {
+                            inner.state().last_error = Some(format!("{reason}: {message}"));
+                            Event::TunnelRejected {
+                                hub: hub_name,
+                                reason,
+                                message,
+                                retry_in_ms,
+                            }
+                        }
+                        AttemptError::Failed(reason, message) => {
+                            inner.state().last_error = Some(format!("{reason}: {message}"));
+                            Event::TunnelDisconnected {
+                                hub: hub_name,
+                                reason,
+                                message,
+                                retry_in_ms,
+                            }
+                        }
+                    };
+                    inner.events.emit(event);
+                    if !delay.is_zero() && !inner.pause(delay).await {
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+    }
+    close_listeners(&inner);
+}
+
+fn close_listeners(inner: &EdgeInner) {
+    let listeners: Vec<JoinHandle<()>> = inner.state().listeners.drain().map(|(_, h)| h).collect();
+    for listener in listeners {
+        listener.abort();
+    }
+}
+
+async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connected, AttemptError> {
+    let timeout = inner.settings.idle_timeout;
+    let failed = |reason: &'static str| move |msg: String| AttemptError::Failed(reason, msg);
+    let tcp = tokio::time::timeout(
+        timeout,
+        TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)),
+    )
+    .await
+    .map_err(|_| {
+        AttemptError::Failed(
+            "connectFailed",
+            format!("connecting timed out after {} ms", timeout.as_millis()),
+        )
+    })?
+    .map_err(|e| AttemptError::Failed("connectFailed", e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let name = inner.settings.raw.server_name.as_deref().unwrap_or(host);
+    let server_name =
+        tls::server_name(name).map_err(|e| AttemptError::Failed("tlsError", e.to_string()))?;
+    let handshake = async {
+        let mut tls = match inner.connector.connect(server_name, tcp).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                return Err(match tls::fingerprint_mismatch(&e) {
+                    Some(mismatch) => {
+                        AttemptError::Rejected("fingerprintMismatch", mismatch.to_string())
+                    }
+                    None => AttemptError::Failed("tlsError", e.to_string()),
+                })
+            }
+        };
+        let fingerprint = tls::peer_fingerprint(tls.get_ref().1).unwrap_or_default();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            edge_id: inner.settings.raw.edge_id.clone(),
+            secret: inner.settings.raw.secret.clone(),
+            capabilities: 0,
+        };
+        let mut out = BytesMut::new();
+        encode_hello(&hello, &mut out);
+        tls.write_all(&out)
+            .await
+            .map_err(|e| failed("ioError")(e.to_string()))?;
+        tls.flush()
+            .await
+            .map_err(|e| failed("ioError")(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let reply = loop {
+            match decode_reply(&mut buf) {
+                Ok(Some(reply)) => break reply,
+                Ok(None) if buf.len() > MAX_HANDSHAKE_MESSAGE => {
+                    return Err(AttemptError::Failed(
+                        "protocolError",
+                        "hub reply too large".into(),
+                    ))
+                }
+                Ok(None) => match tls.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        return Err(AttemptError::Failed(
+                            "hubClosed",
+                            "hub closed during the handshake".into(),
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(AttemptError::Failed("ioError", e.to_string())),
+                },
+                Err(e) => return Err(AttemptError::Failed("protocolError", e.to_string())),
+            }
+        };
+        match reply {
+            HelloReply::Accepted(accepted) => Ok(Connected {
+                tls,
+                leftover: buf,
+                accepted,
+                fingerprint,
+            }),
+            HelloReply::Rejected { code, message } => {
+                let reason = match code {
+                    RejectCode::AuthFailed => "authFailed",
+                    RejectCode::VersionUnsupported => "versionUnsupported",
+                    RejectCode::Malformed => "malformed",
+                };
+                Err(AttemptError::Rejected(reason, message))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| {
+            AttemptError::Failed(
+                "timeout",
+                format!("handshake timed out after {} ms", timeout.as_millis()),
+            )
+        })?
+}
+
+/// Runs one accepted tunnel until it ends. Returns the disconnect reason, or `None` if stopping.
+async fn run_tunnel(
+    inner: &Arc<EdgeInner>,
+    hub_name: &str,
+    connected: Connected,
+) -> Option<(&'static str, String)> {
+    let Connected {
+        tls,
+        leftover,
+        accepted,
+        fingerprint,
+    } = connected;
+    let pinned = inner.settings.fingerprint.is_some();
+    let options = MuxOptions {
+        role: Role::Edge,
+        ping_interval: inner.settings.ping_interval,
+        idle_timeout: inner.settings.idle_timeout,
+    };
+    let (mux, mut mux_events) = mux::spawn(tls, leftover, options);
+    let report_unpinned = {
+        let mut state = inner.state();
+        state.tunnel = Some(Tunnel {
+            mux: mux.clone(),
+            session_id: accepted.session_id.clone(),
+        });
+        state.hub = Some(hub_name.to_string());
+        state.hub_id = Some(accepted.hub_id.clone());
+        state.hub_fingerprint = Some(fingerprint.clone());
+        state.last_error = None;
+        let report = !pinned && inner.settings.raw.ca_pem.is_none() && !state.unpinned_reported;
+        state.unpinned_reported |= report;
+        report
+    };
+    inner.events.emit(Event::TunnelConnected {
+        hub: hub_name.to_string(),
+        hub_id: accepted.hub_id.clone(),
+        session_id: accepted.session_id.clone(),
+        hub_fingerprint: fingerprint.clone(),
+        pinned,
+    });
+    if report_unpinned {
+        inner.events.emit(Event::TunnelUnpinned {
+            hub: hub_name.to_string(),
+            hub_fingerprint: fingerprint,
+        });
+    }
+    let config = &accepted.config;
+    inner.events.emit(Event::PortsAssigned {
+        listen_ports: sorted_unique(&config.listen_ports),
+        listen_ports_udp: sorted_unique(&config.listen_ports_udp),
+    });
+    apply_ports(inner, config).await;
+
+    let mut stopping = inner.stopping.subscribe();
+    let mut stop_requested = false;
+    let end = loop {
+        tokio::select! {
+            _ = until_set(&mut stopping), if !stop_requested => {
+                stop_requested = true;
+                mux.shutdown(None);
+            }
+            event = mux_events.recv() => match event {
+                Some(MuxEvent::Config(config)) => {
+                    let (added, removed) = apply_ports(inner, &config).await;
+                    inner.events.emit(Event::PortsUpdated {
+                        listen_ports: sorted_unique(&config.listen_ports),
+                        listen_ports_udp: sorted_unique(&config.listen_ports_udp),
+                        added,
+                        removed,
+                    });
+                }
+                Some(MuxEvent::Opened(..)) => {}
+                Some(MuxEvent::Ended(end)) => break end,
+                None => break MuxEnd::Io("tunnel task ended".into()),
+            }
+        }
+    };
+    inner.state().tunnel = None;
+    if stop_requested {
+        inner.events.emit(Event::TunnelDisconnected {
+            hub: hub_name.to_string(),
+            reason: "stopped",
+            message: "edge stopped".into(),
+            retry_in_ms: None,
+        });
+        return None;
+    }
+    Some(match end {
+        MuxEnd::PeerClosed => ("hubClosed", "the hub closed the tunnel".to_string()),
+        MuxEnd::PeerGoAway(reason, message) => (goaway_reason_name(reason), message),
+        MuxEnd::Local(_, message) => ("stopped", message),
+        MuxEnd::Timeout => (
+            "timeout",
+            "no frames received within idleTimeoutMs".to_string(),
+        ),
+        MuxEnd::Protocol(message) => ("protocolError", message),
+        MuxEnd::Io(message) => ("ioError", message),
+    })
+}
+
+/// Makes the bound listeners match `config`. Returns (added, removed) relative to the previous set.
+async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, Vec<u16>) {
+    let wanted = sorted_unique(&config.listen_ports);
+    let (previous, to_bind) = {
+        let mut state = inner.state();
+        let previous = std::mem::replace(&mut state.listen_ports, wanted.clone());
+        state.listen_ports_udp = sorted_unique(&config.listen_ports_udp);
+        let removed: Vec<u16> = state
+            .listeners
+            .keys()
+            .copied()
+            .filter(|p| !wanted.contains(p))
+            .collect();
+        for port in removed {
+            if let Some(listener) = state.listeners.remove(&port) {
+                listener.abort();
+            }
+        }
+        state.listener_errors.retain(|e| wanted.contains(&e.port));
+        let to_bind: Vec<u16> = wanted
+            .iter()
+            .copied()
+            .filter(|p| !state.listeners.contains_key(p))
+            .collect();
+        (previous, to_bind)
+    };
+    for port in to_bind {
+        let bind_address = inner
+            .settings
+            .raw
+            .bind_address
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        match TcpListener::bind((bind_address, port)).await {
+            Ok(listener) => {
+                let task = inner
+                    .tasks
+                    .spawn(accept_loop(inner.clone(), listener, port));
+                let mut state = inner.state();
+                state.listener_errors.retain(|e| e.port != port);
+                if let Some(stale) = state.listeners.insert(port, task) {
+                    stale.abort();
+                }
+            }
+            Err(e) => {
+                let error = AddonError::from_bind(&e, &format!("{bind_address}:{port}"));
+                let status = ListenerErrorStatus {
+                    port,
+                    protocol: "tcp",
+                    code: error.code().to_string(),
+                    message: error.detail().to_string(),
+                };
+                {
+                    let mut state = inner.state();
+                    state.listener_errors.retain(|e| e.port != port);
+                    state.listener_errors.push(status.clone());
+                }
+                inner.events.emit(Event::ListenerError {
+                    port,
+                    protocol: "tcp",
+                    code: status.code,
+                    message: status.message,
+                });
+            }
+        }
+    }
+    let added = wanted
+        .iter()
+        .copied()
+        .filter(|p| !previous.contains(p))
+        .collect();
+    let removed = previous
+        .iter()
+        .copied()
+        .filter(|p| !wanted.contains(p))
+        .collect();
+    (added, removed)
+}
+
+async fn accept_loop(inner: Arc<EdgeInner>, listener: TcpListener, port: u16) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let tunnel = inner.state().tunnel.clone();
+                match tunnel {
+                    Some(tunnel) => {
+                        inner
+                            .tasks
+                            .spawn(serve_client(inner.clone(), tunnel, sock, peer, port));
+                    }
+                    // No tunnel: refuse by closing right away rather than letting the client wait.
+                    None => drop(sock),
+                }
+            }
+            // Usually EMFILE: back off instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn serve_client(
+    inner: Arc<EdgeInner>,
+    tunnel: Tunnel,
+    sock: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+) {
+    let _ = sock.set_nodelay(true);
+    let Ok(edge_local) = sock.local_addr() else {
+        return;
+    };
+    let open = StreamOpen {
+        edge_port: port,
+        client: peer,
+        edge_local,
+    };
+    let Ok(stream) = tunnel.mux.open(open).await else {
+        return;
+    };
+    let stream_id = stream.id;
+    let edge_id = inner.settings.raw.edge_id.clone();
+    inner.events.emit(Event::StreamOpened {
+        edge_id: edge_id.clone(),
+        session_id: tunnel.session_id.clone(),
+        stream_id,
+        edge_port: port,
+        client_addr: peer.to_string(),
+        target: None,
+    });
+    inner.active_streams.fetch_add(1, Ordering::Relaxed);
+    let outcome = relay(sock, stream, SocketSide::Client, &inner.counters).await;
+    inner.active_streams.fetch_sub(1, Ordering::Relaxed);
+    inner.events.emit(Event::StreamClosed {
+        edge_id,
+        session_id: tunnel.session_id,
+        stream_id,
+        edge_port: port,
+        client_addr: peer.to_string(),
+        target: None,
+        bytes_in: outcome.bytes_in,
+        bytes_out: outcome.bytes_out,
+        duration_ms: outcome.duration.as_millis() as u64,
+        reason: close_reason_name(outcome.reason),
+        message: outcome.message,
+    });
+}

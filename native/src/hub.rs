@@ -1,0 +1,553 @@
+//! The hub role: accepts tunnels, authenticates edges, keeps one session per edge and forwards each
+//! stream to its target behind a PROXY header.
+//!
+//! Accepting and handshaking are separate steps: every connection's TLS accept and Hello exchange
+//! runs in its own task under `handshakeTimeoutMs`, so a slow or garbage client never blocks the
+//! accept loop. Unknown edge and wrong secret get the same reply.
+use crate::config::{EdgeEntry, HubSettings, ProxyProtocol};
+use crate::error::AddonError;
+use crate::events::{Event, EventSink};
+use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, MuxStream, Role};
+use crate::protocol::handshake::{decode_hello, encode_reply, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::{
+    proxy_v1_header, proxy_v2_header, CloseReason, EdgeConfig, Frame, GoAwayReason, Hello,
+    HelloAccepted, HelloReply, ProxyTransport, RejectCode, SecretVerifier, StreamOpen,
+    PROTOCOL_VERSION,
+};
+use crate::relay::{relay, ByteCounters, SocketSide};
+use crate::runtime::{epoch_ms, until_set, TaskGroup};
+use crate::status::{close_reason_name, goaway_reason_name, HubEdgeStatus, HubStatus};
+use crate::transport::tls;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A running hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    settings: HubSettings,
+    port: u16,
+    fingerprint: String,
+    acceptor: TlsAcceptor,
+    verifier: SecretVerifier,
+    edges: RwLock<Arc<HashMap<String, EdgeEntry>>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    events: EventSink,
+    tasks: TaskGroup,
+    stopping: watch::Sender<bool>,
+    stop_started: AtomicBool,
+    stopped: watch::Sender<bool>,
+}
+
+struct Session {
+    session_id: String,
+    mux: MuxHandle,
+    remote_addr: String,
+    connected_at: u64,
+    counters: Arc<ByteCounters>,
+    config: EdgeConfig,
+}
+
+/// Who a stream belongs to, for events.
+#[derive(Clone)]
+struct SessionRef {
+    edge_id: String,
+    session_id: String,
+    counters: Arc<ByteCounters>,
+}
+
+struct HandshakeFailure {
+    reason: &'static str,
+    claimed_edge_id: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn edge_map(edges: &[EdgeEntry]) -> Arc<HashMap<String, EdgeEntry>> {
+    Arc::new(edges.iter().map(|e| (e.id.clone(), e.clone())).collect())
+}
+
+async fn resolve_bind(host: &str, port: u16) -> Result<SocketAddr, AddonError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((bare, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| AddonError::InvalidConfig(format!("bindHost {host:?} does not resolve")))
+}
+
+impl Hub {
+    /// Binds the tunnel port and starts accepting. Resolves once listening.
+    pub async fn start(settings: HubSettings, events: EventSink) -> Result<Hub, AddonError> {
+        let server_config = tls::server_config(&settings.raw.cert_pem, &settings.raw.key_pem)?;
+        let fingerprint = tls::cert_fingerprint(&settings.raw.cert_pem)?;
+        let addr = resolve_bind(&settings.raw.bind_host, settings.raw.tunnel_port).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| AddonError::from_bind(&e, &addr.to_string()))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| AddonError::Io(e.to_string()))?
+            .port();
+        let inner = Arc::new(HubInner {
+            edges: RwLock::new(edge_map(&settings.raw.edges)),
+            settings,
+            port,
+            fingerprint,
+            acceptor: TlsAcceptor::from(server_config),
+            verifier: SecretVerifier::new(),
+            sessions: Mutex::new(HashMap::new()),
+            events,
+            tasks: TaskGroup::default(),
+            stopping: watch::channel(false).0,
+            stop_started: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
+        });
+        inner.events.emit(Event::HubListening { port });
+        inner.tasks.spawn(accept_loop(inner.clone(), listener));
+        Ok(Hub { inner })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// Replaces the allowed-edge list: pushes changed ports, drops removed edges and changed secrets.
+    pub fn update_edges(&self, edges: Vec<EdgeEntry>) {
+        let new_map = edge_map(&edges);
+        let old_map = {
+            let mut current = self.inner.edges.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, new_map.clone())
+        };
+        let mut sessions = lock(&self.inner.sessions);
+        for (edge_id, session) in sessions.iter_mut() {
+            let revoked = match (new_map.get(edge_id), old_map.get(edge_id)) {
+                (None, _) => Some("edge removed from the allowed list"),
+                (Some(new), Some(old)) if new.secret != old.secret => Some("edge secret changed"),
+                _ => None,
+            };
+            if let Some(message) = revoked {
+                session
+                    .mux
+                    .shutdown(Some((GoAwayReason::Revoked, message.to_string())));
+                continue;
+            }
+            let Some(entry) = new_map.get(edge_id) else {
+                continue;
+            };
+            let config = entry.wire_config();
+            if config != session.config && session.mux.push_config(config.clone()).is_ok() {
+                self.inner.events.emit(Event::EdgeConfigPushed {
+                    edge_id: edge_id.clone(),
+                    session_id: session.session_id.clone(),
+                    listen_ports: config.listen_ports.clone(),
+                    listen_ports_udp: config.listen_ports_udp.clone(),
+                });
+                session.config = config;
+            }
+        }
+    }
+
+    pub fn status(&self) -> HubStatus {
+        let sessions = lock(&self.inner.sessions);
+        let mut edges: Vec<HubEdgeStatus> = sessions
+            .iter()
+            .map(|(edge_id, s)| HubEdgeStatus {
+                edge_id: edge_id.clone(),
+                session_id: s.session_id.clone(),
+                remote_addr: s.remote_addr.clone(),
+                connected_at: s.connected_at,
+                active_streams: s.mux.active_streams(),
+                bytes_in: s.counters.bytes_in.load(Ordering::Relaxed),
+                bytes_out: s.counters.bytes_out.load(Ordering::Relaxed),
+            })
+            .collect();
+        edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+        HubStatus {
+            running: !*self.inner.stopping.borrow(),
+            tunnel_port: self.inner.port,
+            hub_id: self.inner.settings.raw.hub_id.clone(),
+            fingerprint: self.inner.fingerprint.clone(),
+            edges,
+        }
+    }
+
+    /// Stops accepting, sends GoAway(hubShutdown) to every edge, waits for every task, then emits
+    /// `hub.stopped`. Idempotent: later calls wait for the first one to finish.
+    pub async fn stop(&self) {
+        let inner = &self.inner;
+        let mut stopped = inner.stopped.subscribe();
+        if inner.stop_started.swap(true, Ordering::AcqRel) {
+            until_set(&mut stopped).await;
+            return;
+        }
+        inner.stopping.send_replace(true);
+        for session in lock(&inner.sessions).values() {
+            session.mux.shutdown(Some((
+                GoAwayReason::HubShutdown,
+                "hub is shutting down".into(),
+            )));
+        }
+        inner.tasks.wait_idle().await;
+        inner.events.emit(Event::HubStopped {});
+        inner.events.flush().await;
+        inner.stopped.send_replace(true);
+    }
+}
+
+async fn accept_loop(inner: Arc<HubInner>, listener: TcpListener) {
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        tokio::select! {
+            _ = until_set(&mut stopping) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    inner.tasks.spawn(handle_connection(inner.clone(), tcp, peer));
+                }
+                // Usually EMFILE: back off instead of spinning.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            },
+        }
+    }
+}
+
+async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAddr) {
+    let mut stopping = inner.stopping.subscribe();
+    let handshake = tokio::time::timeout(inner.settings.handshake_timeout, handshake(&inner, tcp));
+    let result = tokio::select! {
+        _ = until_set(&mut stopping) => return,
+        result = handshake => result,
+    };
+    match result {
+        Err(_) => inner.events.emit(Event::EdgeAuthFailed {
+            remote_addr: peer.to_string(),
+            claimed_edge_id: None,
+            reason: "handshakeTimeout",
+        }),
+        Ok(Err(failure)) => inner.events.emit(Event::EdgeAuthFailed {
+            remote_addr: peer.to_string(),
+            claimed_edge_id: failure.claimed_edge_id,
+            reason: failure.reason,
+        }),
+        Ok(Ok((tls, hello, accepted, leftover))) => {
+            run_session(inner, tls, peer, hello.edge_id.clone(), accepted, leftover).await
+        }
+    }
+}
+
+type Handshaken = (TlsStream<TcpStream>, Hello, HelloAccepted, BytesMut);
+
+async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, HandshakeFailure> {
+    let fail = |reason, claimed_edge_id| HandshakeFailure {
+        reason,
+        claimed_edge_id,
+    };
+    let mut tls = inner
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(|_| fail("tlsError", None))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let hello = loop {
+        match decode_hello(&mut buf) {
+            Ok(Some(hello)) => break hello,
+            Ok(None) if buf.len() > MAX_HANDSHAKE_MESSAGE => {
+                reject(&mut tls, RejectCode::Malformed, "hello too large").await;
+                return Err(fail("malformedHello", None));
+            }
+            Ok(None) => match tls.read_buf(&mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(fail("malformedHello", None)),
+            },
+            Err(e) => {
+                reject(&mut tls, RejectCode::Malformed, &e.to_string()).await;
+                return Err(fail("malformedHello", None));
+            }
+        }
+    };
+    let claimed = Some(hello.edge_id.clone());
+    if hello.version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported (hub speaks {PROTOCOL_VERSION})",
+            hello.version
+        );
+        reject(&mut tls, RejectCode::VersionUnsupported, &message).await;
+        return Err(fail("versionUnsupported", claimed));
+    }
+    let entry = inner
+        .edges
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&hello.edge_id)
+        .cloned();
+    if !inner
+        .verifier
+        .verify(entry.as_ref().map(|e| e.secret.as_str()), &hello.secret)
+    {
+        reject(&mut tls, RejectCode::AuthFailed, "authentication failed").await;
+        return Err(fail("authFailed", claimed));
+    }
+    let Some(entry) = entry else {
+        return Err(fail("authFailed", claimed));
+    };
+    let accepted = HelloAccepted {
+        hub_id: inner.settings.raw.hub_id.clone(),
+        session_id: hex::encode(rand::random::<[u8; 8]>()),
+        config: entry.wire_config(),
+        ping_interval_ms: inner.settings.ping_interval.as_millis() as u32,
+        idle_timeout_ms: inner.settings.idle_timeout.as_millis() as u32,
+    };
+    let mut out = BytesMut::new();
+    encode_reply(&HelloReply::Accepted(accepted.clone()), &mut out);
+    if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
+        return Err(fail("tlsError", claimed));
+    }
+    Ok((tls, hello, accepted, buf))
+}
+
+async fn reject(tls: &mut TlsStream<TcpStream>, code: RejectCode, message: &str) {
+    let mut out = BytesMut::new();
+    encode_reply(
+        &HelloReply::Rejected {
+            code,
+            message: message.to_string(),
+        },
+        &mut out,
+    );
+    let _ = tls.write_all(&out).await;
+    let _ = tls.shutdown().await;
+}
+
+async fn run_session(
+    inner: Arc<HubInner>,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    edge_id: String,
+    accepted: HelloAccepted,
+    leftover: BytesMut,
+) {
+    let options = MuxOptions {
+        role: Role::Hub,
+        ping_interval: inner.settings.ping_interval,
+        idle_timeout: inner.settings.idle_timeout,
+    };
+    let (mux, mut mux_events) = mux::spawn(tls, leftover, options);
+    let session_id = accepted.session_id.clone();
+    let counters = Arc::new(ByteCounters::default());
+    {
+        let mut sessions = lock(&inner.sessions);
+        let previous = sessions.insert(
+            edge_id.clone(),
+            Session {
+                session_id: session_id.clone(),
+                mux: mux.clone(),
+                remote_addr: peer.to_string(),
+                connected_at: epoch_ms(),
+                counters: counters.clone(),
+                config: accepted.config.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.mux.shutdown(Some((
+                GoAwayReason::Superseded,
+                "a newer session for this edge connected".into(),
+            )));
+        }
+    }
+    inner.events.emit(Event::EdgeConnected {
+        edge_id: edge_id.clone(),
+        session_id: session_id.clone(),
+        remote_addr: peer.to_string(),
+    });
+    if *inner.stopping.borrow() {
+        mux.shutdown(Some((
+            GoAwayReason::HubShutdown,
+            "hub is shutting down".into(),
+        )));
+    }
+    let session_ref = SessionRef {
+        edge_id: edge_id.clone(),
+        session_id: session_id.clone(),
+        counters,
+    };
+    let end = loop {
+        match mux_events.recv().await {
+            Some(MuxEvent::Opened(stream, open)) => {
+                inner.tasks.spawn(forward_stream(
+                    inner.clone(),
+                    session_ref.clone(),
+                    stream,
+                    open,
+                ));
+            }
+            Some(MuxEvent::Config(_)) => {}
+            Some(MuxEvent::Ended(end)) => break end,
+            None => break MuxEnd::Io("tunnel task ended".into()),
+        }
+    };
+    {
+        let mut sessions = lock(&inner.sessions);
+        if sessions
+            .get(&edge_id)
+            .is_some_and(|s| s.session_id == session_id)
+        {
+            sessions.remove(&edge_id);
+        }
+    }
+    let (reason, message) = match end {
+        MuxEnd::PeerClosed => ("edgeClosed", "the edge closed the tunnel".to_string()),
+        MuxEnd::PeerGoAway(reason, message) => (
+            "edgeClosed",
+            format!("{}: {message}", goaway_reason_name(reason)),
+        ),
+        MuxEnd::Local(Some(reason), message) => (goaway_reason_name(reason), message),
+        MuxEnd::Local(None, message) => ("hubShutdown", message),
+        MuxEnd::Timeout => (
+            "timeout",
+            "no frames received within idleTimeoutMs".to_string(),
+        ),
+        MuxEnd::Protocol(message) => {
+            inner.events.emit(Event::TunnelProtocolError {
+                remote_addr: peer.to_string(),
+                edge_id: Some(edge_id.clone()),
+                session_id: Some(session_id.clone()),
+                message: message.clone(),
+            });
+            ("protocolError", message)
+        }
+        MuxEnd::Io(message) => ("ioError", message),
+    };
+    inner.events.emit(Event::EdgeDisconnected {
+        edge_id,
+        session_id,
+        reason,
+        message,
+    });
+}
+
+async fn forward_stream(
+    inner: Arc<HubInner>,
+    session: SessionRef,
+    stream: MuxStream,
+    open: StreamOpen,
+) {
+    let entry = inner
+        .edges
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&session.edge_id)
+        .cloned();
+    let target = entry
+        .as_ref()
+        .map(|e| e.target_for(open.edge_port, &inner.settings.raw.target_host));
+    let stream_id = stream.id;
+    inner.events.emit(Event::StreamOpened {
+        edge_id: session.edge_id.clone(),
+        session_id: session.session_id.clone(),
+        stream_id,
+        edge_port: open.edge_port,
+        client_addr: open.client.to_string(),
+        target: target.clone(),
+    });
+    let closed = |bytes_in, bytes_out, duration_ms, reason, message| Event::StreamClosed {
+        edge_id: session.edge_id.clone(),
+        session_id: session.session_id.clone(),
+        stream_id,
+        edge_port: open.edge_port,
+        client_addr: open.client.to_string(),
+        target: target.clone(),
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        reason,
+        message,
+    };
+    let started = tokio::time::Instant::now();
+    let allowed = entry
+        .as_ref()
+        .is_some_and(|e| e.listen_ports.contains(&open.edge_port));
+    let connected = match (&target, allowed) {
+        (Some(target), true) => connect_target(&inner, target, &open).await,
+        _ => Err(format!(
+            "port {} is not assigned to this edge",
+            open.edge_port
+        )),
+    };
+    let sock = match connected {
+        Ok(sock) => sock,
+        Err(message) => {
+            let _ = stream
+                .mux
+                .send(Frame::Close {
+                    stream_id,
+                    reason: CloseReason::TargetRefused,
+                })
+                .await;
+            let ms = started.elapsed().as_millis() as u64;
+            inner.events.emit(closed(
+                0,
+                0,
+                ms,
+                close_reason_name(CloseReason::TargetRefused),
+                message,
+            ));
+            return;
+        }
+    };
+    let outcome = relay(sock, stream, SocketSide::Target, &session.counters).await;
+    inner.events.emit(closed(
+        outcome.bytes_in,
+        outcome.bytes_out,
+        outcome.duration.as_millis() as u64,
+        close_reason_name(outcome.reason),
+        outcome.message,
+    ));
+}
+
+/// Connects to the target (under `targetConnectTimeoutMs`) and writes the PROXY header.
+async fn connect_target(
+    inner: &HubInner,
+    target: &str,
+    open: &StreamOpen,
+) -> Result<TcpStream, String> {
+    let timeout = inner.settings.target_connect_timeout;
+    let mut sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(sock)) => sock,
+        Ok(Err(e)) => return Err(format!("cannot connect to {target}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "connecting to {target} timed out after {} ms",
+                timeout.as_millis()
+            ))
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    let header = match inner.settings.raw.proxy_protocol_tcp {
+        ProxyProtocol::V1 => proxy_v1_header(open.client, open.edge_local),
+        ProxyProtocol::V2 => proxy_v2_header(open.client, open.edge_local, ProxyTransport::Stream),
+        ProxyProtocol::None => Vec::new(),
+    };
+    if !header.is_empty() {
+        sock.write_all(&header)
+            .await
+            .map_err(|e| format!("cannot write the PROXY header to {target}: {e}"))?;
+    }
+    Ok(sock)
+}

@@ -1,0 +1,554 @@
+//! One multiplexed tunnel connection: frames ⇄ logical streams.
+//!
+//! Tasks per tunnel: a writer (drains a priority control queue before the bounded data queue and
+//! coalesces frames into few large writes), a reader (decodes frames and dispatches them to
+//! per-stream channels, never blocking on a stream), and a supervisor that ends both and tells every
+//! stream why. Flow control: a sender spends per-stream credit for every DATA byte; the receiving
+//! relay grants it back (`Window`) only after writing the bytes to its socket, so a slow socket
+//! holds at most one window of memory and never stalls other streams. A peer that sends beyond its
+//! credit, or anything malformed, ends the tunnel with a protocol error.
+use crate::protocol::frame::{encode_frame, INITIAL_STREAM_WINDOW};
+use crate::protocol::{CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen};
+use crate::transport::TunnelIo;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Frames that must stay in order with a stream's data (Open, Data, Fin, Close) share one bounded queue.
+const DATA_QUEUE_FRAMES: usize = 64;
+/// The writer stops coalescing once this much is buffered.
+const WRITE_COALESCE_BYTES: usize = 256 * 1024;
+/// The reader keeps at least this much free space before each read.
+const READ_RESERVE_BYTES: usize = 128 * 1024;
+/// DATA payloads smaller than this are copied out of the read buffer, so that a slow stream holding
+/// a small chunk does not pin a whole read buffer.
+const COPY_BELOW_BYTES: usize = 16 * 1024;
+/// How long a closing tunnel may take to deliver its GoAway before it is cut.
+const GOAWAY_GRACE: Duration = Duration::from_secs(2);
+
+/// What a stream's relay receives from the tunnel.
+#[derive(Debug)]
+pub enum Inbound {
+    Data(Bytes),
+    Fin,
+    Credit(u32),
+    /// The peer closed the stream (both directions).
+    Close(CloseReason),
+    /// The whole tunnel ended; the stream ends with this reason.
+    TunnelGone(CloseReason),
+}
+
+/// Which side of the tunnel this is; only the edge opens streams and only the hub sends `Config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Hub,
+}
+
+#[derive(Debug, Clone)]
+pub struct MuxOptions {
+    pub role: Role,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxEnd {
+    /// The peer closed the connection without a GoAway.
+    PeerClosed,
+    PeerGoAway(GoAwayReason, String),
+    /// We ended it (`shutdown`), with or without a GoAway.
+    Local(Option<GoAwayReason>, String),
+    Timeout,
+    Protocol(String),
+    Io(String),
+}
+
+/// What the owner of a mux learns, in order.
+#[derive(Debug)]
+pub enum MuxEvent {
+    /// The peer opened a stream (hub side).
+    Opened(MuxStream, StreamOpen),
+    /// The hub pushed new settings (edge side).
+    Config(EdgeConfig),
+    /// The tunnel is over; no more events follow.
+    Ended(MuxEnd),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tunnel closed")]
+pub struct TunnelClosed;
+
+/// The GoAway to send (if any) when shutting a tunnel down.
+type ShutdownRequest = Option<(GoAwayReason, String)>;
+
+enum Ctrl {
+    Frame(Frame),
+    /// Write what is queued, then close the write side.
+    Finish,
+}
+
+struct StreamEntry {
+    tx: mpsc::UnboundedSender<Inbound>,
+    /// DATA bytes the peer may still send on this stream.
+    recv_credit: u32,
+}
+
+#[derive(Default)]
+struct StreamTable {
+    entries: HashMap<u32, StreamEntry>,
+    /// Edge: next id to open. Hub: highest id the peer opened.
+    last_id: u32,
+    closed: bool,
+}
+
+struct Shared {
+    role: Role,
+    data_tx: mpsc::Sender<Frame>,
+    ctrl_tx: mpsc::UnboundedSender<Ctrl>,
+    table: Mutex<StreamTable>,
+    shutdown_tx: Mutex<Option<oneshot::Sender<ShutdownRequest>>>,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, StreamTable> {
+        // A panic while holding this lock cannot leave the table inconsistent (single inserts/removes).
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Cloneable handle to a running tunnel.
+#[derive(Clone)]
+pub struct MuxHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MuxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxHandle")
+            .field("role", &self.shared.role)
+            .finish()
+    }
+}
+
+/// One logical stream: its inbound messages and the tunnel to send on. Dropping it forgets the stream.
+#[derive(Debug)]
+pub struct MuxStream {
+    pub id: u32,
+    pub inbound: mpsc::UnboundedReceiver<Inbound>,
+    pub mux: MuxHandle,
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        self.mux.shared.table().entries.remove(&self.id);
+    }
+}
+
+impl MuxHandle {
+    /// Opens a stream (edge side) and sends its `Open` frame.
+    pub async fn open(&self, open: StreamOpen) -> Result<MuxStream, TunnelClosed> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = {
+            let mut table = self.shared.table();
+            if table.closed || table.last_id == u32::MAX {
+                return Err(TunnelClosed);
+            }
+            table.last_id += 1;
+            let id = table.last_id;
+            table.entries.insert(
+                id,
+                StreamEntry {
+                    tx,
+                    recv_credit: INITIAL_STREAM_WINDOW,
+                },
+            );
+            id
+        };
+        let stream = MuxStream {
+            id,
+            inbound: rx,
+            mux: self.clone(),
+        };
+        self.send(Frame::Open {
+            stream_id: id,
+            open,
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    /// Queues a frame that must stay ordered with stream data (Open, Data, Fin, Close).
+    pub async fn send(&self, frame: Frame) -> Result<(), TunnelClosed> {
+        self.shared
+            .data_tx
+            .send(frame)
+            .await
+            .map_err(|_| TunnelClosed)
+    }
+
+    /// Gives the peer `credit` more bytes on `stream_id` (after they were written out).
+    pub fn grant(&self, stream_id: u32, credit: u32) {
+        {
+            let mut table = self.shared.table();
+            match table.entries.get_mut(&stream_id) {
+                Some(entry) => entry.recv_credit = entry.recv_credit.saturating_add(credit),
+                None => return,
+            }
+        }
+        let _ = self
+            .shared
+            .ctrl_tx
+            .send(Ctrl::Frame(Frame::Window { stream_id, credit }));
+    }
+
+    /// Pushes new settings to the edge (hub side).
+    pub fn push_config(&self, config: EdgeConfig) -> Result<(), TunnelClosed> {
+        self.shared
+            .ctrl_tx
+            .send(Ctrl::Frame(Frame::Config(config)))
+            .map_err(|_| TunnelClosed)
+    }
+
+    /// Ends the tunnel: sends the GoAway (if any), closes the connection and aborts all streams.
+    /// Only the first call has an effect; completion is reported as `MuxEvent::Ended`.
+    pub fn shutdown(&self, goaway: Option<(GoAwayReason, String)>) {
+        let sender = self
+            .shared
+            .shutdown_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(goaway);
+        }
+    }
+
+    pub fn active_streams(&self) -> usize {
+        self.shared.table().entries.len()
+    }
+}
+
+/// Starts driving `io`. `initial` holds bytes already read past the handshake.
+pub fn spawn<T: TunnelIo>(
+    io: T,
+    initial: BytesMut,
+    options: MuxOptions,
+) -> (MuxHandle, mpsc::UnboundedReceiver<MuxEvent>) {
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE_FRAMES);
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        role: options.role,
+        data_tx,
+        ctrl_tx,
+        table: Mutex::new(StreamTable::default()),
+        shutdown_tx: Mutex::new(Some(shutdown_tx)),
+    });
+    let handle = MuxHandle { shared };
+    let (rd, wr) = tokio::io::split(io);
+    tokio::spawn(supervise(
+        handle.clone(),
+        rd,
+        wr,
+        initial,
+        options,
+        data_rx,
+        ctrl_rx,
+        shutdown_rx,
+        events_tx,
+    ));
+    (handle, events_rx)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise<R, W>(
+    handle: MuxHandle,
+    rd: R,
+    wr: W,
+    initial: BytesMut,
+    options: MuxOptions,
+    data_rx: mpsc::Receiver<Frame>,
+    ctrl_rx: mpsc::UnboundedReceiver<Ctrl>,
+    shutdown_rx: oneshot::Receiver<ShutdownRequest>,
+    events: mpsc::UnboundedSender<MuxEvent>,
+) where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let reader = Reader {
+        handle: handle.clone(),
+        events: events.clone(),
+        decoder: FrameDecoder::default(),
+        role: options.role,
+    };
+    let mut read_task = tokio::spawn(reader.run(rd, initial, options.idle_timeout));
+    let mut write_task = tokio::spawn(write_loop(wr, data_rx, ctrl_rx, options.ping_interval));
+
+    let end = tokio::select! {
+        end = &mut read_task => end.unwrap_or_else(|e| MuxEnd::Io(format!("reader failed: {e}"))),
+        written = &mut write_task => match written {
+            Ok(Ok(())) => MuxEnd::Local(None, String::new()),
+            Ok(Err(e)) => MuxEnd::Io(e.to_string()),
+            Err(e) => MuxEnd::Io(format!("writer failed: {e}")),
+        },
+        request = shutdown_rx => {
+            let goaway = request.ok().flatten();
+            if let Some((reason, message)) = &goaway {
+                let _ = handle.shared.ctrl_tx.send(Ctrl::Frame(Frame::GoAway { reason: *reason, message: message.clone() }));
+            }
+            let _ = handle.shared.ctrl_tx.send(Ctrl::Finish);
+            let _ = tokio::time::timeout(GOAWAY_GRACE, &mut write_task).await;
+            match goaway {
+                Some((reason, message)) => MuxEnd::Local(Some(reason), message),
+                None => MuxEnd::Local(None, String::new()),
+            }
+        }
+    };
+    read_task.abort();
+    write_task.abort();
+
+    let stream_reason = match &end {
+        MuxEnd::PeerGoAway(GoAwayReason::HubShutdown, _)
+        | MuxEnd::Local(Some(GoAwayReason::HubShutdown), _) => CloseReason::HubShutdown,
+        _ => CloseReason::TunnelLost,
+    };
+    let entries = {
+        let mut table = handle.shared.table();
+        table.closed = true;
+        std::mem::take(&mut table.entries)
+    };
+    for (_, entry) in entries {
+        let _ = entry.tx.send(Inbound::TunnelGone(stream_reason));
+    }
+    // Makes later `shutdown` calls no-ops.
+    handle
+        .shared
+        .shutdown_tx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let _ = events.send(MuxEvent::Ended(end));
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut data_rx: mpsc::Receiver<Frame>,
+    mut ctrl_rx: mpsc::UnboundedReceiver<Ctrl>,
+    ping_interval: Duration,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce: u64 = 0;
+    let mut finishing = false;
+    let mut data_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            ctrl = ctrl_rx.recv() => match ctrl {
+                Some(Ctrl::Frame(frame)) => encode_frame(&frame, &mut buf),
+                Some(Ctrl::Finish) | None => finishing = true,
+            },
+            data = data_rx.recv(), if data_open => match data {
+                Some(frame) => encode_frame(&frame, &mut buf),
+                None => data_open = false,
+            },
+            _ = ping.tick() => {
+                nonce = nonce.wrapping_add(1);
+                encode_frame(&Frame::Ping { nonce }, &mut buf);
+            }
+        }
+        // Coalesce whatever else is ready into the same write, control frames first.
+        while !finishing && buf.len() < WRITE_COALESCE_BYTES {
+            match ctrl_rx.try_recv() {
+                Ok(Ctrl::Frame(frame)) => {
+                    encode_frame(&frame, &mut buf);
+                    continue;
+                }
+                Ok(Ctrl::Finish) => {
+                    finishing = true;
+                    break;
+                }
+                Err(_) => {}
+            }
+            match data_rx.try_recv() {
+                Ok(frame) => encode_frame(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            wr.write_all(&buf).await?;
+            buf.clear();
+            if buf.capacity() > 2 * WRITE_COALESCE_BYTES {
+                buf = BytesMut::with_capacity(64 * 1024);
+            }
+        }
+        if finishing {
+            wr.flush().await?;
+            return wr.shutdown().await;
+        }
+        if ctrl_rx.is_empty() && data_rx.is_empty() {
+            wr.flush().await?;
+        }
+    }
+}
+
+struct Reader {
+    handle: MuxHandle,
+    events: mpsc::UnboundedSender<MuxEvent>,
+    decoder: FrameDecoder,
+    role: Role,
+}
+
+impl Reader {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        mut rd: R,
+        mut buf: BytesMut,
+        idle_timeout: Duration,
+    ) -> MuxEnd {
+        let mut last_heard = Instant::now();
+        loop {
+            loop {
+                match self.decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if let Some(end) = self.dispatch(frame) {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return MuxEnd::Protocol(e.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_RESERVE_BYTES / 2 {
+                buf.reserve(READ_RESERVE_BYTES);
+            }
+            tokio::select! {
+                read = rd.read_buf(&mut buf) => match read {
+                    Ok(0) if buf.is_empty() => return MuxEnd::PeerClosed,
+                    Ok(0) => return MuxEnd::Protocol(format!("connection closed inside a frame ({} bytes pending)", buf.len())),
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() => return MuxEnd::PeerClosed,
+                    Err(e) => return MuxEnd::Io(e.to_string()),
+                },
+                _ = tokio::time::sleep_until(last_heard + idle_timeout) => return MuxEnd::Timeout,
+            }
+        }
+    }
+
+    /// Handles one frame; returns the end of the tunnel if this frame ends it.
+    fn dispatch(&mut self, frame: Frame) -> Option<MuxEnd> {
+        match frame {
+            Frame::Open { stream_id, open } => self.open(stream_id, open),
+            Frame::Data { stream_id, data } => {
+                let mut table = self.handle.shared.table();
+                let last_id = table.last_id;
+                let Some(entry) = table.entries.get_mut(&stream_id) else {
+                    return unknown_stream(stream_id, last_id, "DATA");
+                };
+                let len = data.len();
+                if len > entry.recv_credit as usize {
+                    return Some(MuxEnd::Protocol(format!(
+                        "stream {stream_id} sent {len} bytes with only {} bytes of credit",
+                        entry.recv_credit
+                    )));
+                }
+                entry.recv_credit -= len as u32;
+                let data = if len < COPY_BELOW_BYTES {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                };
+                let _ = entry.tx.send(Inbound::Data(data));
+                None
+            }
+            Frame::Fin { stream_id } => self.forward_to_stream(stream_id, "FIN", Inbound::Fin),
+            Frame::Close { stream_id, reason } => {
+                self.forward_to_stream(stream_id, "CLOSE", Inbound::Close(reason))
+            }
+            Frame::Window { stream_id, credit } => {
+                self.forward_to_stream(stream_id, "WINDOW", Inbound::Credit(credit))
+            }
+            Frame::Ping { nonce } => {
+                let _ = self
+                    .handle
+                    .shared
+                    .ctrl_tx
+                    .send(Ctrl::Frame(Frame::Pong { nonce }));
+                None
+            }
+            Frame::Pong { .. } => None,
+            Frame::Config(config) => {
+                if self.role == Role::Hub {
+                    return Some(MuxEnd::Protocol("the edge sent a CONFIG frame".into()));
+                }
+                let _ = self.events.send(MuxEvent::Config(config));
+                None
+            }
+            Frame::GoAway { reason, message } => Some(MuxEnd::PeerGoAway(reason, message)),
+        }
+    }
+
+    fn open(&mut self, stream_id: u32, open: StreamOpen) -> Option<MuxEnd> {
+        if self.role == Role::Edge {
+            return Some(MuxEnd::Protocol("the hub sent an OPEN frame".into()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut table = self.handle.shared.table();
+            if stream_id <= table.last_id {
+                return Some(MuxEnd::Protocol(format!(
+                    "OPEN for stream {stream_id}, but ids must increase (last was {})",
+                    table.last_id
+                )));
+            }
+            table.last_id = stream_id;
+            table.entries.insert(
+                stream_id,
+                StreamEntry {
+                    tx,
+                    recv_credit: INITIAL_STREAM_WINDOW,
+                },
+            );
+        }
+        let stream = MuxStream {
+            id: stream_id,
+            inbound: rx,
+            mux: self.handle.clone(),
+        };
+        let _ = self.events.send(MuxEvent::Opened(stream, open));
+        None
+    }
+
+    fn forward_to_stream(&mut self, stream_id: u32, what: &str, msg: Inbound) -> Option<MuxEnd> {
+        let table = self.handle.shared.table();
+        match table.entries.get(&stream_id) {
+            Some(entry) => {
+                let _ = entry.tx.send(msg);
+                None
+            }
+            None => unknown_stream(stream_id, table.last_id, what),
+        }
+    }
+}
+
+/// A frame for a stream we do not track: fine if the stream existed and already ended (frames
+/// cross on the wire), a protocol error if it was never opened.
+fn unknown_stream(stream_id: u32, last_id: u32, what: &str) -> Option<MuxEnd> {
+    if stream_id != 0 && stream_id <= last_id {
+        None
+    } else {
+        Some(MuxEnd::Protocol(format!(
+            "{what} for stream {stream_id}, which was never opened"
+        )))
+    }
+}

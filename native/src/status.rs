@@ -1,0 +1,75 @@
+//! Status JSON shapes (docs/architecture.md, "Status JSON") and the wire names of close reasons.
+use crate::protocol::{CloseReason, GoAwayReason};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    pub running: bool,
+    pub tunnel_port: u16,
+    pub hub_id: String,
+    pub fingerprint: String,
+    pub edges: Vec<HubEdgeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubEdgeStatus {
+    pub edge_id: String,
+    pub session_id: String,
+    pub remote_addr: String,
+    pub connected_at: u64,
+    pub active_streams: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerErrorStatus {
+    pub port: u16,
+    pub protocol: &'static str,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeStatus {
+    pub running: bool,
+    pub connected: bool,
+    pub hub: Option<String>,
+    pub hub_id: Option<String>,
+    pub session_id: Option<String>,
+    pub hub_fingerprint: Option<String>,
+    pub pinned: bool,
+    pub public_ip: Option<String>,
+    pub active_streams: u64,
+    pub listen_ports: Vec<u16>,
+    pub listen_ports_udp: Vec<u16>,
+    pub listener_errors: Vec<ListenerErrorStatus>,
+    pub last_error: Option<String>,
+}
+
+pub fn close_reason_name(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::ClientClosed => "clientClosed",
+        CloseReason::TargetClosed => "targetClosed",
+        CloseReason::TargetRefused => "targetRefused",
+        CloseReason::Timeout => "timeout",
+        CloseReason::TunnelLost => "tunnelLost",
+        CloseReason::HubShutdown => "hubShutdown",
+        CloseReason::Reset => "reset",
+        CloseReason::ProtocolError => "protocolError",
+    }
+}
+
+pub fn goaway_reason_name(reason: GoAwayReason) -> &'static str {
+    match reason {
+        GoAwayReason::HubShutdown => "hubShutdown",
+        GoAwayReason::Revoked => "revoked",
+        GoAwayReason::Superseded => "superseded",
+        GoAwayReason::ProtocolError => "protocolError",
+        GoAwayReason::Timeout => "timeout",
+    }
+}
