@@ -167,7 +167,11 @@ export const makeNatsClient = (opts: NatsClientOptions): Effect.Effect<NatsClien
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
         closing = true;
-        if (nc && !nc.isClosed()) await nc.drain().catch(() => nc?.close());
+        if (!nc || nc.isClosed()) return;
+        // drain() waits for the server; a disconnected client would wait for a reconnect that may never come.
+        if (!connected) return void (await nc.close().catch(() => undefined));
+        const timer = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 2_000).unref());
+        if ((await Promise.race([nc.drain().catch(() => undefined), timer])) === "timeout") await nc.close().catch(() => undefined);
       }),
     );
 

@@ -364,6 +364,7 @@ export class EventPublisher {
         if (this.outbox.isEmpty() && this.spill.length === 0 && this.inFlight === 0 && !this.closed) {
           this.mode = "direct";
           this.lastError = null;
+          this.endDropEpisode();
           this.log("info", "event log: outbox drained, publishing directly again");
           await this.outbox.persistCursor();
         }
