@@ -17,7 +17,7 @@ use crate::events::{Event, EventSink};
 use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, Role};
 use crate::protocol::handshake::{decode_reply, encode_hello, MAX_HANDSHAKE_MESSAGE};
 use crate::protocol::{
-    EdgeConfig, Hello, HelloAccepted, HelloReply, RejectCode, StreamOpen, PROTOCOL_VERSION,
+    EdgeConfig, Hello, HelloAccepted, HelloReply, RejectCode, StreamOpen, ALPN, PROTOCOL_VERSION,
 };
 use crate::relay::{relay, ByteCounters, SocketSide};
 use crate::runtime::{until_set, TaskGroup};
@@ -305,6 +305,10 @@ async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
                 })
             }
         };
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            let message = "the hub did not agree on ALPN portway/1".to_string();
+            return Err(AttemptError::Failed("tlsError", message));
+        }
         let fingerprint = tls::peer_fingerprint(tls.get_ref().1).unwrap_or_default();
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -383,10 +387,18 @@ async fn run_tunnel(
         fingerprint,
     } = connected;
     let pinned = inner.settings.fingerprint.is_some();
+    // The hub's liveness settings win (docs/protocol.md §5); ours are the fallback.
+    let from_hub = |ms: u32, fallback: Duration| match ms {
+        0 => fallback,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let ping_interval = from_hub(accepted.ping_interval_ms, inner.settings.ping_interval);
+    let idle_timeout =
+        from_hub(accepted.idle_timeout_ms, inner.settings.idle_timeout).max(ping_interval * 2);
     let options = MuxOptions {
         role: Role::Edge,
-        ping_interval: inner.settings.ping_interval,
-        idle_timeout: inner.settings.idle_timeout,
+        ping_interval,
+        idle_timeout,
     };
     let (mux, mut mux_events) = mux::spawn(tls, leftover, options);
     let report_unpinned = {

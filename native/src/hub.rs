@@ -11,7 +11,7 @@ use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, MuxStream, Role}
 use crate::protocol::handshake::{decode_hello, encode_reply, MAX_HANDSHAKE_MESSAGE};
 use crate::protocol::{
     proxy_v1_header, proxy_v2_header, CloseReason, EdgeConfig, Frame, GoAwayReason, Hello,
-    HelloAccepted, HelloReply, ProxyTransport, RejectCode, SecretVerifier, StreamOpen,
+    HelloAccepted, HelloReply, ProxyTransport, RejectCode, SecretVerifier, StreamOpen, ALPN,
     PROTOCOL_VERSION,
 };
 use crate::relay::{relay, ByteCounters, SocketSide};
@@ -264,6 +264,10 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
         .accept(tcp)
         .await
         .map_err(|_| fail("tlsError", None))?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        let _ = tls.shutdown().await;
+        return Err(fail("tlsError", None));
+    }
     let mut buf = BytesMut::with_capacity(1024);
     let hello = loop {
         match decode_hello(&mut buf) {
@@ -454,9 +458,12 @@ async fn forward_stream(
         .unwrap_or_else(|p| p.into_inner())
         .get(&session.edge_id)
         .cloned();
-    let target = entry
-        .as_ref()
-        .map(|e| e.target_for(open.edge_port, &inner.settings.raw.target_host));
+    let target_host = &inner.settings.raw.target_host;
+    let target = match &entry {
+        Some(e) => e.target_for(open.edge_port, target_host),
+        None if target_host.contains(':') => format!("[{target_host}]:{}", open.edge_port),
+        None => format!("{target_host}:{}", open.edge_port),
+    };
     let stream_id = stream.id;
     inner.events.emit(Event::StreamOpened {
         edge_id: session.edge_id.clone(),
@@ -464,7 +471,7 @@ async fn forward_stream(
         stream_id,
         edge_port: open.edge_port,
         client_addr: open.client.to_string(),
-        target: target.clone(),
+        target: Some(target.clone()),
     });
     let closed = |bytes_in, bytes_out, duration_ms, reason, message| Event::StreamClosed {
         edge_id: session.edge_id.clone(),
@@ -472,7 +479,7 @@ async fn forward_stream(
         stream_id,
         edge_port: open.edge_port,
         client_addr: open.client.to_string(),
-        target: target.clone(),
+        target: Some(target.clone()),
         bytes_in,
         bytes_out,
         duration_ms,
@@ -483,31 +490,20 @@ async fn forward_stream(
     let allowed = entry
         .as_ref()
         .is_some_and(|e| e.listen_ports.contains(&open.edge_port));
-    let connected = match (&target, allowed) {
-        (Some(target), true) => connect_target(&inner, target, &open).await,
-        _ => Err(format!(
-            "port {} is not assigned to this edge",
-            open.edge_port
-        )),
+    let connected = if allowed {
+        connect_target(&inner, &target, &open).await
+    } else {
+        let message = format!("port {} is not assigned to this edge", open.edge_port);
+        Err((CloseReason::TargetRefused, message))
     };
     let sock = match connected {
         Ok(sock) => sock,
-        Err(message) => {
-            let _ = stream
-                .mux
-                .send(Frame::Close {
-                    stream_id,
-                    reason: CloseReason::TargetRefused,
-                })
-                .await;
+        Err((reason, message)) => {
+            let _ = stream.mux.send(Frame::Close { stream_id, reason }).await;
             let ms = started.elapsed().as_millis() as u64;
-            inner.events.emit(closed(
-                0,
-                0,
-                ms,
-                close_reason_name(CloseReason::TargetRefused),
-                message,
-            ));
+            inner
+                .events
+                .emit(closed(0, 0, ms, close_reason_name(reason), message));
             return;
         }
     };
@@ -522,20 +518,21 @@ async fn forward_stream(
 }
 
 /// Connects to the target (under `targetConnectTimeoutMs`) and writes the PROXY header.
+/// Fails with `targetRefused`, or `timeout` when the connect timed out.
 async fn connect_target(
     inner: &HubInner,
     target: &str,
     open: &StreamOpen,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, (CloseReason, String)> {
     let timeout = inner.settings.target_connect_timeout;
+    let refused = |message: String| (CloseReason::TargetRefused, message);
     let mut sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
         Ok(Ok(sock)) => sock,
-        Ok(Err(e)) => return Err(format!("cannot connect to {target}: {e}")),
+        Ok(Err(e)) => return Err(refused(format!("cannot connect to {target}: {e}"))),
         Err(_) => {
-            return Err(format!(
-                "connecting to {target} timed out after {} ms",
-                timeout.as_millis()
-            ))
+            let ms = timeout.as_millis();
+            let message = format!("connecting to {target} timed out after {ms} ms");
+            return Err((CloseReason::Timeout, message));
         }
     };
     let _ = sock.set_nodelay(true);
@@ -547,7 +544,7 @@ async fn connect_target(
     if !header.is_empty() {
         sock.write_all(&header)
             .await
-            .map_err(|e| format!("cannot write the PROXY header to {target}: {e}"))?;
+            .map_err(|e| refused(format!("cannot write the PROXY header to {target}: {e}")))?;
     }
     Ok(sock)
 }

@@ -294,7 +294,21 @@ async fn supervise<R, W>(
     let mut write_task = tokio::spawn(write_loop(wr, data_rx, ctrl_rx, options.ping_interval));
 
     let end = tokio::select! {
-        end = &mut read_task => end.unwrap_or_else(|e| MuxEnd::Io(format!("reader failed: {e}"))),
+        end = &mut read_task => {
+            let end = end.unwrap_or_else(|e| MuxEnd::Io(format!("reader failed: {e}")));
+            // Tell the peer why, if the connection still takes writes.
+            let goaway = match &end {
+                MuxEnd::Protocol(message) => Some((GoAwayReason::ProtocolError, message.clone())),
+                MuxEnd::Timeout => Some((GoAwayReason::Timeout, "no frames received within the idle timeout".to_string())),
+                _ => None,
+            };
+            if let Some((reason, message)) = goaway {
+                let _ = handle.shared.ctrl_tx.send(Ctrl::Frame(Frame::GoAway { reason, message }));
+                let _ = handle.shared.ctrl_tx.send(Ctrl::Finish);
+                let _ = tokio::time::timeout(GOAWAY_GRACE, &mut write_task).await;
+            }
+            end
+        },
         written = &mut write_task => match written {
             Ok(Ok(())) => MuxEnd::Local(None, String::new()),
             Ok(Err(e)) => MuxEnd::Io(e.to_string()),

@@ -308,7 +308,11 @@ impl Relay<'_> {
             }
             Some(Inbound::Close(reason)) => {
                 self.peer_closed = true;
-                if self.remote_fin && !self.read_open {
+                let orderly = matches!(
+                    reason,
+                    CloseReason::ClientClosed | CloseReason::TargetClosed
+                );
+                if orderly && self.remote_fin && !self.read_open {
                     // Orderly: the peer finished both directions; deliver what is still queued.
                     Step::Continue
                 } else {
