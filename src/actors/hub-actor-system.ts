@@ -1,0 +1,361 @@
+/**
+ * The hub's actors: one for the hub, one per tunnel session (and per failed handshake), one per TCP stream.
+ * Fed synchronously with the addon's decoded event batches; every lifecycle transition goes to the sink as
+ * a domain event. Nothing here waits: the addon's data path never depends on it.
+ */
+import type { Effect } from "effect";
+import type { Actor } from "xstate";
+import type { NativeHubEvent, NativeHubEventOf } from "../native/events.js";
+import { hubMachine, type HubOutput, type HubRecoveredData, type HubStopReason } from "../machines/hub.js";
+import { hubSessionMachine } from "../machines/hub-session.js";
+import { tcpStreamMachine } from "../machines/tcp-stream.js";
+import { fromPlainEffect } from "./from-effect.js";
+import { RecentKeys } from "./recent-keys.js";
+import { startLoggedActor, type Clock, type EventSink } from "./logged-actor.js";
+
+export interface HubActorTiming {
+  /** A stream whose tunnel is gone waits this long for the addon's final `stream.closed`. */
+  readonly streamCloseGraceMs: number;
+  /** A session asked to close (revoke, supersede, shutdown) waits this long for `edge.disconnected`. */
+  readonly sessionCloseTimeoutMs: number;
+  /** Upper bound for the drain (the addon's hubStop). */
+  readonly drainTimeoutMs: number;
+  /** How many ended sessions and streams are remembered to catch late or repeated events. */
+  readonly rememberEnded: number;
+}
+
+export const defaultHubActorTiming: HubActorTiming = {
+  streamCloseGraceMs: 2_000,
+  sessionCloseTimeoutMs: 5_000,
+  drainTimeoutMs: 10_000,
+  rememberEnded: 10_000,
+};
+
+/** Something in the event feed that the actors could not make sense of; reported, never thrown. */
+export type HubActorProblem =
+  | { readonly type: "unknownSession"; readonly event: NativeHubEvent["type"]; readonly sessionId: string }
+  | { readonly type: "duplicateSession"; readonly sessionId: string }
+  | { readonly type: "duplicateStream"; readonly sessionId: string; readonly streamId: number }
+  /** An event for a session or stream whose actor already ended; dropped. */
+  | { readonly type: "lateEvent"; readonly event: NativeHubEvent["type"]; readonly sessionId: string; readonly streamId: number | null }
+  | { readonly type: "protocolError"; readonly remoteAddr: string; readonly sessionId: string | null; readonly message: string }
+  | { readonly type: "sinkFailed"; readonly eventType: string; readonly message: string };
+
+export interface HubActorSystemOptions {
+  readonly hubId: string;
+  /** This hub run's id: the hub actor's `sessionId` in the log. */
+  readonly runId: string;
+  readonly portwayVersion: string;
+  readonly fingerprint: string | null;
+  readonly sink: EventSink;
+  /** Stops the addon's hub; run as the hub machine's `drain` actor and interrupted on drain timeout. */
+  readonly drain: Effect.Effect<void, unknown>;
+  readonly now?: () => number;
+  readonly clock?: Clock;
+  readonly timing?: Partial<HubActorTiming>;
+  readonly report?: (problem: HubActorProblem) => void;
+}
+
+export interface ConnectedEdgeView {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  readonly remoteAddr: string;
+  readonly connectedAtMs: number;
+  readonly state: "active" | "closing";
+  readonly activeStreams: number;
+  readonly listenPorts: ReadonlyArray<number>;
+  readonly listenPortsUdp: ReadonlyArray<number>;
+}
+
+export interface OpenStreamView {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  readonly streamId: number;
+  readonly edgePort: number;
+  readonly clientAddr: string;
+  readonly target: string | null;
+  readonly state: "opening" | "open" | "halfClosed" | "closing";
+  readonly openedAtMs: number | null;
+}
+
+export interface HubActorsSnapshot {
+  readonly hub: { readonly state: "starting" | "running" | "draining" | "stopped"; readonly tunnelPort: number | null };
+  readonly edges: ReadonlyArray<ConnectedEdgeView>;
+  readonly streams: ReadonlyArray<OpenStreamView>;
+}
+
+export interface HubActorSystem {
+  /** Feeds decoded native events, in `seq` order. Never throws. */
+  readonly ingest: (events: Iterable<NativeHubEvent>) => void;
+  /** The previous run was rebuilt from the log (recover.ts); logged as the hub's `hub.recovered`. */
+  readonly recovered: (data: HubRecoveredData) => void;
+  /** hubStart failed; the hub actor ends with reason `error`. */
+  readonly startFailed: (message: string) => void;
+  /** The edge was removed from the allowed list: its session is closing until the addon confirms. */
+  readonly revoke: (edgeId: string) => void;
+  /** Drains and stops the hub; resolves once the hub and every session and stream actor have ended. */
+  readonly stop: (reason?: Exclude<HubStopReason, "error">) => Promise<HubOutput>;
+  /** Resolves once the hub and every session and stream actor have ended. */
+  readonly settled: Promise<HubOutput>;
+  readonly snapshot: () => HubActorsSnapshot;
+}
+
+type SessionActor = Actor<typeof hubSessionMachine>;
+type StreamActor = Actor<typeof tcpStreamMachine>;
+
+const streamKey = (sessionId: string, streamId: number): string => `${sessionId}\u0000${streamId}`;
+
+export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSystem => {
+  const timing: HubActorTiming = { ...defaultHubActorTiming, ...options.timing };
+  const now = options.now ?? Date.now;
+  const report = (problem: HubActorProblem) => {
+    try {
+      options.report?.(problem);
+    } catch {
+      // A failing reporter must not stop the feed.
+    }
+  };
+  const common = {
+    hubId: options.hubId,
+    sink: options.sink,
+    now,
+    clock: options.clock,
+    onSinkError: (error: unknown, event: { readonly type: string }) =>
+      report({ type: "sinkFailed", eventType: event.type, message: error instanceof Error ? error.message : String(error) }),
+  };
+
+  const sessions = new Map<string, SessionActor>();
+  /** The newest session of each edge, for supersede and revoke. */
+  const sessionOfEdge = new Map<string, string>();
+  const streams = new Map<string, StreamActor>();
+  const streamsOfSession = new Map<string, Set<string>>();
+  const endedSessions = new RecentKeys(timing.rememberEnded);
+  const endedStreams = new RecentKeys(timing.rememberEnded);
+  let authAttempts = 0;
+  let hubDone = false;
+
+  let resolveSettled: (output: HubOutput) => void = () => undefined;
+  const settled = new Promise<HubOutput>((resolve) => {
+    resolveSettled = resolve;
+  });
+  const checkSettled = () => {
+    if (hubDone && sessions.size === 0 && streams.size === 0) {
+      const output = hub.getSnapshot().output;
+      if (output !== undefined) resolveSettled(output);
+    }
+  };
+
+  const shutdownEverything = (atMs: number) => {
+    for (const stream of [...streams.values()]) stream.send({ type: "policy.shutdown", atMs });
+    for (const session of [...sessions.values()]) session.send({ type: "policy.shutdown", atMs });
+  };
+
+  const hub = startLoggedActor({
+    ...common,
+    machine: hubMachine.provide({
+      actors: { drain: fromPlainEffect(() => options.drain) },
+      actions: { shutdownSessions: (_, params) => shutdownEverything(params.atMs) },
+    }),
+    input: { portwayVersion: options.portwayVersion, fingerprint: options.fingerprint, drainTimeoutMs: timing.drainTimeoutMs },
+    identity: { edgeId: null, sessionId: options.runId, streamId: null },
+    onDone: () => {
+      hubDone = true;
+      // Covers a hub that stopped without draining (the addon stopped on its own, or start failed).
+      shutdownEverything(now());
+      checkSettled();
+    },
+  });
+
+  const startSession = (sessionId: string, edgeId: string | null): SessionActor => {
+    const session = startLoggedActor({
+      ...common,
+      machine: hubSessionMachine,
+      input: { sessionId, closeTimeoutMs: timing.sessionCloseTimeoutMs },
+      identity: { edgeId, sessionId, streamId: null },
+      onDone: () => {
+        sessions.delete(sessionId);
+        endedSessions.add(sessionId);
+        if (edgeId !== null && sessionOfEdge.get(edgeId) === sessionId) sessionOfEdge.delete(edgeId);
+        checkSettled();
+      },
+    });
+    sessions.set(sessionId, session);
+    return session;
+  };
+
+  const streamFor = (event: NativeHubEventOf<"stream.opened" | "stream.closed">): StreamActor | undefined => {
+    const key = streamKey(event.sessionId, event.streamId);
+    const existing = streams.get(key);
+    if (existing !== undefined) return existing;
+    if (endedStreams.has(key)) {
+      report({ type: "lateEvent", event: event.type, sessionId: event.sessionId, streamId: event.streamId });
+      return undefined;
+    }
+    if (!sessions.has(event.sessionId)) report({ type: "unknownSession", event: event.type, sessionId: event.sessionId });
+    const stream = startLoggedActor({
+      ...common,
+      machine: tcpStreamMachine,
+      input: {
+        edgeId: event.edgeId,
+        sessionId: event.sessionId,
+        streamId: event.streamId,
+        edgePort: event.edgePort,
+        clientAddr: event.clientAddr,
+        target: event.target,
+        closeGraceMs: timing.streamCloseGraceMs,
+      },
+      identity: { edgeId: event.edgeId, sessionId: event.sessionId, streamId: String(event.streamId) },
+      onDone: () => {
+        streams.delete(key);
+        endedStreams.add(key);
+        const ofSession = streamsOfSession.get(event.sessionId);
+        ofSession?.delete(key);
+        if (ofSession?.size === 0) streamsOfSession.delete(event.sessionId);
+        checkSettled();
+      },
+    });
+    streams.set(key, stream);
+    const ofSession = streamsOfSession.get(event.sessionId) ?? new Set<string>();
+    ofSession.add(key);
+    streamsOfSession.set(event.sessionId, ofSession);
+    if (hubDone || !sessions.has(event.sessionId)) {
+      // Nobody will report this stream's tunnel going away: treat it as already gone, the addon's own close
+      // still wins within the grace period.
+      stream.send({ type: hubDone ? "policy.shutdown" : "policy.tunnelLost", atMs: event.atMs });
+    }
+    return stream;
+  };
+
+  const dispatch = (event: NativeHubEvent): void => {
+    switch (event.type) {
+      case "hub.listening":
+        hub.send({ type: "hub.listening", atMs: event.atMs, port: event.port });
+        return;
+      case "hub.stopped":
+        hub.send({ type: "hub.stopped", atMs: event.atMs });
+        return;
+      case "edge.connected": {
+        if (sessions.has(event.sessionId) || endedSessions.has(event.sessionId)) {
+          report({ type: "duplicateSession", sessionId: event.sessionId });
+          return;
+        }
+        const previous = sessionOfEdge.get(event.edgeId);
+        if (previous !== undefined) {
+          sessions.get(previous)?.send({
+            type: "policy.supersede",
+            atMs: event.atMs,
+            bySessionId: event.sessionId,
+            remoteAddr: event.remoteAddr,
+          });
+        }
+        const session = startSession(event.sessionId, event.edgeId);
+        sessionOfEdge.set(event.edgeId, event.sessionId);
+        session.send({ type: "edge.connected", atMs: event.atMs, edgeId: event.edgeId, remoteAddr: event.remoteAddr });
+        if (hubDone) session.send({ type: "policy.shutdown", atMs: event.atMs });
+        return;
+      }
+      case "edge.authFailed": {
+        authAttempts += 1;
+        const attempt = startSession(`${options.runId}-auth-${authAttempts}`, event.claimedEdgeId);
+        attempt.send({
+          type: "edge.authFailed",
+          atMs: event.atMs,
+          remoteAddr: event.remoteAddr,
+          claimedEdgeId: event.claimedEdgeId,
+          reason: event.reason,
+        });
+        return;
+      }
+      case "edge.configPushed":
+      case "edge.disconnected": {
+        const session = sessions.get(event.sessionId);
+        if (session === undefined) {
+          report(
+            endedSessions.has(event.sessionId)
+              ? { type: "lateEvent", event: event.type, sessionId: event.sessionId, streamId: null }
+              : { type: "unknownSession", event: event.type, sessionId: event.sessionId },
+          );
+          return;
+        }
+        if (event.type === "edge.disconnected") {
+          for (const key of streamsOfSession.get(event.sessionId) ?? []) {
+            streams.get(key)?.send({ type: "policy.tunnelLost", atMs: event.atMs });
+          }
+        }
+        session.send(event);
+        return;
+      }
+      case "stream.opened": {
+        if (streams.has(streamKey(event.sessionId, event.streamId))) {
+          report({ type: "duplicateStream", sessionId: event.sessionId, streamId: event.streamId });
+          return;
+        }
+        streamFor(event)?.send({ type: "stream.opened", atMs: event.atMs, target: event.target });
+        return;
+      }
+      case "stream.closed":
+        streamFor(event)?.send(event);
+        return;
+      case "tunnel.protocolError":
+        report({ type: "protocolError", remoteAddr: event.remoteAddr, sessionId: event.sessionId, message: event.message });
+        return;
+    }
+  };
+
+  const snapshot = (): HubActorsSnapshot => {
+    const hubSnapshot = hub.getSnapshot();
+    const counts = new Map<string, number>();
+    for (const [sessionId, keys] of streamsOfSession) counts.set(sessionId, keys.size);
+    const edges: ConnectedEdgeView[] = [];
+    for (const session of sessions.values()) {
+      const s = session.getSnapshot();
+      const c = s.context;
+      if ((s.value !== "active" && s.value !== "closing") || c.edgeId === null) continue;
+      edges.push({
+        edgeId: c.edgeId,
+        sessionId: c.sessionId,
+        remoteAddr: c.remoteAddr ?? "",
+        connectedAtMs: c.connectedAtMs ?? 0,
+        state: s.value,
+        activeStreams: counts.get(c.sessionId) ?? 0,
+        listenPorts: c.listenPorts,
+        listenPortsUdp: c.listenPortsUdp,
+      });
+    }
+    const open: OpenStreamView[] = [];
+    for (const stream of streams.values()) {
+      const s = stream.getSnapshot();
+      if (s.value === "closed") continue;
+      const c = s.context;
+      open.push({
+        edgeId: c.edgeId,
+        sessionId: c.sessionId,
+        streamId: c.streamId,
+        edgePort: c.edgePort,
+        clientAddr: c.clientAddr,
+        target: c.target,
+        state: s.value,
+        openedAtMs: c.openedAtMs,
+      });
+    }
+    return { hub: { state: hubSnapshot.value, tunnelPort: hubSnapshot.context.tunnelPort }, edges, streams: open };
+  };
+
+  return {
+    ingest: (events) => {
+      for (const event of events) dispatch(event);
+    },
+    recovered: (data) => hub.send({ type: "hub.recovered", atMs: now(), data }),
+    startFailed: (message) => hub.send({ type: "hub.startFailed", atMs: now(), message }),
+    revoke: (edgeId) => {
+      const sessionId = sessionOfEdge.get(edgeId);
+      if (sessionId !== undefined) sessions.get(sessionId)?.send({ type: "policy.revoke", atMs: now() });
+    },
+    stop: (reason = "shutdown") => {
+      hub.send({ type: "policy.stop", atMs: now(), reason });
+      return settled;
+    },
+    settled,
+    snapshot,
+  };
+};

@@ -1,0 +1,78 @@
+/**
+ * Runs one machine as an actor whose every emitted fact becomes a domain event with the actor's identity
+ * and its own `seq` (1, 2, 3 …), handed to a non-blocking sink.
+ */
+import {
+  createActor,
+  type Actor,
+  type ActorOptions,
+  type AnyActorLogic,
+  type AnyStateMachine,
+  type EmittedFrom,
+  type InputFrom,
+} from "xstate";
+import type { EventType } from "../events/catalog.js";
+import { makeEvent, type DomainEvent } from "../events/envelope.js";
+import type { Fact } from "../machines/fact.js";
+
+/** XState's scheduler clock: real timers in production, `SimulatedClock` in tests. */
+export type Clock = NonNullable<ActorOptions<AnyActorLogic>["clock"]>;
+
+/** Where lifecycle events go. `append` must not block and must not wait for I/O (the event log's `append`). */
+export interface EventSink {
+  readonly append: (event: DomainEvent) => void;
+}
+
+/** Who an actor is in the event log (with the hub's id, `makeEvent`'s identity fields). */
+export interface ActorIdentity {
+  readonly edgeId: string | null;
+  readonly sessionId: string;
+  readonly streamId: string | null;
+}
+
+export interface LoggedActorOptions<M extends AnyStateMachine> {
+  readonly machine: M;
+  readonly input: InputFrom<M>;
+  readonly identity: ActorIdentity;
+  readonly hubId: string;
+  readonly sink: EventSink;
+  /** Stamps facts the machine could not time itself (`time: null`). */
+  readonly now: () => number;
+  readonly clock: Clock | undefined;
+  /** Called once the actor reached a final state (after its last event was appended). */
+  readonly onDone: () => void;
+  /** Called when the sink throws; the event is lost but the actor carries on. */
+  readonly onSinkError: (error: unknown, event: DomainEvent) => void;
+}
+
+const toEpochMs = (time: number): number => Math.max(0, Math.round(time));
+
+export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> => {
+  const actor = createActor(options.machine, {
+    input: options.input,
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+  });
+  let seq = 0;
+  actor.on("*", (emitted: EmittedFrom<M>) => {
+    const f = emitted as Fact<EventType>;
+    seq += 1;
+    const event = makeEvent({
+      type: f.type,
+      hubId: options.hubId,
+      edgeId: options.identity.edgeId,
+      sessionId: options.identity.sessionId,
+      streamId: options.identity.streamId,
+      seq,
+      time: toEpochMs(f.time ?? options.now()),
+      data: f.data,
+    } as Parameters<typeof makeEvent>[0]);
+    try {
+      options.sink.append(event);
+    } catch (error) {
+      options.onSinkError(error, event);
+    }
+  });
+  actor.subscribe({ complete: options.onDone, error: options.onDone });
+  actor.start();
+  return actor;
+};
