@@ -16,6 +16,7 @@ import { filterSubjects, type EventFilter } from "../events/subjects.js";
 import { upcastEvent, type EventDecodeError, type UnsupportedEventVersion } from "../events/upcast.js";
 import { NatsClient } from "./connection.js";
 import { DEFAULT_STREAM_NAME } from "./event-stream.js";
+import { HistoryProjection, type EdgeHistory } from "./history.js";
 
 export class ReplayFailed extends Data.TaggedError("ReplayFailed")<{ readonly reason: string }> {
   override get message(): string {
@@ -174,3 +175,12 @@ export const liveEvents = (opts: LiveOptions = {}): Stream.Stream<DomainEvent, R
       Stream.fromAsyncIterable(liveEventsIterable(nc, opts), toReplayError),
     ),
   );
+
+/** The history projection of one edge over a time range, read from the log. */
+export const edgeHistory = (
+  opts: Omit<ReplayOptions, "edgeId" | "kinds" | "types"> & { readonly edgeId: string },
+): Effect.Effect<EdgeHistory, ReplayError, NatsClient> =>
+  Stream.runFold(replayHistory(opts), new HistoryProjection(), (p, e) => {
+    p.apply(e);
+    return p;
+  }).pipe(Effect.map((p) => p.view(opts.edgeId)));
