@@ -9,7 +9,7 @@ import type { DomainEvent } from "../src/events/envelope.js";
 import * as Conn from "../src/nats/connection.js";
 import { EventLog, layer as eventLogLayer } from "../src/nats/event-log.js";
 import { ensureEventStream } from "../src/nats/event-stream.js";
-import { replayHistory, replayHistoryIterable } from "../src/nats/replay.js";
+import { edgeHistory, liveEvents, liveEventsIterable, replayHistory, replayHistoryIterable } from "../src/nats/replay.js";
 import { checkServerInfo } from "../src/nats/server-version.js";
 import { makeStreamEvents, startTestNats, type TestNats } from "./helpers/nats.js";
 
@@ -114,6 +114,40 @@ describe("append and replay", () => {
     const expected = events.filter((e) => e.edgeId === "e1" && e.time >= t0 + 1000 && e.time < t0 + 2000);
     expect(window.map((e) => e.id).sort()).toEqual(expected.map((e) => e.id).sort());
     expect(window.length).toBeGreaterThan(0);
+  });
+
+  it("feeds live events filtered by edge and kind, as a Stream and as an async iterable", async () => {
+    const live = runtime.runPromise(
+      Stream.runCollect(liveEvents({ stream: "APPEND_TEST", edgeId: "e3", kinds: ["stream"] }).pipe(Stream.take(4))),
+    );
+    const iter = liveEventsIterable(nc, { stream: "APPEND_TEST", types: ["stream.closed"] });
+    const firstClosed = iter.next();
+    // Let both consumers be created before publishing (live = only new events).
+    await new Promise((r) => setTimeout(r, 300));
+    const fresh = makeStreamEvents({ streams: 8, edges: 4, t0: t0 + 100_000, sessionPrefix: "live" });
+    await runtime.runPromise(
+      Effect.gen(function* () {
+        const log = yield* EventLog;
+        log.appendAll(fresh);
+        yield* log.whenIdle;
+      }),
+    );
+    const got = Chunk.toReadonlyArray(await live);
+    // Batches are per subject, so order holds per actor (opened before closed), not across subjects.
+    expect(got.map((e) => e.id).sort()).toEqual(fresh.filter((e) => e.edgeId === "e3").map((e) => e.id).sort());
+    expect(actorOrderOk(got)).toBe(true);
+    const closed = await firstClosed;
+    expect(closed.value?.type).toBe("stream.closed");
+    expect(closed.value?.sessionId).toMatch(/^live-/);
+    await iter.return(undefined);
+  });
+
+  it("projects an edge's history from the log", async () => {
+    const h = await runtime.runPromise(edgeHistory({ stream: "APPEND_TEST", edgeId: "e0", until: t0 + 100_000 }));
+    expect(h.totals.connections).toBe(2_500);
+    expect(h.totals.openConnections).toBe(0);
+    expect(h.totals.closeReasons).toEqual({ clientClosed: 2_500 });
+    expect(h.connections[0]).toMatchObject({ protocol: "tcp", edgePort: 8080, target: "10.0.0.5:80", bytesIn: 0, bytesOut: 0 });
   });
 
   it("returns nothing (and ends) for a filter that matches nothing", async () => {
