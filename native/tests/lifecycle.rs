@@ -1,0 +1,386 @@
+//! Tunnel lifecycle: auth, pinning, hot reload, revoke, supersede, stop, reconnect, liveness and
+//! misbehaving peers.
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use portway_native::protocol::handshake::{decode_reply, encode_hello};
+use portway_native::protocol::{
+    Frame, FrameDecoder, GoAwayReason, Hello, HelloReply, PROTOCOL_VERSION,
+};
+use portway_native::runtime::runtime;
+use portway_native::transport::tls::client_config;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type FakeEdge = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A hand-driven edge: TLS + Hello, returns the stream right after the reply.
+async fn fake_edge(hub_port: u16, fp: &str, edge_id: &str, secret: &str) -> (FakeEdge, HelloReply) {
+    let connector = tokio_rustls::TlsConnector::from(client_config(Some(fp), None).unwrap());
+    let tcp = TcpStream::connect(("127.0.0.1", hub_port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut out = BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        edge_id: edge_id.into(),
+        secret: secret.into(),
+        capabilities: 0,
+    };
+    encode_hello(&hello, &mut out);
+    tls.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(reply) = decode_reply(&mut buf).unwrap() {
+            return (tls, reply);
+        }
+        assert!(
+            tls.read_buf(&mut buf).await.unwrap() > 0,
+            "hub closed during handshake"
+        );
+    }
+}
+
+/// Reads frames until a GoAway arrives (or the connection ends).
+async fn read_goaway(tls: &mut FakeEdge) -> Option<(GoAwayReason, String)> {
+    let mut decoder = FrameDecoder::default();
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            if let Frame::GoAway { reason, message } = frame {
+                return Some((reason, message));
+            }
+        }
+        match tls.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn wrong_secret_and_unknown_edge_are_rejected_alike() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "right", &[], None)],
+            json!({}),
+        )
+        .await;
+        let wrong = start_edge(hub.port, "e1", "wrong", Some(&id.fingerprint), json!({}));
+        let unknown = start_edge(
+            hub.port,
+            "nobody",
+            "right",
+            Some(&id.fingerprint),
+            json!({}),
+        );
+        let a = wrong.events.wait_type("tunnel.rejected").await;
+        let b = unknown.events.wait_type("tunnel.rejected").await;
+        assert_eq!(a["reason"], "authFailed");
+        assert_eq!(a["message"], b["message"]);
+        assert!(a["retryInMs"].as_u64().unwrap() > 0);
+        hub.events
+            .wait("edge.authFailed", |e| e["claimedEdgeId"] == "e1")
+            .await;
+        let failed = hub
+            .events
+            .wait("edge.authFailed", |e| e["claimedEdgeId"] == "nobody")
+            .await;
+        assert_eq!(failed["reason"], "authFailed");
+        // Keeps retrying with backoff.
+        wrong.events.wait_nth("tunnel.rejected", 2, |_| true).await;
+        let status = serde_json::to_value(wrong.edge.status()).unwrap();
+        assert_eq!(status["connected"], false);
+        assert!(status["lastError"]
+            .as_str()
+            .unwrap()
+            .starts_with("authFailed"));
+        wrong.edge.stop().await;
+        unknown.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn fingerprint_mismatch_and_unpinned() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let other = identity();
+        let pinned_wrong = start_edge(hub.port, "e1", "s", Some(&other.fingerprint), json!({}));
+        let rejected = pinned_wrong.events.wait_type("tunnel.rejected").await;
+        assert_eq!(rejected["reason"], "fingerprintMismatch");
+        assert!(rejected["message"]
+            .as_str()
+            .unwrap()
+            .contains(&id.fingerprint));
+        pinned_wrong.edge.stop().await;
+
+        let unpinned = start_edge(hub.port, "e1", "s", None, json!({}));
+        let connected = unpinned.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["pinned"], false);
+        let warn = unpinned.events.wait_type("tunnel.unpinned").await;
+        assert_eq!(warn["hubFingerprint"], id.fingerprint.as_str());
+        unpinned.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn hot_reload_adds_and_removes_ports_without_dropping_live_streams() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port_a = free_port().await;
+        let port_b = free_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[port_a], Some(target))],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        edge.events.wait_type("ports.assigned").await;
+
+        // A live stream on port A.
+        let mut live = TcpStream::connect(("127.0.0.1", port_a)).await.unwrap();
+        live.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        live.read_exact(&mut buf).await.unwrap();
+
+        // Move the edge from A to B.
+        let update = portway_native::config::parse_edges(
+            &json!([edge_entry("e1", "s", &[port_b], Some(target))]).to_string(),
+        )
+        .unwrap();
+        hub.hub.update_edges(update);
+        let pushed = hub.events.wait_type("edge.configPushed").await;
+        assert_eq!(pushed["listenPorts"], json!([port_b]));
+        let updated = edge.events.wait_type("ports.updated").await;
+        assert_eq!(updated["added"], json!([port_b]));
+        assert_eq!(updated["removed"], json!([port_a]));
+
+        assert_eq!(round_trip(port_b, b"new port").await.unwrap(), b"new port");
+        assert!(
+            TcpStream::connect(("127.0.0.1", port_a)).await.is_err(),
+            "port A still listening"
+        );
+        // The stream opened on A keeps working.
+        live.write_all(b"after!").await.unwrap();
+        live.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after!");
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn revoked_edge_is_dropped_then_rejected() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        edge.events.wait_type("tunnel.connected").await;
+        hub.hub.update_edges(Vec::new());
+        let gone = hub.events.wait_type("edge.disconnected").await;
+        assert_eq!(gone["reason"], "revoked");
+        let down = edge.events.wait_type("tunnel.disconnected").await;
+        assert_eq!(down["reason"], "revoked");
+        edge.events
+            .wait("tunnel.rejected", |e| e["reason"] == "authFailed")
+            .await;
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn new_session_supersedes_the_old_one() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let (mut first, reply) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
+        assert!(matches!(reply, HelloReply::Accepted(_)));
+        let (_second, reply) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
+        assert!(matches!(reply, HelloReply::Accepted(_)));
+        let goaway = read_goaway(&mut first).await.expect("GoAway");
+        assert_eq!(goaway.0, GoAwayReason::Superseded);
+        let gone = hub.events.wait_type("edge.disconnected").await;
+        assert_eq!(gone["reason"], "superseded");
+        assert_eq!(hub.hub.status().edges.len(), 1);
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let edge_port = free_port().await;
+        let entries = vec![edge_entry("e1", "s", &[edge_port], Some(target))];
+        let hub = start_hub(id.clone(), 0, entries.clone(), json!({})).await;
+        let hub_port = hub.port;
+        let edge = start_edge(hub_port, "e1", "s", Some(&id.fingerprint), json!({}));
+        edge.events.wait_type("ports.assigned").await;
+        let mut live = TcpStream::connect(("127.0.0.1", edge_port)).await.unwrap();
+        live.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        live.read_exact(&mut one).await.unwrap();
+
+        hub.hub.stop().await;
+        let closed = hub.events.wait_type("stream.closed").await;
+        assert_eq!(closed["reason"], "hubShutdown");
+        let gone = hub.events.wait_type("edge.disconnected").await;
+        assert_eq!(gone["reason"], "hubShutdown");
+        assert_eq!(hub.events.all().last().unwrap()["type"], "hub.stopped");
+        let down = edge.events.wait_type("tunnel.disconnected").await;
+        assert_eq!(down["reason"], "hubShutdown");
+        let closed = edge.events.wait_type("stream.closed").await;
+        assert_eq!(closed["reason"], "hubShutdown");
+        // The client sees the stream cut (EOF or reset), and the listener stays bound but refuses.
+        let read = tokio::time::timeout(WAIT, live.read(&mut one))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)));
+        let mut refused = TcpStream::connect(("127.0.0.1", edge_port)).await.unwrap();
+        let read = tokio::time::timeout(WAIT, refused.read(&mut one))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)));
+
+        let hub2 = start_hub(id.clone(), hub_port, entries, json!({})).await;
+        edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
+        assert_eq!(round_trip(edge_port, b"again").await.unwrap(), b"again");
+        edge.edge.stop().await;
+        edge.edge.stop().await;
+        hub2.hub.stop().await;
+    });
+}
+
+#[test]
+fn handshake_timeout_and_cleartext_garbage() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(id.clone(), 0, vec![], json!({ "handshakeTimeoutMs": 200 })).await;
+        let _silent = TcpStream::connect(("127.0.0.1", hub.port)).await.unwrap();
+        let mut garbage = TcpStream::connect(("127.0.0.1", hub.port)).await.unwrap();
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        hub.events
+            .wait("edge.authFailed", |e| e["reason"] == "tlsError")
+            .await;
+        let timeout = hub
+            .events
+            .wait("edge.authFailed", |e| e["reason"] == "handshakeTimeout")
+            .await;
+        assert!(timeout["claimedEdgeId"].is_null());
+        // The hub still accepts real edges.
+        let (_tls, reply) = fake_edge(hub.port, &id.fingerprint, "nobody", "x").await;
+        assert!(matches!(reply, HelloReply::Rejected { .. }));
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn malformed_frame_is_a_protocol_error() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let (mut tls, _) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
+        tls.write_all(&[0xee, 0, 0, 0, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let goaway = read_goaway(&mut tls).await.expect("GoAway");
+        assert_eq!(goaway.0, GoAwayReason::ProtocolError);
+        hub.events.wait_type("tunnel.protocolError").await;
+        let gone = hub.events.wait_type("edge.disconnected").await;
+        assert_eq!(gone["reason"], "protocolError");
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn silent_peer_times_out() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let extra = json!({ "pingIntervalMs": 50, "idleTimeoutMs": 300 });
+        let hub = start_hub(id.clone(), 0, vec![edge_entry("e1", "s", &[], None)], extra).await;
+        // Completes the handshake, then never sends anything (and never reads).
+        let (mut tls, _) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
+        let gone = hub.events.wait_type("edge.disconnected").await;
+        assert_eq!(gone["reason"], "timeout");
+        let goaway = read_goaway(&mut tls).await.expect("GoAway");
+        assert_eq!(goaway.0, GoAwayReason::Timeout);
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn busy_edge_port_is_reported_and_others_work() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let busy_port = busy.local_addr().unwrap().port();
+        let good_port = free_port().await;
+        let entry = edge_entry("e1", "s", &[busy_port, good_port], Some(target));
+        let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
+        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let error = edge.events.wait_type("listener.error").await;
+        assert_eq!(error["port"], busy_port);
+        assert_eq!(error["code"], "EADDRINUSE");
+        assert_eq!(error["protocol"], "tcp");
+        assert_eq!(round_trip(good_port, b"ok").await.unwrap(), b"ok");
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(status["listenerErrors"][0]["port"], busy_port);
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn busy_tunnel_port_is_a_coded_error() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let config = json!({ "bindHost": "127.0.0.1", "tunnelPort": port, "certPem": id.cert_pem, "keyPem": id.key_pem });
+        let settings = portway_native::config::parse_hub_config(&config.to_string()).unwrap();
+        let err = portway_native::hub::Hub::start(settings, Events::default().sink()).await.err().unwrap();
+        assert!(err.to_string().starts_with("EADDRINUSE: "), "{err}");
+    });
+}
