@@ -1,6 +1,6 @@
 /**
- * Runs one machine as an actor whose every emitted fact becomes a domain event with the actor's identity
- * and its own `seq` (1, 2, 3 …), handed to a non-blocking sink.
+ * Runs one machine as an actor and numbers what it emits: every fact gets the actor's own `seq` (1, 2, 3 …).
+ * `startLoggedActor` additionally turns the facts into catalog domain events for a non-blocking sink.
  */
 import {
   createActor,
@@ -30,6 +30,34 @@ export interface ActorIdentity {
   readonly streamId: string | null;
 }
 
+export interface NumberedActorOptions<M extends AnyStateMachine> {
+  readonly machine: M;
+  readonly input: InputFrom<M>;
+  readonly clock: Clock | undefined;
+  /** Called synchronously for every emitted fact, with the actor's next seq. */
+  readonly onFact: (fact: EmittedFrom<M>, seq: number) => void;
+  /** Called once the actor reached a final state (after its last fact). */
+  readonly onDone: () => void;
+}
+
+export const startNumberedActor = <M extends AnyStateMachine>(options: NumberedActorOptions<M>): Actor<M> => {
+  const actor = createActor(options.machine, {
+    input: options.input,
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+  });
+  let seq = 0;
+  // Subscribed before start: a machine may emit from its initial entry actions.
+  actor.on("*", (fact: EmittedFrom<M>) => {
+    seq += 1;
+    options.onFact(fact, seq);
+  });
+  actor.subscribe({ complete: options.onDone, error: options.onDone });
+  actor.start();
+  return actor;
+};
+
+export const toEpochMs = (time: number): number => Math.max(0, Math.round(time));
+
 export interface LoggedActorOptions<M extends AnyStateMachine> {
   readonly machine: M;
   readonly input: InputFrom<M>;
@@ -39,40 +67,34 @@ export interface LoggedActorOptions<M extends AnyStateMachine> {
   /** Stamps facts the machine could not time itself (`time: null`). */
   readonly now: () => number;
   readonly clock: Clock | undefined;
-  /** Called once the actor reached a final state (after its last event was appended). */
   readonly onDone: () => void;
   /** Called when the sink throws; the event is lost but the actor carries on. */
   readonly onSinkError: (error: unknown, event: DomainEvent) => void;
 }
 
-const toEpochMs = (time: number): number => Math.max(0, Math.round(time));
-
-export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> => {
-  const actor = createActor(options.machine, {
+/** For machines whose facts are catalog events (`Fact`): each fact becomes a `DomainEvent`. */
+export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> =>
+  startNumberedActor({
+    machine: options.machine,
     input: options.input,
-    ...(options.clock === undefined ? {} : { clock: options.clock }),
+    clock: options.clock,
+    onDone: options.onDone,
+    onFact: (emitted, seq) => {
+      const f = emitted as Fact<EventType>;
+      const event = makeEvent({
+        type: f.type,
+        hubId: options.hubId,
+        edgeId: options.identity.edgeId,
+        sessionId: options.identity.sessionId,
+        streamId: options.identity.streamId,
+        seq,
+        time: toEpochMs(f.time ?? options.now()),
+        data: f.data,
+      } as Parameters<typeof makeEvent>[0]);
+      try {
+        options.sink.append(event);
+      } catch (error) {
+        options.onSinkError(error, event);
+      }
+    },
   });
-  let seq = 0;
-  actor.on("*", (emitted: EmittedFrom<M>) => {
-    const f = emitted as Fact<EventType>;
-    seq += 1;
-    const event = makeEvent({
-      type: f.type,
-      hubId: options.hubId,
-      edgeId: options.identity.edgeId,
-      sessionId: options.identity.sessionId,
-      streamId: options.identity.streamId,
-      seq,
-      time: toEpochMs(f.time ?? options.now()),
-      data: f.data,
-    } as Parameters<typeof makeEvent>[0]);
-    try {
-      options.sink.append(event);
-    } catch (error) {
-      options.onSinkError(error, event);
-    }
-  });
-  actor.subscribe({ complete: options.onDone, error: options.onDone });
-  actor.start();
-  return actor;
-};
