@@ -1,6 +1,6 @@
 // Issue 2, control plane: authentication, pinning, hub restart, hot port changes, listener errors.
 import { once } from "node:events";
-import { createServer } from "node:net";
+import { createServer, type Socket } from "node:net";
 import { describe, expect, it } from "vitest";
 import { RemoteIngressEdge, RemoteIngressHub, encodeConnectionToken } from "../src/index.js";
 import { connectTcp, echoRoundTrip, tryConnect } from "./helpers/client.js";
@@ -53,7 +53,7 @@ describe("tunnel control plane", () => {
     // Correcting the secret on the hub lets the retrying edge in without restarting it.
     await hub.hub.updateAllowedEdges([{ ...allowed, secret: "a-wrong-secret" }]);
     await waitForEdgeReady(hub.hub, edge, "edge-1", [listenPort], 40_000);
-    expect(connected.seen).toHaveLength(1);
+    await waitFor(() => connected.seen.length === 1, { what: "edgeConnected after the secret was corrected" });
   });
 
   it("an edge started from a token pins the hub: right fingerprint connects, wrong fingerprint is rejected", async () => {
@@ -98,8 +98,11 @@ describe("tunnel control plane", () => {
     await echoRoundTrip(before);
 
     const disconnected = nextEvent(tunnel.edge, "tunnelDisconnected");
+    const beforeClosed = new Promise((resolve) => before.once("close", resolve));
     await tunnel.hub.stop();
     await disconnected;
+    // The stream that was open on the old tunnel is closed for the client, not left hanging.
+    await beforeClosed;
     await waitFor(async () => !(await tunnel.edge.getStatus()).connected, { what: "edge noticing the hub is gone" });
 
     const hub = new RemoteIngressHub();
@@ -107,7 +110,7 @@ describe("tunnel control plane", () => {
     await hub.start(tunnel.hubFixture.startOptions);
     await hub.updateAllowedEdges([tunnel.allowedEdge]);
     // The certificate lives in the data dir, so the pinned edge accepts the new hub.
-    expect((await hub.getStatus()).fingerprint).toBe(tunnel.fingerprint);
+    expect((await hub.getStatus()).hubFingerprint).toBe(tunnel.fingerprint);
 
     await waitForEdgeReady(hub, tunnel.edge, tunnel.edgeId, [port], 40_000);
     const after = await connectTcp(port);
@@ -171,7 +174,12 @@ describe("tunnel control plane", () => {
       return s.listenPorts.includes(freeListenPort) ? s : undefined;
     }, { what: `edge listening on ${freeListenPort}` });
     expect(status.listenerErrors).toEqual([expect.objectContaining({ port: busyPort, code: "EADDRINUSE" })]);
-    expect(status.listenPorts).not.toContain(busyPort);
+    // The busy port still belongs to its owner: a client reaches the blocker, not the tunnel.
+    const accepted = once(blocker, "connection");
+    const stray = await connectTcp(busyPort);
+    teardown.add(() => stray.destroy());
+    const [blockerSide] = (await accepted) as [Socket];
+    blockerSide.destroy();
 
     const client = await connectTcp(freeListenPort);
     teardown.add(() => client.destroy());

@@ -29,8 +29,10 @@ const PAYLOADS: Record<string, Buffer> = {
   nothing: Buffer.alloc(0),
 };
 
-/** How long the hub may take to close a bad connection (covers its 5 s handshake timeout). */
-const CLOSE_WITHIN_MS = 12_000;
+/** The hub's handshake timeout in these tests: a client that sends too little is cut after this. */
+const HANDSHAKE_TIMEOUT_MS = 1_000;
+/** How long the hub may take to close a bad connection (handshake timeout plus slack for a busy machine). */
+const CLOSE_WITHIN_MS = HANDSHAKE_TIMEOUT_MS + 4_000;
 
 /** Resolves when the hub closed `socket` (FIN, reset or error), rejects if it is still open after `CLOSE_WITHIN_MS`. */
 const closedByHub = (socket: Socket, label: string): Promise<void> =>
@@ -73,7 +75,7 @@ const sendAfterTls = async (port: number, payload: Buffer, label: string, expect
 describe("tunnel port under hostile input", () => {
   it("closes garbage connections (raw TCP and after TLS) and keeps serving good edges and live streams", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     const port = tunnel.listenPorts[0] as number;
     const live = await connectTcp(port);
     teardown.add(() => live.destroy());
@@ -110,7 +112,7 @@ describe("tunnel port under hostile input", () => {
 
   it("drops a TLS client that sends a valid-looking but unauthenticated stream of frames", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     // Well-formed DATA frame headers with small payloads, before any hello: must not be treated as a session.
     const frames = Buffer.concat(
       Array.from({ length: 1000 }, (_, i) => {
@@ -132,7 +134,7 @@ describe("tunnel port under hostile input", () => {
 
   it("refuses to start a second hub on a port that is in use, with a clear error", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     const dataDir = await mkdtemp(join(tmpdir(), "portway-hub-"));
     teardown.add(() => rm(dataDir, { recursive: true, force: true }));
     const second = new RemoteIngressHub();

@@ -9,6 +9,9 @@ export const connectTcp = async (port: number, host = "127.0.0.1", timeoutMs = 1
   const timer = setTimeout(() => socket.destroy(new Error(`connect to ${host}:${port} timed out after ${timeoutMs} ms`)), timeoutMs);
   try {
     await once(socket, "connect");
+    // Resets are expected in some tests (tunnel lost, port removed); the read helpers report them where
+    // they matter, so an unobserved one must not become an uncaught exception.
+    socket.on("error", () => undefined);
     return socket;
   } finally {
     clearTimeout(timer);

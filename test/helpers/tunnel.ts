@@ -62,7 +62,7 @@ export const startHub = async (
     if (!status.running || status.tunnelPort !== tunnelPort) {
       throw new Error(`hub status after start: ${JSON.stringify(status)}`);
     }
-    return { hub, tunnelPort, dataDir, fingerprint: status.fingerprint, startOptions, stop };
+    return { hub, tunnelPort, dataDir, fingerprint: status.hubFingerprint ?? "", startOptions, stop };
   } catch (error) {
     await stop();
     throw error;
