@@ -87,6 +87,12 @@ export interface HubActorsSnapshot {
 export interface HubActorSystem {
   /** Feeds decoded native events, in `seq` order. Never throws. */
   readonly ingest: (events: Iterable<NativeHubEvent>) => void;
+  /**
+   * The hub is listening. The addon's own `hub.listening` is emitted while `hubStart` runs, usually before
+   * anyone subscribed to the event stream, so the owner reports it from the start result; a second report
+   * (or the addon's event arriving too) changes nothing.
+   */
+  readonly listening: (port: number) => void;
   /** The previous run was rebuilt from the log (recover.ts); logged as the hub's `hub.recovered`. */
   readonly recovered: (data: HubRecoveredData) => void;
   /** hubStart failed; the hub actor ends with reason `error`. */
@@ -345,6 +351,7 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     ingest: (events) => {
       for (const event of events) dispatch(event);
     },
+    listening: (port) => hub.send({ type: "hub.listening", atMs: now(), port }),
     recovered: (data) => hub.send({ type: "hub.recovered", atMs: now(), data }),
     startFailed: (message) => hub.send({ type: "hub.startFailed", atMs: now(), message }),
     revoke: (edgeId) => {
