@@ -153,7 +153,7 @@ impl Edge {
         }
         inner.stopping.send_replace(true);
         inner.tasks.wait_idle().await;
-        inner.events.flush().await;
+        inner.events.close().await;
         inner.stopped.send_replace(true);
     }
 }

@@ -149,6 +149,7 @@ pub type Deliver = Arc<dyn Fn(String) + Send + Sync>;
 enum SinkMsg {
     Event(u64, Event),
     Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
 }
 
 /// Cloneable handle for emitting events from any task.
@@ -170,6 +171,15 @@ impl EventSink {
         let _ = self.tx.send(SinkMsg::Event(epoch_ms(), event));
     }
 
+    /// Delivers what is queued, then stops the batcher and drops `deliver` (for JS: releases the
+    /// callback and the channel that keeps Node's event loop alive). Later events are discarded.
+    pub async fn close(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(SinkMsg::Close(done_tx)).is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
     /// Resolves once every event emitted before this call has been handed to `deliver`.
     pub async fn flush(&self) {
         let (done_tx, done_rx) = oneshot::channel();
@@ -181,6 +191,8 @@ impl EventSink {
 
 struct Batcher {
     deliver: Deliver,
+    /// Set by `close`: acknowledged once the batcher has let go of `deliver`.
+    closed: Option<oneshot::Sender<()>>,
     next_seq: u64,
     pending: Vec<(u64, Event)>,
 }
@@ -224,6 +236,11 @@ impl Batcher {
                 let _ = done.send(());
                 true
             }
+            Some(SinkMsg::Close(done)) => {
+                self.deliver_pending();
+                self.closed = Some(done);
+                false
+            }
             None => false,
         }
     }
@@ -232,6 +249,7 @@ impl Batcher {
 async fn run_batcher(mut rx: mpsc::UnboundedReceiver<SinkMsg>, deliver: Deliver) {
     let mut batcher = Batcher {
         deliver,
+        closed: None,
         next_seq: 1,
         pending: Vec::new(),
     };
@@ -256,6 +274,12 @@ async fn run_batcher(mut rx: mpsc::UnboundedReceiver<SinkMsg>, deliver: Deliver)
         }
     }
     batcher.deliver_pending();
+    rx.close();
+    let Batcher { deliver, closed, .. } = batcher;
+    drop(deliver);
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
 }
 
 #[cfg(test)]

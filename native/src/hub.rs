@@ -206,7 +206,7 @@ impl Hub {
         }
         inner.tasks.wait_idle().await;
         inner.events.emit(Event::HubStopped {});
-        inner.events.flush().await;
+        inner.events.close().await;
         inner.stopped.send_replace(true);
     }
 }
