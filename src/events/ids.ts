@@ -6,6 +6,7 @@
  * restarts (tunnel session ids are; the hub actor uses its run id), otherwise a restarted actor's seq 1
  * would collide with the previous incarnation's seq 1.
  */
+import * as crypto from "node:crypto";
 import { createHash } from "node:crypto";
 import type { ActorKind } from "./catalog.js";
 
@@ -21,8 +22,13 @@ export const actorKey = (a: ActorRef): string =>
   `${a.kind}\u0000${a.hubId}\u0000${a.sessionId}\u0000${a.streamId ?? ""}`;
 
 /** 128-bit hex id of the `seq`-th event of an actor. */
-export const eventId = (actor: ActorRef, seq: number): string =>
-  createHash("sha256").update(actorKey(actor)).update("\u0000").update(String(seq)).digest("hex").slice(0, 32);
+// One-shot crypto.hash (Node ≥ 20.12) is several times cheaper than createHash() on this hot path; same digest.
+const sha256hex: (s: string) => string =
+  typeof crypto.hash === "function"
+    ? (s) => crypto.hash("sha256", s, "hex")
+    : (s) => createHash("sha256").update(s).digest("hex");
+
+export const eventId = (actor: ActorRef, seq: number): string => sha256hex(`${actorKey(actor)}\u0000${seq}`).slice(0, 32);
 
 /**
  * Message id of a batch of events (one JetStream message). Derived from its events' ids, so re-publishing
