@@ -158,6 +158,23 @@ describe("recover", () => {
     expect(r.summary).toMatchObject({ udpClosed: 1, streamsClosed: 0, sessionsClosed: 1, previousRunId: null });
   });
 
+  it("does not take the publisher's dropped-events notices for a hub run", () => {
+    const notice = makeEvent({
+      type: "hub.eventsDropped",
+      hubId: "hub-1",
+      edgeId: null,
+      sessionId: "run-1.publisher",
+      streamId: null,
+      seq: 1,
+      time: 5,
+      data: { count: 3, firstTime: 1, lastTime: 4, reason: "outboxFull" },
+    });
+    const r = recover([notice], options);
+    expect(r.openHubRuns).toEqual([]);
+    expect(r.closingEvents).toEqual([]);
+    expect(r.summary).toMatchObject({ previousRunId: null, replayedEvents: 1 });
+  });
+
   it("ignores other hubs' events and the current run's own", () => {
     const log = crashedRunLog().map((e) => ({ ...e, hubId: "hub-other" }));
     expect(recover(log, options).closingEvents).toEqual([]);

@@ -90,6 +90,8 @@ export const recover = (events: Iterable<DomainEvent>, options: RecoverOptions):
   for (const event of events) {
     if (event.hubId !== options.hubId) continue;
     replayed += 1;
+    // Dropped-event notices belong to the publisher's own actor (`<runId>.publisher`), which has no lifecycle.
+    if (event.type === "hub.eventsDropped") continue;
     const kind = kindOf(event);
     if (kind === "hub") {
       if (event.sessionId === options.currentRunId) continue;
