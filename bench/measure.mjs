@@ -1,6 +1,7 @@
 // The measurements: each function drives one workload against a host:port and returns plain numbers.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { readFile } from "node:fs/promises";
 import { connect } from "node:net";
 
 /** Runs iperf3 against `port` and returns the receiver-side throughput in Gbit/s. */
@@ -105,14 +106,14 @@ export const latency = async ({ port, rate, seconds }) => {
 
 /** VmRSS in KiB from /proc/<pid>/status. */
 export const rssKiB = async (pid) => {
-  const { readFile } = await import("node:fs/promises");
   const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(await readFile(`/proc/${pid}/status`, "utf8"));
   if (!match) throw new Error(`no VmRSS for pid ${pid}`);
   return Number(match[1]);
 };
 
-/** Opens `count` connections to `port` and leaves them idle; returns them (close with `destroy`). */
-export const openIdle = async ({ port, count, concurrency = 50 }) => {
+/** Opens `count` connections to `port` and leaves them idle; returns them (close with `destroy`). One at a time by
+ * default: this measures memory, not how fast streams open. */
+export const openIdle = async ({ port, count, concurrency = 1 }) => {
   const sockets = [];
   let next = 0;
   const worker = async () => {
@@ -129,4 +130,11 @@ export const openIdle = async ({ port, count, concurrency = 50 }) => {
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return sockets;
+};
+
+export const median = (values) => {
+  const sorted = values.filter((v) => typeof v === "number" && !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return undefined;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 };

@@ -2,17 +2,20 @@
 // Portway benchmark: tunnel vs direct loopback vs two chained socat relays. Not a test: it measures, compares
 // against the targets of issue 2 and writes docs/performance.md. Run with `npm run bench`.
 //
-// Environment knobs (defaults in brackets): BENCH_SECONDS [5] per iperf3 run, BENCH_CONNECTIONS [2000] for the
-// connection-rate test, BENCH_IDLE_STREAMS [1000], BENCH_LATENCY_SECONDS [5], BENCH_OUT [docs/performance.md].
+// Environment knobs (defaults in brackets): BENCH_ROUNDS [3] (each measurement runs this many times, the paths
+// interleaved, and the median is reported: the machine is usually shared), BENCH_SECONDS [5] per iperf3 run,
+// BENCH_CONNECTIONS [2000] per connection-rate run, BENCH_IDLE_STREAMS [1000], BENCH_LATENCY_SECONDS [5],
+// BENCH_OUT [docs/performance.md].
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
-import { availableParallelism, totalmem } from "node:os";
+import { availableParallelism, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
-import { connectionRate, iperf3, latency, openIdle, rssKiB } from "./measure.mjs";
+import { connectionRate, iperf3, latency, median, openIdle, rssKiB } from "./measure.mjs";
 import { root, startEchoServer, startIperfServer, startSocatChain } from "./processes.mjs";
 import { startTunnelCli } from "./tunnel-cli.mjs";
 
 const env = (name, fallback) => (process.env[name] ? Number(process.env[name]) : fallback);
+const ROUNDS = env("BENCH_ROUNDS", 3);
 const SECONDS = env("BENCH_SECONDS", 5);
 const CONNECTIONS = env("BENCH_CONNECTIONS", 2000);
 const IDLE_STREAMS = env("BENCH_IDLE_STREAMS", 1000);
@@ -33,7 +36,15 @@ const track = (thing) => {
 const machine = () => {
   const cpu = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown";
   const kernel = execFileSync("uname", ["-sr"], { encoding: "utf8" }).trim();
-  return { nproc: availableParallelism(), cpu, kernel, memGiB: (totalmem() / 2 ** 30).toFixed(1), node: process.version, date: new Date().toISOString() };
+  return {
+    nproc: availableParallelism(),
+    cpu,
+    kernel,
+    memGiB: (totalmem() / 2 ** 30).toFixed(1),
+    node: process.version,
+    date: new Date().toISOString(),
+    loadBefore: loadavg()[0],
+  };
 };
 
 const results = { machine: machine(), throughput: [], connections: [], latency: [], idle: undefined, errors: [] };
@@ -67,19 +78,26 @@ const main = async () => {
     { name: "socat×2", iperf: socatIperf.port, echo: socatEcho.port },
   ];
 
-  for (const parallel of [1, 4]) {
-    for (const path of paths) {
-      const gbps = await attempt(`iperf3 -P ${parallel} via ${path.name}`, () => iperf3({ port: path.iperf, seconds: SECONDS, parallel }));
-      results.throughput.push({ path: path.name, parallel, gbps });
+  // Rounds interleave the paths, so a burst of load from elsewhere on the machine hits all of them alike.
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const parallel of [1, 4]) {
+      for (const path of paths) {
+        const gbps = await attempt(`[${round}/${ROUNDS}] iperf3 -P ${parallel} via ${path.name}`, () => iperf3({ port: path.iperf, seconds: SECONDS, parallel }));
+        results.throughput.push({ path: path.name, parallel, gbps });
+      }
     }
   }
-  for (const path of paths) {
-    const rate = await attempt(`connection rate via ${path.name}`, () => connectionRate({ port: path.echo, total: CONNECTIONS, concurrency: 8 }));
-    results.connections.push({ path: path.name, ...rate });
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const path of paths) {
+      const rate = await attempt(`[${round}/${ROUNDS}] connection rate via ${path.name}`, () => connectionRate({ port: path.echo, total: CONNECTIONS, concurrency: 8 }));
+      results.connections.push({ path: path.name, ...rate });
+    }
   }
-  for (const path of paths) {
-    const lat = await attempt(`latency at ${LATENCY_RATE} req/s via ${path.name}`, () => latency({ port: path.echo, rate: LATENCY_RATE, seconds: LATENCY_SECONDS }));
-    results.latency.push({ path: path.name, ...lat });
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const path of paths) {
+      const lat = await attempt(`[${round}/${ROUNDS}] latency at ${LATENCY_RATE} req/s via ${path.name}`, () => latency({ port: path.echo, rate: LATENCY_RATE, seconds: LATENCY_SECONDS }));
+      results.latency.push({ path: path.name, ...lat });
+    }
   }
   await tunnel.stop();
 
@@ -88,20 +106,29 @@ const main = async () => {
     const fresh = track(await startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }] }));
     const before = { hub: await rssKiB(fresh.hubPid), edge: await rssKiB(fresh.edgePid) };
     const sockets = await openIdle({ port: fresh.listenPorts[0], count: IDLE_STREAMS });
-    await new Promise((r) => setTimeout(r, 500)); // let both processes finish their bookkeeping for the last streams
     const after = { hub: await rssKiB(fresh.hubPid), edge: await rssKiB(fresh.edgePid) };
     for (const s of sockets) s.destroy();
     await fresh.stop();
     return { streams: sockets.length, before, after };
   });
+  results.machine.loadAfter = loadavg()[0];
 };
 
 const fmt = (value, digits = 2) => (value === undefined || Number.isNaN(value) ? "n/a" : value.toFixed(digits));
 const verdict = (ok) => (ok === undefined ? "not measured" : ok ? "**met**" : "**missed**");
 
+/** `median (min–max)` of the rounds, or just the value with one round. */
+const spread = (values, digits) => {
+  const ok = values.filter((v) => typeof v === "number" && !Number.isNaN(v));
+  if (ok.length === 0) return "n/a";
+  if (ok.length === 1) return fmt(ok[0], digits);
+  return `${fmt(median(ok), digits)} (${fmt(Math.min(...ok), digits)}–${fmt(Math.max(...ok), digits)})`;
+};
+
 const report = () => {
   const m = results.machine;
-  const tp = (path, parallel) => results.throughput.find((r) => r.path === path && r.parallel === parallel)?.gbps;
+  const tpRuns = (path, parallel) => results.throughput.filter((r) => r.path === path && r.parallel === parallel).map((r) => r.gbps);
+  const tp = (path, parallel) => median(tpRuns(path, parallel));
   const lines = [];
   lines.push("# Performance", "");
   lines.push("Written by `bench/run.mjs` (do not edit by hand; rerun it). Figures are from one run on one machine;");
@@ -110,13 +137,15 @@ const report = () => {
   lines.push(`- date: ${m.date}`);
   lines.push(`- CPU: ${m.cpu}, nproc ${m.nproc}, memory ${m.memGiB} GiB`);
   lines.push(`- kernel: ${m.kernel}; Node ${m.node}`);
+  lines.push(`- 1-minute load average: ${fmt(m.loadBefore)} at the start, ${fmt(m.loadAfter)} at the end (other work on the machine shows up here)`);
   lines.push("- everything on loopback: client, hub, edge and targets share the same cores", "");
   lines.push("## Reproduce", "");
   lines.push("```sh", "npm run bench   # = node scripts/setup.mjs --with-peers && node bench/run.mjs", "```", "");
-  lines.push(`Knobs: BENCH_SECONDS=${SECONDS}, BENCH_CONNECTIONS=${CONNECTIONS}, BENCH_IDLE_STREAMS=${IDLE_STREAMS}, BENCH_LATENCY_SECONDS=${LATENCY_SECONDS}.`, "");
+  lines.push(`Knobs: BENCH_ROUNDS=${ROUNDS}, BENCH_SECONDS=${SECONDS}, BENCH_CONNECTIONS=${CONNECTIONS}, BENCH_IDLE_STREAMS=${IDLE_STREAMS}, BENCH_LATENCY_SECONDS=${LATENCY_SECONDS}.`, "");
   lines.push("Paths: **direct** = client → target on loopback; **tunnel** = client → edge → TLS tunnel → hub → target, hub and");
   lines.push("edge as separate processes started with the CLI (`node bin/portway.js hub|edge`), PROXY protocol off;");
-  lines.push("**socat×2** = client → `socat TCP-LISTEN:a,fork,reuseaddr TCP:127.0.0.1:b` → a second socat → target.", "");
+  lines.push("**socat×2** = client → `socat TCP-LISTEN:a,fork,reuseaddr TCP:127.0.0.1:b` → a second socat → target.");
+  lines.push(`Each figure is the median of ${ROUNDS} rounds (paths interleaved within a round), with the range in brackets.`, "");
 
   lines.push("## Bulk TCP throughput (iperf3)", "");
   lines.push(`\`iperf3 -c 127.0.0.1 -p PORT -t ${SECONDS} [-P 4]\`, receiver-side rate.`, "");
@@ -125,25 +154,40 @@ const report = () => {
     const d = tp("direct", parallel);
     const t = tp("tunnel", parallel);
     const s = tp("socat×2", parallel);
-    lines.push(`| ${parallel} | ${fmt(d)} | ${fmt(t)} | ${d && t ? `${fmt((100 * t) / d, 1)} %` : "n/a"} | ${fmt(s)} | ${d && s ? `${fmt((100 * s) / d, 1)} %` : "n/a"} |`);
+    lines.push(
+      `| ${parallel} | ${spread(tpRuns("direct", parallel), 2)} | ${spread(tpRuns("tunnel", parallel), 2)} | ${d && t ? `${fmt((100 * t) / d, 1)} %` : "n/a"} | ${spread(tpRuns("socat×2", parallel), 2)} | ${d && s ? `${fmt((100 * s) / d, 1)} %` : "n/a"} |`,
+    );
   }
   lines.push("");
 
   lines.push("## New connections per second", "");
   lines.push(`${CONNECTIONS} connections, 8 at a time; each connects, does one 1-byte echo and closes (Node client, Node echo server in its own process).`, "");
   lines.push("| path | connections/s | failed |", "| --- | --- | --- |");
-  for (const r of results.connections) lines.push(`| ${r.path} | ${fmt(r.perSecond, 0)} | ${r.failed ?? "n/a"} |`);
+  const pathNames = ["direct", "tunnel", "socat×2"];
+  const connRuns = (path) => results.connections.filter((r) => r.path === path);
+  for (const path of pathNames) {
+    const runs = connRuns(path);
+    const failed = runs.reduce((sum, r) => sum + (r.failed ?? 0), 0);
+    lines.push(`| ${path} | ${spread(runs.map((r) => r.perSecond), 0)} | ${failed} |`);
+  }
   lines.push("");
 
   lines.push("## Request/response latency", "");
   lines.push(`One connection, a 64-byte request every 1 ms (${LATENCY_RATE} req/s, open loop) for ${LATENCY_SECONDS} s; time from write to the full echo.`, "");
   lines.push("| path | p50 µs | p99 µs | max µs | answered |", "| --- | --- | --- | --- | --- |");
-  for (const r of results.latency) lines.push(`| ${r.path} | ${fmt(r.p50Us, 0)} | ${fmt(r.p99Us, 0)} | ${fmt(r.maxUs, 0)} | ${r.answered ?? "n/a"}/${r.requests ?? "n/a"} |`);
-  const direct = results.latency.find((r) => r.path === "direct");
-  const tunnel = results.latency.find((r) => r.path === "tunnel");
-  const addedP99 = direct?.p99Us !== undefined && tunnel?.p99Us !== undefined ? tunnel.p99Us - direct.p99Us : undefined;
-  const addedP50 = direct?.p50Us !== undefined && tunnel?.p50Us !== undefined ? tunnel.p50Us - direct.p50Us : undefined;
-  lines.push("", `Added by the tunnel: p50 ${fmt(addedP50, 0)} µs, p99 ${fmt(addedP99, 0)} µs.`, "");
+  const latRuns = (path) => results.latency.filter((r) => r.path === path);
+  for (const path of pathNames) {
+    const runs = latRuns(path);
+    const answered = runs.reduce((sum, r) => sum + (r.answered ?? 0), 0);
+    const requests = runs.reduce((sum, r) => sum + (r.requests ?? 0), 0);
+    const max = runs.length > 0 ? Math.max(...runs.map((r) => r.maxUs ?? Number.NaN)) : undefined;
+    lines.push(`| ${path} | ${spread(runs.map((r) => r.p50Us), 0)} | ${spread(runs.map((r) => r.p99Us), 0)} | ${fmt(max, 0)} | ${answered}/${requests} |`);
+  }
+  const med = (path, key) => median(latRuns(path).map((r) => r[key]));
+  const diff = (key) => (med("direct", key) !== undefined && med("tunnel", key) !== undefined ? med("tunnel", key) - med("direct", key) : undefined);
+  const addedP99 = diff("p99Us");
+  const addedP50 = diff("p50Us");
+  lines.push("", `Added by the tunnel (median tunnel − median direct): p50 ${fmt(addedP50, 0)} µs, p99 ${fmt(addedP99, 0)} µs.`, "");
 
   lines.push("## Memory per idle stream", "");
   const idle = results.idle;

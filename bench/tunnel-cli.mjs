@@ -55,14 +55,15 @@ export const startTunnelCli = async ({ routes }) => {
   };
   stopAll.push(() => hub.stop());
   try {
+    // The hub logs "listening on …" once its tunnel port is bound (a probe connection would log a TLS error).
     await waitFor(async () => {
       if (hub.exited() !== undefined) throw new Error(`hub exited (${hub.exited()}): ${hub.output()}`);
-      return canConnect(tunnelPort);
+      return /listening on \S+:(\d+)/.test(hub.output());
     }, `hub on tunnel port ${tunnelPort}`);
 
     const token = execFileSync(process.execPath, [
       CLI, "token", "--hub-host", "127.0.0.1", "--hub-port", String(tunnelPort), "--edge-id", edgeId, "--secret", secret,
-      "--hub-cert-fingerprint", identity.fingerprint,
+      "--fingerprint", identity.fingerprint,
     ], { encoding: "utf8", cwd: root }).trim().split("\n").pop();
     const edge = spawnProcess(process.execPath, [CLI, "edge", "--token", token, "--bind-address", "127.0.0.1"]);
     stopAll.push(() => edge.stop());
