@@ -32,6 +32,8 @@ describe("tunnel data path", () => {
     const [port] = tunnel.listenPorts as [number];
     const closed = recordEvents<StreamClosed>(tunnel.hub, "streamClosed");
     teardown.add(closed.stop);
+    const dropped = recordEvents<{ reason: string; message: string }>(tunnel.hub, "edgeDisconnected");
+    teardown.add(dropped.stop);
 
     // Every 25th stream is large (8 MiB up / 6 MiB down); the rest cycle through SIZES with the two
     // directions out of step. About 110 MiB each way in total.
@@ -39,6 +41,8 @@ describe("tunnel data path", () => {
       i % 25 === 0 ? { send: 8 * MiB, receive: 6 * MiB } : { send: SIZES[i % SIZES.length] as number, receive: SIZES[(i + 3) % SIZES.length] as number },
     );
     const results = await Promise.allSettled(plan.map(({ send, receive }) => hashExchange(port, send, receive)));
+    // A burst of concurrent opens must not cost the tunnel its session (this names the cause if it does).
+    expect(dropped.seen.map((e) => `${e.reason}: ${e.message}`)).toEqual([]);
     const failures = results.flatMap((r, i) => (r.status === "rejected" ? [`stream ${i}: ${(r.reason as Error).message}`] : []));
     expect(failures).toEqual([]);
     expect(target.errors).toEqual([]);
