@@ -122,6 +122,10 @@ export const hubSessionMachine = setup({
       };
     }),
   },
+  guards: {
+    /** A session cannot be superseded by itself (a repeated `edge.connected` is not a newer session). */
+    byAnotherSession: ({ context, event }) => event.type === "policy.supersede" && event.bySessionId !== context.sessionId,
+  },
   delays: {
     closeTimeout: ({ context }) => context.closeTimeoutMs,
   },
@@ -191,6 +195,7 @@ export const hubSessionMachine = setup({
         "edge.disconnected": { target: "closed", actions: "recordDisconnect" },
         "policy.revoke": { target: "closing", actions: "requestRevoke" },
         "policy.supersede": {
+          guard: "byAnotherSession",
           target: "closing",
           actions: [
             "requestSupersede",

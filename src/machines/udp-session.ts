@@ -114,6 +114,11 @@ export const udpSessionMachine = setup({
       closeMessage: "",
     })),
   },
+  guards: {
+    /** A zero delta (a counter report with no datagrams) is not activity and must not keep a session alive. */
+    carriesTraffic: ({ event }) =>
+      event.type === "udp.activity" && event.datagramsIn + event.datagramsOut + event.bytesIn + event.bytesOut > 0,
+  },
   delays: {
     idleAfter: ({ context }) => context.idleAfterMs,
     expireAfter: ({ context }) => context.expireAfterMs,
@@ -152,13 +157,13 @@ export const udpSessionMachine = setup({
     active: {
       on: {
         // Re-entering restarts the idle timer.
-        "udp.activity": { target: "active", reenter: true, actions: "recordActivity" },
+        "udp.activity": { guard: "carriesTraffic", target: "active", reenter: true, actions: "recordActivity" },
       },
       after: { idleAfter: "idle" },
     },
     idle: {
       // Idle and resumed are not logged: the catalog records a UDP session's expiry, not its quiet spells.
-      on: { "udp.activity": { target: "active", actions: "recordActivity" } },
+      on: { "udp.activity": { guard: "carriesTraffic", target: "active", actions: "recordActivity" } },
       after: { expireAfter: { target: "expired", actions: "recordExpiry" } },
     },
     expired: {

@@ -71,6 +71,13 @@ describe("hubSessionMachine", () => {
     expect(facts[2]).toMatchObject({ data: { reason: "superseded", message: "", durationMs: 1_010 } });
   });
 
+  it("is not superseded by itself (guard byAnotherSession)", () => {
+    const { actor, facts } = startConnected();
+    actor.send({ type: "policy.supersede", atMs: 2_000, bySessionId: "s1", remoteAddr: null });
+    expect(actor.getSnapshot().value).toBe("active");
+    expect(facts.map((f) => f.type)).toEqual(["edge.connected"]);
+  });
+
   it.each([
     [{ type: "policy.revoke", atMs: 3_000 }, "revoked"],
     [{ type: "policy.shutdown", atMs: 3_000 }, "hubShutdown"],

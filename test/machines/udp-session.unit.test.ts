@@ -87,6 +87,27 @@ describe("udpSessionMachine", () => {
     expect(facts.map((f) => f.type)).toEqual(["udp.opened"]);
   });
 
+  it("does not count a zero-delta activity report as traffic (guard carriesTraffic)", () => {
+    const { actor, clock } = start();
+    clock.increment(20_000);
+    actor.send({ type: "udp.activity", atMs: 30_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    clock.increment(10_000);
+    expect(actor.getSnapshot().value).toBe("idle");
+    actor.send({ type: "udp.activity", atMs: 41_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    expect(actor.getSnapshot().value).toBe("idle");
+    expect(actor.getSnapshot().context.lastActivityAtMs).toBe(10_000);
+  });
+
+  it("lets a test replace the guard with .provide()", () => {
+    const machine = udpSessionMachine.provide({ guards: { carriesTraffic: () => true } });
+    const clock = new SimulatedClock();
+    const actor = createActor(machine, { input, clock }).start();
+    clock.increment(29_000);
+    actor.send({ type: "udp.activity", atMs: 39_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    clock.increment(29_000);
+    expect(actor.getSnapshot().value).toBe("active");
+  });
+
   it.each([
     [{ type: "udp.closed", atMs: 50_000, reason: "targetUnreachable", message: "ICMP port unreachable" }, "targetUnreachable"],
     [{ type: "udp.closed", atMs: 50_000, reason: "protocolError" }, "protocolError"],
