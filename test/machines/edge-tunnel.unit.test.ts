@@ -49,6 +49,15 @@ describe("edgeTunnelMachine", () => {
     ]);
   });
 
+  it("backs off when the tunnel drops during the handshake", () => {
+    const { actor, facts } = start();
+    actor.send(connecting(100, 1));
+    actor.send({ type: "tunnel.handshaking", atMs: 110, hub });
+    actor.send({ type: "tunnel.rejected", atMs: 130, hub, reason: "fingerprintMismatch", message: "pin", retryInMs: 1_000 });
+    expect(actor.getSnapshot().value).toBe("backingOff");
+    expect(facts.at(-1)).toMatchObject({ type: "tunnel.rejected", data: { reason: "fingerprintMismatch", connectedMs: null } });
+  });
+
   it("connects straight from connecting when the addon reports no handshake step", () => {
     const { actor } = start();
     actor.send(connecting(100, 1));
