@@ -77,14 +77,24 @@ const startTarget = async (proxy: ProxyMode, handle: Handler): Promise<Target> =
 };
 
 /** Writes with backpressure; resolves when the chunk was accepted (waits for `drain` if the buffer is full). */
-export const writeWithBackpressure = async (socket: Socket, chunk: Buffer): Promise<void> => {
-  if (socket.write(chunk)) return;
-  await Promise.race([
-    once(socket, "drain"),
-    once(socket, "close").then(() => {
-      throw new Error("socket closed while waiting for drain");
-    }),
-  ]);
+export const writeWithBackpressure = (socket: Socket, chunk: Buffer): Promise<void> => {
+  if (socket.write(chunk)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onDrain = () => {
+      cleanup();
+      resolve();
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Error("socket closed while waiting for drain"));
+    };
+    const cleanup = () => {
+      socket.off("drain", onDrain);
+      socket.off("close", onClose);
+    };
+    socket.on("drain", onDrain);
+    socket.on("close", onClose);
+  });
 };
 
 /** Chunk size for generated payloads. */
