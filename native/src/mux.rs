@@ -156,6 +156,14 @@ impl MuxHandle {
     /// Opens a stream (edge side) and sends its `Open` frame.
     pub async fn open(&self, open: StreamOpen) -> Result<MuxStream, TunnelClosed> {
         let (tx, rx) = mpsc::unbounded_channel();
+        // Take the queue slot before the id: concurrent opens then queue their OPEN frames in id order,
+        // which the hub requires (ids must increase).
+        let permit = self
+            .shared
+            .data_tx
+            .reserve()
+            .await
+            .map_err(|_| TunnelClosed)?;
         let id = {
             let mut table = self.shared.table();
             if table.closed || table.last_id == u32::MAX {
@@ -177,11 +185,10 @@ impl MuxHandle {
             inbound: rx,
             mux: self.clone(),
         };
-        self.send(Frame::Open {
+        permit.send(Frame::Open {
             stream_id: id,
             open,
-        })
-        .await?;
+        });
         Ok(stream)
     }
 
