@@ -44,20 +44,33 @@ const { liveEventsIterable } = await load("nats/replay.js");
 const log = (m) => process.stderr.write(`[bench:events] ${m}\n`);
 const where = { edgePort: 443, clientAddr: "203.0.113.7:51234", target: "10.0.0.5:8443" };
 
-/** `n` events of `edges` edges: stream.opened/closed pairs, fresh ids per `tag`. */
-function* events(n, tag, edges = 16) {
+const EDGES = Array.from({ length: 16 }, (_, i) => `e${i}`);
+
+/** Events `from`…`from+count` of a run: stream.opened/closed pairs over 16 edges, fresh ids per `tag`. */
+function chunk(tag, from, count) {
   const t = Date.now();
-  for (let i = 0; i < n / 2; i++) {
-    const base = { hubId: "bench", edgeId: `e${i % edges}`, sessionId: `${tag}-${i % edges}`, streamId: String(i) };
-    yield makeEvent({ ...base, type: "stream.opened", seq: 1, time: t, data: where });
-    yield makeEvent({
-      ...base,
+  const out = new Array(count);
+  for (let k = 0; k < count; k += 2) {
+    const i = (from + k) >> 1;
+    const edgeId = EDGES[i & 15];
+    const sessionId = `${tag}-${i & 15}`;
+    const streamId = String(i);
+    out[k] = makeEvent({ type: "stream.opened", hubId: "bench", edgeId, sessionId, streamId, seq: 1, time: t, data: where });
+    out[k + 1] = makeEvent({
       type: "stream.closed",
+      hubId: "bench",
+      edgeId,
+      sessionId,
+      streamId,
       seq: 2,
       time: t,
-      data: { ...where, bytesIn: i, bytesOut: 2 * i, durationMs: 3, reason: "clientClosed", message: "" },
+      data: { edgePort: 443, clientAddr: where.clientAddr, target: where.target, bytesIn: i, bytesOut: 2 * i, durationMs: 3, reason: "clientClosed", message: "" },
     });
   }
+  return out;
+}
+function* events(n, tag) {
+  for (let from = 0; from < n; from += 5_000) yield* chunk(tag, from, Math.min(5_000, n - from));
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
@@ -96,19 +109,11 @@ try {
     );
     const el = await rt.runPromise(EventLog);
     // Events are built as actors would (and then dropped), 5k at a time; building them is part of the figure.
-    const gen = events(n, name);
     const c0 = selfCpu();
     const s0 = procCpu(server.pid);
     const t0 = performance.now();
-    for (let done = false; !done; ) {
-      for (let i = 0; i < 5_000; i++) {
-        const r = gen.next();
-        if (r.done) {
-          done = true;
-          break;
-        }
-        el.append(r.value);
-      }
+    for (let from = 0; from < n; from += 5_000) {
+      el.appendAll(chunk(name, from, Math.min(5_000, n - from)));
       await tick();
     }
     await rt.runPromise(el.whenIdle);
@@ -163,7 +168,7 @@ try {
     const n = Math.min(TOTAL, 200_000);
     const c0 = selfCpu();
     let k = 0;
-    for (const e of events(n, "gen")) k += e.seq;
+    for (let from = 0; from < n; from += 5_000) for (const e of chunk("gen", from, Math.min(5_000, n - from))) k += e.seq;
     results.buildEvent = { events: n, nodeCpuUsPerEvent: Number((((selfCpu() - c0) * 1e6) / n).toFixed(2)) };
     log(`build only: ${JSON.stringify(results.buildEvent)} (${k})`);
   }

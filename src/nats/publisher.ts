@@ -35,7 +35,10 @@ export interface PublisherOptions {
   /** Max time an event waits for its batch to fill. Default 2 ms. */
   readonly lingerMs?: number;
   readonly maxBatchEvents?: number;
+  /** Batches whose JSON exceeds this are split. Default 512 KiB. */
   readonly maxBatchBytes?: number;
+  /** Largest message the stream accepts (stream maxMsgSize). Default 4 MiB. */
+  readonly maxMessageBytes?: number;
   /** Publishes awaiting their ack at once. Default 64. */
   readonly maxInFlight?: number;
   /** Memory bound for batches not yet acknowledged; beyond it batches go to the outbox. Default 64 MiB. */
@@ -65,10 +68,9 @@ export interface PublisherStatus {
   readonly lastError: string | null;
 }
 
+/** Events kept as objects until sealed: one JSON.stringify per batch is cheaper than one per event. */
 interface OpenBatch {
-  parts: string[];
-  ids: string[];
-  bytes: number;
+  events: DomainEvent[];
 }
 
 interface Sealed {
@@ -81,6 +83,7 @@ const DEFAULTS = {
   lingerMs: 2,
   maxBatchEvents: 1024,
   maxBatchBytes: 512 * 1024,
+  maxMessageBytes: 4 * 1024 * 1024,
   maxInFlight: 64,
   maxQueueBytes: 64 * 1024 * 1024,
   publishTimeoutMs: 5_000,
@@ -94,6 +97,7 @@ export class EventPublisher {
   private readonly log: NonNullable<PublisherOptions["log"]>;
   private readonly now: () => number;
   private open = new Map<string, OpenBatch>();
+  private readonly subjects = new Map<string, Map<string, string>>();
   private openEvents = 0;
   private lingerTimer: NodeJS.Timeout | undefined;
   private nextN = 1;
@@ -150,26 +154,41 @@ export class EventPublisher {
       this.recordDrop(1, event.time, "the publisher is closed");
       return;
     }
-    const subject = subjectOf(event);
-    const json = JSON.stringify(event);
+    const subject = this.subjectFor(event);
     let b = this.open.get(subject);
     if (!b) {
-      b = { parts: [], ids: [], bytes: 2 };
+      b = { events: [] };
       this.open.set(subject, b);
     }
-    b.parts.push(json);
-    b.ids.push(event.id);
-    b.bytes += json.length + 1;
+    b.events.push(event);
     this.openEvents++;
     this.counters.accepted++;
-    if (b.parts.length >= this.o.maxBatchEvents || b.bytes >= this.o.maxBatchBytes) {
+    if (b.events.length >= this.o.maxBatchEvents) {
       this.open.delete(subject);
-      this.openEvents -= b.parts.length;
-      this.seal(subject, b);
+      this.openEvents -= b.events.length;
+      this.seal(subject, b.events);
       this.pump();
     } else if (!this.lingerTimer) {
       this.lingerTimer = setTimeout(() => this.sealAll(), this.o.lingerMs);
     }
+  }
+
+  /** subjectOf, memoised per (hub, edge, type): token encoding is most of an append's cost otherwise. */
+  private subjectFor(e: DomainEvent): string {
+    const key = `${e.edgeId ?? "\u0000"}\u0000${e.type}`;
+    let byHub = this.subjects.get(e.hubId);
+    if (!byHub) {
+      byHub = new Map();
+      this.subjects.set(e.hubId, byHub);
+    }
+    let subject = byHub.get(key);
+    if (subject === undefined) {
+      // Claimed edge ids of failed handshakes are attacker-chosen: keep the memo bounded.
+      if (byHub.size >= 10_000) byHub.clear();
+      subject = subjectOf(e);
+      byHub.set(key, subject);
+    }
+    return subject;
   }
 
   appendAll(events: Iterable<DomainEvent>): void {
@@ -182,15 +201,30 @@ export class EventPublisher {
     const open = this.open;
     this.open = new Map();
     this.openEvents = 0;
-    for (const [subject, b] of open) this.seal(subject, b);
+    for (const [subject, b] of open) this.seal(subject, b.events);
     this.pump();
   }
 
-  private seal(subject: string, b: OpenBatch): void {
-    const payload = encoder.encode(`[${b.parts.join(",")}]`);
+  private seal(subject: string, events: DomainEvent[]): void {
+    const json = JSON.stringify(events);
+    if (json.length > this.o.maxBatchBytes) {
+      // Large events: split until each message fits (a single event above the limit cannot be stored).
+      if (events.length > 1) {
+        const half = events.length >> 1;
+        this.seal(subject, events.slice(0, half));
+        this.seal(subject, events.slice(half));
+        return;
+      }
+      const e = events[0] as DomainEvent;
+      if (Buffer.byteLength(json) > this.o.maxMessageBytes) {
+        this.recordDrop(1, e.time, `event ${e.id} (${e.type}) is ${Buffer.byteLength(json)} bytes, above the ${this.o.maxMessageBytes}-byte message limit`);
+        return;
+      }
+    }
+    const payload = encoder.encode(json);
     const s: Sealed = {
       n: this.nextN++,
-      record: { subject, msgId: batchMessageId(b.ids), count: b.ids.length, payload },
+      record: { subject, msgId: batchMessageId(events.map((e) => e.id)), count: events.length, payload },
       bytes: payload.length,
     };
     if (this.mode === "direct" && this.sink.isUp() && this.queuedBytes + this.inFlightBytes + s.bytes <= this.o.maxQueueBytes) {
