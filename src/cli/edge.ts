@@ -4,6 +4,7 @@ import { edgeFieldSpecs, loadEdgeConfig } from "../config/edge.js";
 import { Edge } from "../edge/service.js";
 import type { AddonLoadError, ConfigError, EdgeStartError } from "../errors.js";
 import { commonFlags, parseCommandArgs, renderHelp, type UsageError } from "./args.js";
+import { makeDrainingFork } from "./drain.js";
 import { loggerLayer, makeLineLog } from "./log.js";
 
 const extras = commonFlags("PORTWAY_EDGE_CONFIG");
@@ -35,8 +36,9 @@ export const runEdge = (
 
     yield* Effect.scoped(
       Effect.gen(function* () {
+        const forkDraining = yield* makeDrainingFork;
         const edge = yield* Edge.make(config);
-        yield* Effect.forkScoped(Stream.runForEach(edge.events, (event) => Effect.sync(() => log.event(source, event))));
+        yield* forkDraining(Stream.runForEach(edge.events, (event) => Effect.sync(() => log.event(source, event))));
         const hubs = config.hubs.map((h) => `${h.host}:${h.port}`).join(", ");
         const trust =
           config.hubCertFingerprint !== null

@@ -4,6 +4,7 @@ import { hubFieldSpecs, loadHubConfig, type AllowedEdge } from "../config/hub.js
 import type { AddonLoadError, ConfigError, HubStartError } from "../errors.js";
 import { Hub } from "../hub/service.js";
 import { commonFlags, parseCommandArgs, renderHelp, type UsageError } from "./args.js";
+import { makeDrainingFork } from "./drain.js";
 import { loggerLayer, makeLineLog } from "./log.js";
 
 const extras = commonFlags("PORTWAY_HUB_CONFIG");
@@ -53,8 +54,9 @@ export const runHub = (
 
     yield* Effect.scoped(
       Effect.gen(function* () {
+        const forkDraining = yield* makeDrainingFork;
         const hub = yield* Hub.make(config);
-        yield* Effect.forkScoped(Stream.runForEach(hub.events, (event) => Effect.sync(() => log.event(source, event))));
+        yield* forkDraining(Stream.runForEach(hub.events, (event) => Effect.sync(() => log.event(source, event))));
         const identity = hub.dataDir === undefined ? "given certificate" : `identity kept in ${hub.dataDir}`;
         log.line("info", source, `listening on ${config.bindHost}:${hub.tunnelPort}`);
         log.line("info", source, `certificate fingerprint ${hub.fingerprint} (${identity})`);

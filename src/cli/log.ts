@@ -106,6 +106,9 @@ export const loggerLayer = (log: LineLog, source: string): Layer.Layer<never> =>
       const parts = (Array.isArray(message) ? message : [message]).map((m) => (typeof m === "string" ? m : JSON.stringify(m)));
       if (!Cause.isEmpty(cause)) parts.push(Cause.pretty(cause));
       const from = HashMap.get(annotations, "source");
-      log.line(toLevel(logLevel), from._tag === "Some" ? String(from.value) : source, parts.join(" "));
+      const speaker = from._tag === "Some" ? String(from.value) : source;
+      const text = parts.join(" ");
+      // Library messages name their hub/edge; the line already does.
+      log.line(toLevel(logLevel), speaker, text.startsWith(`${speaker}: `) ? text.slice(speaker.length + 2) : text);
     }),
   );
