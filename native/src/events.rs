@@ -275,7 +275,9 @@ async fn run_batcher(mut rx: mpsc::UnboundedReceiver<SinkMsg>, deliver: Deliver)
     }
     batcher.deliver_pending();
     rx.close();
-    let Batcher { deliver, closed, .. } = batcher;
+    let Batcher {
+        deliver, closed, ..
+    } = batcher;
     drop(deliver);
     if let Some(done) = closed {
         let _ = done.send(());
