@@ -129,7 +129,10 @@ impl Hub {
     }
 
     /// Replaces the allowed-edge list: pushes changed ports, drops removed edges and changed secrets.
-    pub fn update_edges(&self, edges: Vec<EdgeEntry>) {
+    pub fn update_edges(&self, edges: Vec<EdgeEntry>) -> Result<(), AddonError> {
+        if *self.inner.stopping.borrow() {
+            return Err(AddonError::Closed("the hub is stopped".into()));
+        }
         let new_map = edge_map(&edges);
         let old_map = {
             let mut current = self.inner.edges.write().unwrap_or_else(|p| p.into_inner());
@@ -162,6 +165,7 @@ impl Hub {
                 session.config = config;
             }
         }
+        Ok(())
     }
 
     pub fn status(&self) -> HubStatus {
@@ -417,10 +421,15 @@ async fn run_session(
     }
     let (reason, message) = match end {
         MuxEnd::PeerClosed => ("edgeClosed", "the edge closed the tunnel".to_string()),
-        MuxEnd::PeerGoAway(reason, message) => (
-            "edgeClosed",
-            format!("{}: {message}", goaway_reason_name(reason)),
-        ),
+        MuxEnd::PeerGoAway(reason, message) => match reason {
+            GoAwayReason::ProtocolError | GoAwayReason::Timeout => {
+                (goaway_reason_name(reason), message)
+            }
+            _ => (
+                "edgeClosed",
+                format!("{}: {message}", goaway_reason_name(reason)),
+            ),
+        },
         MuxEnd::Local(Some(reason), message) => (goaway_reason_name(reason), message),
         MuxEnd::Local(None, message) => ("hubShutdown", message),
         MuxEnd::Timeout => (
@@ -491,7 +500,11 @@ async fn forward_stream(
         .as_ref()
         .is_some_and(|e| e.listen_ports.contains(&open.edge_port));
     let connected = if allowed {
-        connect_target(&inner, &target, &open).await
+        let mut stopping = inner.stopping.subscribe();
+        tokio::select! {
+            connected = connect_target(&inner, &target, &open) => connected,
+            _ = until_set(&mut stopping) => Err((CloseReason::HubShutdown, "hub is shutting down".into())),
+        }
     } else {
         let message = format!("port {} is not assigned to this edge", open.edge_port);
         Err((CloseReason::TargetRefused, message))

@@ -122,10 +122,10 @@ fn hub_update_edges(mut cx: FunctionContext) -> JsResult<JsUndefined> {
     let hub = cx.argument::<JsBox<HubBox>>(0)?;
     let edges_json = cx.argument::<JsString>(1)?.value(&mut cx);
     match parse_edges(&edges_json) {
-        Ok(edges) => {
-            hub.0.update_edges(edges);
-            Ok(cx.undefined())
-        }
+        Ok(edges) => match hub.0.update_edges(edges) {
+            Ok(()) => Ok(cx.undefined()),
+            Err(e) => throw(&mut cx, e),
+        },
         Err(e) => throw(&mut cx, e),
     }
 }

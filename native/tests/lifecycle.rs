@@ -166,7 +166,7 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams() {
             &json!([edge_entry("e1", "s", &[port_b], Some(target))]).to_string(),
         )
         .unwrap();
-        hub.hub.update_edges(update);
+        hub.hub.update_edges(update).unwrap();
         let pushed = hub.events.wait_type("edge.configPushed").await;
         assert_eq!(pushed["listenPorts"], json!([port_b]));
         let updated = edge.events.wait_type("ports.updated").await;
@@ -200,7 +200,7 @@ fn revoked_edge_is_dropped_then_rejected() {
         .await;
         let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
         edge.events.wait_type("tunnel.connected").await;
-        hub.hub.update_edges(Vec::new());
+        hub.hub.update_edges(Vec::new()).unwrap();
         let gone = hub.events.wait_type("edge.disconnected").await;
         assert_eq!(gone["reason"], "revoked");
         let down = edge.events.wait_type("tunnel.disconnected").await;
