@@ -5,10 +5,12 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     projects: [
-      { test: { name: "unit", include: ["test/**/*.unit.test.ts"], testTimeout: 20_000 } },
+      { test: { name: "unit", include: ["test/**/*.unit.test.ts"], testTimeout: 20_000, sequence: { groupOrder: 0 } } },
       {
         test: {
           name: "int",
+          // Unit tests run first, as their own group (projects with different worker counts need distinct groups).
+          sequence: { groupOrder: 1 },
           include: ["test/**/*.int.test.ts"],
           testTimeout: 120_000,
           hookTimeout: 120_000,

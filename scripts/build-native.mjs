@@ -2,7 +2,7 @@
 // Builds the Rust addon (release) and copies the library to native/index.node.
 // Always runs cargo: it is incremental, so an up-to-date build is quick.
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync } from "node:fs";
+import { copyFileSync, existsSync, readFileSync, renameSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -36,5 +36,11 @@ if (!existsSync(built)) {
   process.exit(1);
 }
 const dest = join(nativeDir, "index.node");
-copyFileSync(built, dest);
+// Replace by rename, never overwrite in place: a running process has the old file mapped, and writing
+// into it crashes that process.
+if (!existsSync(dest) || !readFileSync(dest).equals(readFileSync(built))) {
+  const tmp = `${dest}.${process.pid}.tmp`;
+  copyFileSync(built, tmp);
+  renameSync(tmp, dest);
+}
 console.log(`build-native: ${dest}`);

@@ -44,8 +44,10 @@ function ensureNodeVersion() {
 function ensureNpmDependencies() {
   const installed = join(root, "node_modules", ".package-lock.json");
   if (mtime(installed) >= mtime(join(root, "package-lock.json")) && mtime(installed) >= mtime(join(root, "package.json"))) return;
-  log("installing npm dependencies (npm ci)");
-  run("npm", ["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+  // `npm install`, not `npm ci`: npm 11 rejects this lock file in `ci` because of platform-specific optional
+  // packages (msgpackr-extract) it never recorded; `install` resolves from the same lock and leaves it unchanged.
+  log("installing npm dependencies (npm install from package-lock.json)");
+  run("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error"]);
 }
 
 function ensureNativeAddon() {
