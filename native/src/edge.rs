@@ -22,6 +22,7 @@ use crate::protocol::{
 use crate::relay::{relay, ByteCounters, SocketSide};
 use crate::runtime::{until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, EdgeStatus, ListenerErrorStatus};
+use crate::transport::buffered::ReadBuffered;
 use crate::transport::tls;
 use bytes::BytesMut;
 use rand::Rng;
@@ -89,7 +90,7 @@ enum AttemptError {
 }
 
 struct Connected {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<ReadBuffered<TcpStream>>,
     leftover: BytesMut,
     accepted: HelloAccepted,
     fingerprint: String,
@@ -294,7 +295,11 @@ async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
     let server_name =
         tls::server_name(name).map_err(|e| AttemptError::Failed("tlsError", e.to_string()))?;
     let handshake = async {
-        let mut tls = match inner.connector.connect(server_name, tcp).await {
+        let mut tls = match inner
+            .connector
+            .connect(server_name, ReadBuffered::new(tcp))
+            .await
+        {
             Ok(tls) => tls,
             Err(e) => {
                 return Err(match tls::fingerprint_mismatch(&e) {

@@ -17,6 +17,7 @@ use crate::protocol::{
 use crate::relay::{relay, ByteCounters, SocketSide};
 use crate::runtime::{epoch_ms, until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, HubEdgeStatus, HubStatus};
+use crate::transport::buffered::ReadBuffered;
 use crate::transport::tls;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -256,7 +257,12 @@ async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAdd
     }
 }
 
-type Handshaken = (TlsStream<TcpStream>, Hello, HelloAccepted, BytesMut);
+type Handshaken = (
+    TlsStream<ReadBuffered<TcpStream>>,
+    Hello,
+    HelloAccepted,
+    BytesMut,
+);
 
 async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, HandshakeFailure> {
     let fail = |reason, claimed_edge_id| HandshakeFailure {
@@ -265,7 +271,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
     };
     let mut tls = inner
         .acceptor
-        .accept(tcp)
+        .accept(ReadBuffered::new(tcp))
         .await
         .map_err(|_| fail("tlsError", None))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
@@ -330,7 +336,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
     Ok((tls, hello, accepted, buf))
 }
 
-async fn reject(tls: &mut TlsStream<TcpStream>, code: RejectCode, message: &str) {
+async fn reject(tls: &mut TlsStream<ReadBuffered<TcpStream>>, code: RejectCode, message: &str) {
     let mut out = BytesMut::new();
     encode_reply(
         &HelloReply::Rejected {
@@ -345,7 +351,7 @@ async fn reject(tls: &mut TlsStream<TcpStream>, code: RejectCode, message: &str)
 
 async fn run_session(
     inner: Arc<HubInner>,
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<ReadBuffered<TcpStream>>,
     peer: SocketAddr,
     edge_id: String,
     accepted: HelloAccepted,

@@ -2,6 +2,7 @@
 //! (`mux.rs`) runs over any of them. TLS over TCP today; QUIC will plug in here later.
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod buffered;
 pub mod tls;
 
 /// A connected, authenticated stream the mux can split and drive.
