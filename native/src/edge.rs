@@ -434,11 +434,12 @@ async fn run_tunnel(
         });
     }
     let config = &accepted.config;
+    // Bind first, then report: whoever reacts to `ports.assigned` can connect straight away.
+    apply_ports(inner, config).await;
     inner.events.emit(Event::PortsAssigned {
         listen_ports: sorted_unique(&config.listen_ports),
         listen_ports_udp: sorted_unique(&config.listen_ports_udp),
     });
-    apply_ports(inner, config).await;
 
     let mut stopping = inner.stopping.subscribe();
     let mut stop_requested = false;
