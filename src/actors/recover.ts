@@ -3,12 +3,15 @@
  * runs, tunnel sessions, TCP streams, UDP sessions — cannot still be open (the addon that carried it is
  * gone), so it is closed with reason `hubRestarted`: history never shows a stream that never ended.
  *
- * Pure: events in (in log order, which is per-actor seq order), the view and the closing events out.
- * Memory is proportional to what is open, not to the length of the log.
+ * Pure: events in (log order), the view and the closing events out. An actor's events travel on different
+ * subjects (`stream.opened` vs `stream.closed`), and the log keeps no order across subjects, so an actor's
+ * end may come before its start: ended actors are remembered (bounded) and their late events ignored.
+ * Memory is proportional to what is open plus that bounded memory, not to the length of the log.
  */
 import type { ActorKind, EventData, EventType } from "../events/catalog.js";
 import { makeEvent, type DomainEvent } from "../events/envelope.js";
 import { actorKey } from "../events/ids.js";
+import { RecentKeys } from "./recent-keys.js";
 
 export interface OpenSession {
   readonly edgeId: string | null;
@@ -53,6 +56,8 @@ export interface RecoverOptions {
   readonly currentRunId: string;
   /** When the closing events happen: now, at the new run's start. */
   readonly atMs: number;
+  /** How many ended actors are remembered to ignore their events stored after the end. Default 200,000. */
+  readonly rememberEnded?: number;
 }
 
 interface OpenActor {
@@ -84,6 +89,7 @@ const durationUntil = (atMs: number, since: number): number => Math.max(0, Math.
 
 export const recover = (events: Iterable<DomainEvent>, options: RecoverOptions): Recovery => {
   const open = new Map<string, OpenActor>();
+  const ended = new RecentKeys(options.rememberEnded ?? 200_000);
   let replayed = 0;
   let previousRun: { runId: string; lastTime: number } | null = null;
 
@@ -102,8 +108,10 @@ export const recover = (events: Iterable<DomainEvent>, options: RecoverOptions):
     const key = actorKey({ hubId: event.hubId, kind, sessionId: event.sessionId, streamId: event.streamId });
     if (TERMINAL.has(event.type)) {
       open.delete(key);
+      ended.add(key);
       continue;
     }
+    if (ended.has(key)) continue;
     const actor = open.get(key);
     if (actor === undefined) {
       open.set(key, {

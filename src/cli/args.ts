@@ -35,7 +35,8 @@ export const parseCommandArgs = (
     try: () => {
       const options: NonNullable<ParseArgsConfig["options"]> = {};
       for (const spec of specs) {
-        if (spec.flag !== undefined) options[spec.flag] = { type: "string", multiple: spec.kind === "edgeSpec" };
+        if (spec.flag === undefined) continue;
+        options[spec.flag] = spec.kind === "boolean" ? { type: "boolean" } : { type: "string", multiple: spec.kind === "edgeSpec" };
       }
       for (const extra of extras) {
         options[extra.flag] = { type: extra.boolean === true ? "boolean" : "string", ...(extra.short === undefined ? {} : { short: extra.short }) };
@@ -70,7 +71,7 @@ export const renderHelp = (
     const twin = specs.find(
       (s) => s !== spec && s.flag === undefined && s.kind === spec.kind && s.path.join(".") === spec.path.join("."),
     );
-    lines.push(row(`--${spec.flag} ${spec.placeholder}`, spec.env ?? twin?.env, spec.description));
+    lines.push(row(`--${spec.flag}${spec.placeholder === "" ? "" : ` ${spec.placeholder}`}`, spec.env ?? twin?.env, spec.description));
   }
   for (const spec of envOnly) lines.push(row("", spec.env, spec.description));
   for (const extra of extras) {

@@ -2,6 +2,7 @@
 import { Effect, Runtime, Stream } from "effect";
 import { hubFieldSpecs, loadHubConfig, type AllowedEdge } from "../config/hub.js";
 import type { AddonLoadError, ConfigError, HubStartError } from "../errors.js";
+import type { EventLogStartError } from "../hub/event-log.js";
 import { Hub } from "../hub/service.js";
 import { commonFlags, parseCommandArgs, renderHelp, type UsageError } from "./args.js";
 import { makeDrainingFork } from "./drain.js";
@@ -39,7 +40,7 @@ export const describeEdge = (edge: AllowedEdge, targetHost: string): string => {
 export const runHub = (
   argv: ReadonlyArray<string>,
   env: Readonly<Record<string, string | undefined>>,
-): Effect.Effect<void, UsageError | ConfigError | HubStartError | AddonLoadError> =>
+): Effect.Effect<void, UsageError | ConfigError | HubStartError | AddonLoadError | EventLogStartError> =>
   Effect.gen(function* () {
     const flags = yield* parseCommandArgs("hub", argv, hubFieldSpecs, extras);
     if (flags["help"] === true) {

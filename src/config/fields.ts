@@ -84,3 +84,67 @@ export const Fingerprint = expecting(
   }),
   "a sha256 fingerprint (64 hex characters)",
 );
+
+const DURATION_UNITS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 7 * 86_400_000,
+};
+
+/**
+ * `"30d"`, `"12h"`, `"1h30m"`, `"90s"`, `"500ms"` → milliseconds; undefined when the text is not a duration.
+ * Units: ms, s, m, h, d, w.
+ */
+export const parseDuration = (text: string): number | undefined => {
+  const trimmed = text.trim();
+  if (!/^(\d+(\.\d+)?(ms|s|m|h|d|w))+$/.test(trimmed)) return undefined;
+  let total = 0;
+  for (const m of trimmed.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/g)) total += Number(m[1]) * (DURATION_UNITS[m[2] as string] as number);
+  return Number.isSafeInteger(Math.round(total)) ? Math.round(total) : undefined;
+};
+
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+  tib: 1024 ** 4,
+};
+
+/** `"10GiB"`, `"512 MiB"`, `"1GB"`, `"4096"` → bytes; undefined when the text is not a size. */
+export const parseByteSize = (text: string): number | undefined => {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+  if (!m) return undefined;
+  const unit = SIZE_UNITS[(m[2] ?? "").toLowerCase() || "b"];
+  if (unit === undefined) return undefined;
+  const bytes = Math.round(Number(m[1]) * unit);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+};
+
+const positiveFrom = (parse: (text: string) => number | undefined, expected: string) =>
+  expecting(
+    Schema.transformOrFail(Schema.Union(Schema.String, Schema.Number), Schema.Number, {
+      strict: true,
+      decode: (input, _, ast) => {
+        const value = typeof input === "number" ? input : parse(input);
+        return value !== undefined && Number.isSafeInteger(value) && value > 0
+          ? ParseResult.succeed(value)
+          : ParseResult.fail(new ParseResult.Type(ast, input));
+      },
+      encode: (value) => ParseResult.succeed(value),
+    }),
+    expected,
+  );
+
+/** A duration given as text (`"30d"`, `"12h"`, `"10m"`) or as milliseconds; decodes to milliseconds. */
+export const DurationMs = positiveFrom(parseDuration, 'a duration such as "30d", "12h", "10m" (or milliseconds)');
+
+/** A size given as text (`"10GiB"`, `"256MiB"`) or as bytes; decodes to bytes. */
+export const ByteSize = positiveFrom(parseByteSize, 'a size such as "10GiB", "256MiB" (or bytes)');

@@ -1,8 +1,11 @@
 /** Hub configuration: the schema (with defaults), its env/flag names, and loading from all sources. */
-import { Effect, Either, Schema } from "effect";
+import { Effect, Either, ParseResult, Schema } from "effect";
 import { ConfigError } from "../errors.js";
+import { parseNatsServers } from "../nats/connection.js";
 import {
   BindHost,
+  ByteSize,
+  DurationMs,
   expecting,
   HostPort,
   Identifier,
@@ -73,6 +76,76 @@ export const HubTlsSchema = Schema.Struct({
   subjectAltNames: Schema.optional(Schema.Array(NonEmptyString)),
 });
 
+/** `nats://a:4222,nats://b:4222` (bare `host:port` and `tls://` accepted) or a list; decodes to a list of URLs. */
+export const NatsServers = Schema.transformOrFail(
+  Schema.Union(Schema.String, Schema.Array(Schema.String)),
+  Schema.Array(Schema.String),
+  {
+    strict: true,
+    decode: (input, _, ast) => {
+      const parsed = Effect.runSync(Effect.either(parseNatsServers(typeof input === "string" ? input : input.join(","))));
+      return Either.isRight(parsed)
+        ? ParseResult.succeed(parsed.right)
+        : ParseResult.fail(new ParseResult.Type(ast, input, parsed.left.reason));
+    },
+    encode: (servers) => ParseResult.succeed(servers),
+  },
+).annotations({
+  message: (issue) => ({
+    message: `must be NATS server URLs such as "nats://a:4222,nats://b:4222"${issue._tag === "Type" && issue.message !== undefined ? ` (${issue.message})` : ""}`,
+    override: true,
+  }),
+});
+
+/** Documented defaults of the event log (docs/events.md, "The stream"). */
+export const EVENTS_DEFAULTS = {
+  enabled: true,
+  stream: "PORTWAY_EVENTS",
+  replicas: 1,
+  /** 30 days. */
+  maxAge: 30 * 86_400_000,
+  /** 10 GiB. */
+  maxBytes: 10 * 1024 ** 3,
+  /** 10 minutes. */
+  duplicateWindow: 10 * 60_000,
+  /** 256 MiB. */
+  outboxMaxBytes: 256 * 1024 ** 2,
+} as const;
+
+const EventsSettings = Schema.Struct({
+  /** Record lifecycle events in NATS JetStream. Default true. */
+  enabled: Schema.optionalWith(expecting(Schema.Boolean, "true or false"), { default: () => EVENTS_DEFAULTS.enabled }),
+  /** JetStream stream name. Default "PORTWAY_EVENTS". */
+  stream: Schema.optionalWith(
+    expecting(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{1,64}$/)), "a stream name of letters, digits, '_' or '-'"),
+    { default: () => EVENTS_DEFAULTS.stream },
+  ),
+  /** Stream replicas: 1 for a single server (and the embedded one), 3 in a cluster. Default 1. */
+  replicas: Schema.optionalWith(expecting(Schema.Int.pipe(Schema.between(1, 5)), "an integer 1..5"), {
+    default: () => EVENTS_DEFAULTS.replicas,
+  }),
+  /** Events older than this are removed. Default "30d". */
+  maxAge: Schema.optionalWith(DurationMs, { default: () => EVENTS_DEFAULTS.maxAge }),
+  /** The oldest events are removed beyond this size. Default "10GiB". */
+  maxBytes: Schema.optionalWith(ByteSize, { default: () => EVENTS_DEFAULTS.maxBytes }),
+  /** JetStream de-duplication horizon for re-sent batches. Default "10m". */
+  duplicateWindow: Schema.optionalWith(DurationMs, { default: () => EVENTS_DEFAULTS.duplicateWindow }),
+  /** Bound of the disk outbox that holds events while NATS is unreachable. Default "256MiB". */
+  outboxMaxBytes: Schema.optionalWith(ByteSize, { default: () => EVENTS_DEFAULTS.outboxMaxBytes }),
+});
+
+/** `events: false` / `events: true` are short for `{ enabled: … }`. */
+export const EventsOptionsSchema = Schema.transform(
+  Schema.Union(Schema.Boolean, EventsSettings),
+  Schema.typeSchema(EventsSettings),
+  {
+    strict: false,
+    decode: (input) =>
+      typeof input === "boolean" ? { ...EVENTS_DEFAULTS, enabled: input } : input,
+    encode: (settings) => settings,
+  },
+);
+
 export const HubOptionsSchema = Schema.Struct({
   /** Names this hub in events and to edges. Default "hub". */
   hubId: Schema.optionalWith(Identifier, { default: () => "hub" }),
@@ -91,7 +164,7 @@ export const HubOptionsSchema = Schema.Struct({
     { default: () => ({ tcp: "v1" as const, udp: "v2" as const }) },
   ),
   tls: Schema.optionalWith(HubTlsSchema, { default: () => ({}) }),
-  /** Keeps the generated TLS identity. Default `$PORTWAY_DATA_DIR`, else `~/.local/state/portway/hub`. */
+  /** Keeps the generated TLS identity, the event outbox and the embedded NATS store. Default `$PORTWAY_DATA_DIR`, else `~/.local/state/portway/hub`. */
   dataDir: Schema.optional(NonEmptyString),
   /** Heartbeat interval on each tunnel. Default 5000. */
   pingIntervalMs: Schema.optionalWith(Milliseconds(100, 3_600_000), { default: () => 5000 }),
@@ -103,6 +176,13 @@ export const HubOptionsSchema = Schema.Struct({
   targetConnectTimeoutMs: Schema.optionalWith(Milliseconds(100, 600_000), { default: () => 5000 }),
   /** Edges allowed to connect. Default none (can be set later with `updateAllowedEdges`). */
   edges: Schema.optionalWith(AllowedEdgesSchema, { default: () => [] }),
+  /**
+   * NATS servers for the event log. Default: none given, the hub runs an embedded nats-server with its store
+   * in `<dataDir>/nats` (docs/adr/0005-nats-server-provisioning.md).
+   */
+  nats: Schema.optional(NatsServers),
+  /** The JetStream event log: `false` turns it off; an object sets the stream's limits. Default on. */
+  events: Schema.optionalWith(EventsOptionsSchema, { default: () => ({ ...EVENTS_DEFAULTS }) }),
 });
 
 /** Hub options as given by code, a config file, env or flags; every field optional. */
@@ -121,13 +201,20 @@ export const hubFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["tls", "certFile"], flag: "cert", env: "PORTWAY_HUB_CERT_FILE", kind: "string", placeholder: "FILE", description: "TLS certificate (PEM); default: generated and kept in the data dir" },
   { path: ["tls", "keyFile"], flag: "key", env: "PORTWAY_HUB_KEY_FILE", kind: "string", placeholder: "FILE", description: "TLS private key (PEM) for --cert" },
   { path: ["tls", "subjectAltNames"], flag: "cert-names", env: "PORTWAY_HUB_CERT_NAMES", kind: "list", placeholder: "NAMES", description: "extra comma-separated names for a generated certificate" },
-  { path: ["dataDir"], flag: "data-dir", env: "PORTWAY_DATA_DIR", kind: "string", placeholder: "DIR", description: "keeps the generated TLS identity (default ~/.local/state/portway/hub)" },
+  { path: ["dataDir"], flag: "data-dir", env: "PORTWAY_DATA_DIR", kind: "string", placeholder: "DIR", description: "TLS identity, event outbox and embedded NATS store (default ~/.local/state/portway/hub)" },
   { path: ["pingIntervalMs"], flag: "ping-interval-ms", env: "PORTWAY_HUB_PING_INTERVAL_MS", kind: "integer", placeholder: "MS", description: "tunnel heartbeat interval (default 5000)" },
   { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_HUB_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "close a silent tunnel after this (default 15000)" },
   { path: ["handshakeTimeoutMs"], flag: "handshake-timeout-ms", env: "PORTWAY_HUB_HANDSHAKE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "TLS + hello deadline for edges (default 5000)" },
   { path: ["targetConnectTimeoutMs"], flag: "target-connect-timeout-ms", env: "PORTWAY_HUB_TARGET_CONNECT_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "target connect deadline (default 5000)" },
   { path: ["edges"], flag: "edge", kind: "edgeSpec", placeholder: "ID:PORTS:SECRET", description: "allow an edge, e.g. e1:80,443:s3cret (repeatable; replaces the file's edges)" },
   { path: ["edges"], env: "PORTWAY_HUB_EDGES", kind: "json", placeholder: "JSON", description: 'allowed edges as JSON, e.g. [{"id":"e1","secret":"…","listenPorts":[80]}]' },
+  { path: ["nats"], flag: "nats", env: "PORTWAY_NATS", kind: "string", placeholder: "URLS", description: "NATS servers for the event log, e.g. nats://a:4222,nats://b:4222 (default: an embedded nats-server in the data dir)" },
+  { path: ["events", "enabled"], flag: "no-events", env: "PORTWAY_EVENTS", kind: "boolean", negatedFlag: true, placeholder: "", description: "do not record lifecycle events (env: PORTWAY_EVENTS=false)" },
+  { path: ["events", "stream"], flag: "events-stream", env: "PORTWAY_EVENTS_STREAM", kind: "string", placeholder: "NAME", description: 'JetStream stream of the event log (default "PORTWAY_EVENTS")' },
+  { path: ["events", "replicas"], flag: "events-replicas", env: "PORTWAY_EVENTS_REPLICAS", kind: "integer", placeholder: "N", description: "stream replicas: 1 for one server, 3 in a cluster (default 1)" },
+  { path: ["events", "maxAge"], flag: "events-max-age", env: "PORTWAY_EVENTS_MAX_AGE", kind: "string", placeholder: "DURATION", description: 'drop events older than this, e.g. 7d, 12h (default "30d")' },
+  { path: ["events", "maxBytes"], flag: "events-max-bytes", env: "PORTWAY_EVENTS_MAX_BYTES", kind: "string", placeholder: "SIZE", description: 'drop the oldest events beyond this size, e.g. 1GiB (default "10GiB")' },
+  { path: ["events", "outboxMaxBytes"], flag: "events-outbox-max-bytes", env: "PORTWAY_EVENTS_OUTBOX_MAX_BYTES", kind: "string", placeholder: "SIZE", description: 'disk outbox bound while NATS is unreachable (default "256MiB")' },
 ];
 
 const checkHubConfig = (config: HubConfig, sourced: Pick<SourcedConfig, "origins" | "file">): ConfigError | undefined => {
@@ -149,6 +236,13 @@ const checkHubConfig = (config: HubConfig, sourced: Pick<SourcedConfig, "origins
       const [given, missing] = cert === undefined ? [keyField, certField] : [certField, keyField];
       return new ConfigError({ field: missing, reason: `is required when ${given} is given`, source: origin(given) });
     }
+  }
+  if (config.events.duplicateWindow > config.events.maxAge) {
+    return new ConfigError({
+      field: "events.duplicateWindow",
+      reason: `must not exceed events.maxAge (${config.events.maxAge} ms), got ${config.events.duplicateWindow} ms`,
+      source: origin("events"),
+    });
   }
   if (tls.certPem !== undefined && tls.certFile !== undefined) {
     return new ConfigError({ field: "tls.certFile", reason: "give either tls.certPem/keyPem or tls.certFile/keyFile, not both", source: origin("tls") });
@@ -198,6 +292,12 @@ export const resolveAllowedEdges = (
     return decoded.right;
   });
 
+/** `events: false` in a file becomes `{ enabled: false }`, so an env/flag setting a limit does not turn it back on. */
+const normalizeEventsShorthand = (sourced: SourcedConfig): SourcedConfig =>
+  typeof sourced.value["events"] === "boolean"
+    ? { ...sourced, value: { ...sourced.value, events: { enabled: sourced.value["events"] } } }
+    : sourced;
+
 /** Inputs for `loadHubConfig`: a config file path, the environment, and parsed flags. */
 export interface ConfigInputs {
   readonly file?: string | undefined;
@@ -208,7 +308,7 @@ export interface ConfigInputs {
 /** Loads and merges the hub config: defaults < file < env < flags. */
 export const loadHubConfig = (inputs: ConfigInputs): Effect.Effect<HubConfig, ConfigError> =>
   Effect.gen(function* () {
-    const file = inputs.file === undefined ? fromValue({}) : yield* fromFile(inputs.file);
+    const file = inputs.file === undefined ? fromValue({}) : normalizeEventsShorthand(yield* fromFile(inputs.file));
     const env = yield* fromEnv(hubFieldSpecs, inputs.env ?? {});
     const flags = yield* fromFlags(hubFieldSpecs, inputs.flags ?? {});
     return yield* decodeHubConfig(mergeSources(file, env, flags));

@@ -25,7 +25,9 @@ export type ValueKind =
   /** A file whose text is the value (e.g. a PEM); the flag/env holds the path. */
   | "fileText"
   /** `ID:PORTS:SECRET` (ports comma-separated, may be empty), repeatable: one allowed edge each. */
-  | "edgeSpec";
+  | "edgeSpec"
+  /** true/false (also 1/0, yes/no, on/off) in the environment; a switch without a value as a flag. */
+  | "boolean";
 
 /** One settable field: where it lives in the config object and how the environment and flags name it. */
 export interface FieldSpec {
@@ -33,6 +35,8 @@ export interface FieldSpec {
   readonly flag?: string;
   readonly env?: string;
   readonly kind: ValueKind;
+  /** For a `boolean` field: the flag switches it off (`--no-events` sets `events.enabled` to false). */
+  readonly negatedFlag?: boolean;
   /** Shown in --help after the flag, e.g. `PORT`. */
   readonly placeholder: string;
   readonly description: string;
@@ -160,6 +164,12 @@ export const parseValue = (
       });
     case "edgeSpec":
       return parseEdgeSpec(text, field, source);
+    case "boolean": {
+      const t = text.trim().toLowerCase();
+      if (["true", "1", "yes", "on"].includes(t)) return Effect.succeed(true);
+      if (["false", "0", "no", "off"].includes(t)) return Effect.succeed(false);
+      return bad(`must be true or false, got "${text}"`);
+    }
   }
 };
 
@@ -204,6 +214,13 @@ export const fromFlags = (
       const given = flags[spec.flag];
       if (given === undefined) continue;
       const source = `--${spec.flag}`;
+      if (spec.kind === "boolean") {
+        const on = Array.isArray(given) ? given[given.length - 1] : given;
+        if (typeof on !== "boolean") continue;
+        setPath(value, spec.path, spec.negatedFlag === true ? !on : on);
+        origins.set(spec.path.join("."), source);
+        continue;
+      }
       const texts = (Array.isArray(given) ? given : [given]).filter((t): t is string => typeof t === "string");
       if (spec.kind === "edgeSpec") {
         const edges: unknown[] = [];

@@ -1,17 +1,31 @@
 /** The `Hub` service: a running native hub as a scoped resource, with its lifecycle events as a stream. */
 import { Context, Layer, type Effect, type Scope, type Stream } from "effect";
 import type { AllowedEdge, AllowedEdgeInput, HubConfig, HubOptions } from "../config/hub.js";
+import type { HubActorsSnapshot } from "../actors/hub-actor-system.js";
 import type { AddonLoadError, ConfigError, HubStartError, NativeCallError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { NativeHubEvent } from "../native/events.js";
 import type { NativeHubStatus } from "../native/status.js";
+import type { EventLogStartError, HubEventLogConnection, HubEventsStatus, HubEventsStatusOrOff, RecoveryStatus } from "./event-log.js";
 import { makeHub } from "./make.js";
 
 /** What the hub's event stream carries: native lifecycle events, and problems with the event stream itself. */
 export type HubEvent = NativeHubEvent | EventStreamProblem;
 
+/** The hub's JetStream event log (present unless events are off). */
+export interface HubEventLog extends HubEventLogConnection {
+  /** Event log health: connection, outbox, drops, recovery. */
+  readonly status: () => HubEventsStatus;
+  /** Waits for the start-up recovery (closing the previous run's leftovers) to finish or fail. */
+  readonly recovery: Effect.Effect<RecoveryStatus>;
+  /** The hub's actors: connected edges and open streams as the event log sees them. */
+  readonly actors: () => HubActorsSnapshot;
+}
+
 export interface HubService {
   readonly hubId: string;
+  /** This hub run's id: the `sessionId` of its `hub.*` events. */
+  readonly runId: string;
   /** The port edges connect to (the actual one when `tunnelPort: 0` was asked for). */
   readonly tunnelPort: number;
   /** sha256 of the hub certificate (lowercase hex): what edges pin. */
@@ -20,6 +34,10 @@ export interface HubService {
   readonly dataDir: string | undefined;
   /** The checked config the hub runs with (includes secrets: do not log it). */
   readonly config: HubConfig;
+  /** The event log; undefined when events are off (`events: false`). */
+  readonly eventLog: HubEventLog | undefined;
+  /** Event log health, or `{ enabled: false }`. */
+  readonly eventsStatus: Effect.Effect<HubEventsStatusOrOff>;
   /** A snapshot from the addon: sessions, streams, bytes. */
   readonly status: Effect.Effect<NativeHubStatus, NativeCallError>;
   /** The allowed-edge list currently in force. */
@@ -36,8 +54,10 @@ export class Hub extends Context.Tag("portway/Hub")<Hub, HubService>() {
   /** Starts a hub (resolves once listening); closing the scope stops it. */
   static readonly make: (
     options?: HubOptions,
-  ) => Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError, Scope.Scope> = makeHub;
+  ) => Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError | EventLogStartError, Scope.Scope> = makeHub;
   /** A layer providing a running `Hub`. */
-  static readonly layer = (options?: HubOptions): Layer.Layer<Hub, HubStartError | ConfigError | AddonLoadError> =>
+  static readonly layer = (
+    options?: HubOptions,
+  ): Layer.Layer<Hub, HubStartError | ConfigError | AddonLoadError | EventLogStartError> =>
     Layer.scoped(Hub, makeHub(options));
 }
