@@ -79,3 +79,52 @@ export type {
   StreamCloseReason,
 } from "./native/events.js";
 export type { NativeEdgeStatus, NativeHubStatus, NativeListenerError } from "./native/status.js";
+
+// The event log (docs/events.md): every lifecycle transition of the hub's actors, appended to NATS JetStream.
+export {
+  EventLogDisabled,
+  type EventLogStartError,
+  type HubEventsStatus,
+  type HubEventsStatusOrOff,
+  type RecoveryStatus,
+} from "./hub/event-log.js";
+export type { HubEventLog } from "./hub/service.js";
+export { DataDirInUse, DataDirUnusable } from "./hub/data-dir-lock.js";
+export {
+  EventLogNotFound,
+  EventReader,
+  eventReaderLayer,
+  liveEventsFrom,
+  replayHistoryFrom,
+  type EventReaderError,
+  type EventReaderOptions,
+} from "./api/events.js";
+export {
+  edgeHistory,
+  liveEvents,
+  liveEventsIterable,
+  replayHistory,
+  replayHistoryIterable,
+  ReplayFailed,
+  type LiveOptions,
+  type ReplayError,
+  type ReplayOptions,
+} from "./nats/replay.js";
+export {
+  HistoryProjection,
+  projectHistory,
+  type ConnectionView,
+  type EdgeHistory,
+  type HistoryTotals,
+  type SessionView,
+} from "./nats/history.js";
+export { NatsClient, NatsConnectFailed, InvalidNatsServers, type NatsClientService } from "./nats/connection.js";
+export { NatsJetStreamUnavailable, NatsServerTooOld, MIN_NATS_SERVER_VERSION } from "./nats/server-version.js";
+export { NatsServerBinaryMissing, NatsServerStartFailed } from "./nats/embedded-server.js";
+export { EventStreamSetupFailed, InvalidEventStreamOptions, DEFAULT_STREAM_NAME } from "./nats/event-stream.js";
+export { OutboxIoError } from "./nats/outbox.js";
+export { EVENT_TYPES, ACTOR_KINDS, type ActorKind, type EventData, type EventType } from "./events/catalog.js";
+export type { DomainEvent } from "./events/envelope.js";
+export { EventDecodeError, UnsupportedEventVersion, upcastEvent } from "./events/upcast.js";
+export { filterSubjects, parseSubject, subjectOf, type EventFilter } from "./events/subjects.js";
+export { EVENTS_DEFAULTS } from "./config/hub.js";

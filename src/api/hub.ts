@@ -6,7 +6,13 @@ import { AlreadyRunningError, NotRunningError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { AuthFailedReason, EdgeDisconnectReason, NativeHubEvent, StreamCloseReason } from "../native/events.js";
 import type { NativeHubStatus } from "../native/status.js";
+import type { DomainEvent } from "../events/envelope.js";
+import { EventLogDisabled, type HubEventsStatusOrOff } from "../hub/event-log.js";
 import { Hub, type HubEvent, type HubService } from "../hub/service.js";
+import type { NatsConnection } from "../nats/connection.js";
+import type { EdgeHistory } from "../nats/history.js";
+import { HistoryProjection } from "../nats/history.js";
+import { liveEventsIterable, replayHistoryIterable, type LiveOptions, type ReplayOptions } from "../nats/replay.js";
 import { runToPromise } from "./run.js";
 
 /** Options for `RemoteIngressHub.start()`: the seed's fields plus optional extras (see `HubOptions`). */
@@ -33,6 +39,8 @@ export interface RemoteIngressHubStatus {
   readonly hubId?: string;
   /** sha256 of the hub certificate, lowercase hex: what edges pin. */
   readonly hubFingerprint?: string;
+  /** Event log health (NATS connection, outbox, dropped events, recovery), or `{ enabled: false }`. */
+  readonly events?: HubEventsStatusOrOff;
 }
 
 /** `edgeConnected`: an edge finished its handshake. */
@@ -152,7 +160,7 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
   }
 };
 
-const toStatus = (status: NativeHubStatus, fingerprint: string): RemoteIngressHubStatus => ({
+const toStatus = (status: NativeHubStatus, fingerprint: string, events: HubEventsStatusOrOff): RemoteIngressHubStatus => ({
   running: status.running,
   tunnelPort: status.tunnelPort,
   hubId: status.hubId,
@@ -166,6 +174,7 @@ const toStatus = (status: NativeHubStatus, fingerprint: string): RemoteIngressHu
     bytesIn: e.bytesIn,
     bytesOut: e.bytesOut,
   })),
+  events,
 });
 
 /** How long `stop()` waits for the last events to be emitted after the hub stopped. */
@@ -248,7 +257,45 @@ export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
     if (running === undefined) {
       return { running: false, tunnelPort: this.#lastTunnelPort ?? 0, connectedEdges: [] };
     }
-    return toStatus(await runToPromise(running.hub.status), running.hub.fingerprint);
+    const events = await runToPromise(running.hub.eventsStatus);
+    return toStatus(await runToPromise(running.hub.status), running.hub.fingerprint, events);
+  }
+
+  /** The running hub's event log connection; rejects when stopped or when events are off. */
+  async #eventLog(): Promise<{ readonly nc: NatsConnection; readonly stream: string }> {
+    const running = this.#running;
+    if (running === undefined) throw new NotRunningError({ message: "hub is not running; call start() first" });
+    const log = running.hub.eventLog;
+    if (log === undefined) throw new EventLogDisabled({ hubId: running.hub.hubId });
+    return { nc: await Effect.runPromise(log.client.connection), stream: log.stream };
+  }
+
+  /**
+   * This hub's event log between `since` and `until` (event time; epoch ms or Date), optionally filtered by
+   * edge, kind or type. Ends at the end of the log. Needs a running hub with events on.
+   */
+  async *replayHistory(opts: ReplayOptions = {}): AsyncGenerator<DomainEvent> {
+    const { nc, stream } = await this.#eventLog();
+    yield* replayHistoryIterable(nc, { stream, ...opts });
+  }
+
+  /** Events as they are appended to the log (from `since` by storage time, else only new ones). Break to stop. */
+  async *liveEvents(opts: LiveOptions = {}): AsyncGenerator<DomainEvent> {
+    const { nc, stream } = await this.#eventLog();
+    yield* liveEventsIterable(nc, { stream, ...opts });
+  }
+
+  /** The `history` projection of one edge from the log: sessions, connections with bytes and reasons, totals. */
+  async history(opts: { readonly edgeId: string; readonly since?: number | Date; readonly until?: number | Date }): Promise<EdgeHistory> {
+    const projection = new HistoryProjection();
+    for await (const event of this.replayHistory({ ...opts })) projection.apply(event);
+    return projection.view(opts.edgeId);
+  }
+
+  /** Resolves once every event so far is acknowledged by JetStream (waits while NATS is unreachable). */
+  async flushEvents(): Promise<void> {
+    const log = this.#running?.hub.eventLog;
+    if (log !== undefined) await Effect.runPromise(log.log.whenIdle);
   }
 
   /** Stops the hub (edges get GoAway, streams are cut) after emitting the last events. Idempotent. */

@@ -1,13 +1,12 @@
 /**
- * Command dispatch for `portway hub | edge | token | help`. Exit codes: 0 ok (also after SIGINT/SIGTERM, once
+ * Command dispatch for `portway hub | edge | token | events | history | help`. Exit codes: 0 ok (also after SIGINT/SIGTERM, once
  * everything stopped), 1 runtime failure, 2 bad usage or config.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Cause, Effect, Exit, Option } from "effect";
-import { packageRoot } from "../native/addon.js";
+import { portwayVersion } from "../hub/version.js";
 import { UsageError } from "./args.js";
 import { edgeHelp, runEdge } from "./edge.js";
+import { eventsHelp, eventsReplayHelp, eventsTailHelp, historyHelp, runEvents, runHistory } from "./events.js";
 import { hubHelp, runHub } from "./hub.js";
 import { runToken, tokenHelp } from "./token.js";
 
@@ -17,20 +16,16 @@ Commands:
   hub      run a hub (accepts edges, forwards their clients to targets)
   edge     run an edge (public listeners, tunnels clients to the hub)
   token    print a connection token for an edge
+  events   the event log: \`events tail\` (live) and \`events replay\` (a time range)
+  history  one edge's sessions and connections, from the event log
   help     show help for a command: portway help <command>
 
 Each command takes --help, --config FILE (JSON or YAML) and PORTWAY_* environment variables; flags win.
 `;
 
-const version = (): string => {
-  try {
-    return (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version?: string }).version ?? "unknown";
-  } catch {
-    return "unknown";
-  }
-};
+const version = portwayVersion;
 
-const USAGE_TAGS = new Set(["UsageError", "ConfigError", "TokenError"]);
+const USAGE_TAGS = new Set(["UsageError", "ConfigError", "TokenError", "InvalidNatsServers", "InvalidEventStreamOptions"]);
 
 /** 2 for usage/config mistakes, 1 for anything else that failed, 0 for success or a signal-initiated stop. */
 export const exitCodeOf = (exit: Exit.Exit<unknown, unknown>): number => {
@@ -65,11 +60,22 @@ export const runCommand = (
       return runEdge(rest, env);
     case "token":
       return runToken(rest, env);
+    case "events":
+      return runEvents(rest, env);
+    case "history":
+      return runHistory(rest, env);
     case "help":
     case "--help":
     case "-h": {
       const topic = rest[0];
-      const text = topic === "hub" ? hubHelp : topic === "edge" ? edgeHelp : topic === "token" ? tokenHelp : GENERAL_HELP;
+      const topics: Readonly<Record<string, string>> = {
+        hub: hubHelp,
+        edge: edgeHelp,
+        token: tokenHelp,
+        events: rest[1] === "tail" ? eventsTailHelp : rest[1] === "replay" ? eventsReplayHelp : eventsHelp,
+        history: historyHelp,
+      };
+      const text = (topic === undefined ? undefined : topics[topic]) ?? GENERAL_HELP;
       return topic === undefined || text !== GENERAL_HELP
         ? Effect.sync(() => void process.stdout.write(text))
         : Effect.fail(new UsageError({ message: `portway help: unknown command "${topic}"\n\n${GENERAL_HELP}` }));

@@ -3,10 +3,11 @@ import { Effect, Runtime, Stream } from "effect";
 import { hubFieldSpecs, loadHubConfig, type AllowedEdge } from "../config/hub.js";
 import type { AddonLoadError, ConfigError, HubStartError } from "../errors.js";
 import type { EventLogStartError } from "../hub/event-log.js";
-import { Hub } from "../hub/service.js";
+import { Hub, type HubService } from "../hub/service.js";
+import { formatBytes, formatDuration } from "./event-format.js";
 import { commonFlags, parseCommandArgs, renderHelp, type UsageError } from "./args.js";
 import { makeDrainingFork } from "./drain.js";
-import { loggerLayer, makeLineLog } from "./log.js";
+import { loggerLayer, makeLineLog, type LineLog } from "./log.js";
 
 const extras = commonFlags("PORTWAY_HUB_CONFIG");
 
@@ -27,6 +28,52 @@ export const hubHelp = renderHelp(
     '      targets: { "443": "10.0.0.5:8443" }',
   ].join("\n"),
 );
+
+/** Says where events go, and (once known) what the start-up recovery closed. */
+const describeEventLog = (
+  hub: HubService,
+  log: LineLog,
+  source: string,
+  fork: (effect: Effect.Effect<void>) => Effect.Effect<void>,
+): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    const ev = hub.eventLog;
+    if (ev === undefined) {
+      log.line("warn", source, "event log off (--no-events): lifecycle events are not recorded");
+      return;
+    }
+    const where =
+      ev.nats === "embedded" ? `embedded nats-server ${ev.servers.join(",")} (store ${ev.storeDir ?? "?"})` : `NATS ${ev.servers.join(",")}`;
+    const limits = hub.config.events;
+    log.line(
+      "info",
+      source,
+      `event log: ${where}, stream ${ev.stream} (replicas ${limits.replicas}, max age ${formatDuration(limits.maxAge)}, max ${formatBytes(limits.maxBytes)}); run ${hub.runId}`,
+    );
+    const status = ev.status();
+    if (!status.connected) log.line("warn", source, "event log: NATS not reachable yet; events wait in the disk outbox until it is");
+    if (status.outbox.records > 0) {
+      log.line("info", source, `event log: flushing ${status.outbox.records} batches (${formatBytes(status.outbox.bytes)}) the previous run left in the outbox`);
+    }
+    yield* fork(
+      Effect.flatMap(ev.recovery, (r) =>
+        Effect.sync(() => {
+          if (r.state === "failed") log.line("error", source, `event log: recovery failed: ${r.error}`);
+          else if (r.state === "done") {
+            const closed = r.streamsClosed + r.sessionsClosed + r.udpClosed + r.runsClosed;
+            log.line(
+              "info",
+              source,
+              closed === 0
+                ? `event log: recovered (previous run ${r.previousRunId ?? "-"} left nothing open; ${r.replayedEvents} events replayed in ${r.durationMs} ms)`
+                : `event log: recovered: closed what run ${r.previousRunId ?? "-"} left open with hubRestarted: ${r.streamsClosed} streams, ` +
+                    `${r.sessionsClosed} sessions, ${r.udpClosed} UDP sessions (${r.replayedEvents} events replayed in ${r.durationMs} ms)`,
+            );
+          }
+        }),
+      ),
+    );
+  });
 
 /** Describes an allowed edge without its secret. */
 export const describeEdge = (edge: AllowedEdge, targetHost: string): string => {
@@ -66,6 +113,7 @@ export const runHub = (
           for (const edge of edges) log.line("info", source, describeEdge(edge, config.targetHost));
         };
         showEdges(config.edges);
+        yield* describeEventLog(hub, log, source, forkDraining);
 
         if (file !== undefined) {
           const runtime = yield* Effect.runtime<never>();

@@ -5,7 +5,7 @@
  * the rest in the outbox, disconnects and stops the embedded server.
  */
 import { join } from "node:path";
-import { Effect, type Scope } from "effect";
+import { Data, Effect, type Scope } from "effect";
 import type { HubConfig } from "../config/hub.js";
 import { makeNatsClient, type InvalidNatsServers, type NatsClientService } from "../nats/connection.js";
 import type { NatsServerBinaryMissing, NatsServerStartFailed } from "../nats/embedded-server.js";
@@ -144,3 +144,10 @@ export const eventsStatusOf = (c: HubEventLogConnection, recovery: RecoveryStatu
     recovery,
   };
 };
+
+/** An event-log operation on a hub running with `events: false`. */
+export class EventLogDisabled extends Data.TaggedError("EventLogDisabled")<{ readonly hubId: string }> {
+  override get message(): string {
+    return `hub ${this.hubId} runs without an event log (events: false / --no-events)`;
+  }
+}

@@ -16,7 +16,7 @@ import { Data, Effect, Scope } from "effect";
 
 export class NatsServerBinaryMissing extends Data.TaggedError("NatsServerBinaryMissing")<{ readonly path: string }> {
   override get message(): string {
-    return `nats-server not found at ${this.path}: run \`npm run setup\` (or \`node scripts/ensure-nats.mjs\`) to build it, or pass --nats <url> to use an existing server`;
+    return `nats-server not found at ${this.path}: run \`npm run setup\` (or \`node scripts/ensure-nats.mjs\`) to build it, pass --nats <url> to use an existing server, or turn the event log off (--no-events, \`events: false\`)`;
   }
 }
 
@@ -211,3 +211,28 @@ export const startEmbeddedServer = (
     const monitorUrl = ports.monitoring?.[0] as string;
     return { url, port: portOf(url), monitorUrl, monitorPort: portOf(monitorUrl), pid, storeDir, exited, logTail };
   });
+
+/** A running embedded server found through a hub's data dir (for readers such as `portway events`). */
+export interface RunningEmbeddedServer {
+  readonly url: string;
+  readonly pid: number;
+}
+
+/**
+ * The embedded nats-server a hub with this data dir is running right now, if any: its pid file names a live
+ * nats-server process and its ports file the client URL.
+ */
+export const findRunningEmbeddedServer = async (dataDir: string): Promise<RunningEmbeddedServer | undefined> => {
+  const runDir = join(dataDir, "nats", "run");
+  try {
+    const pid = Number((await readFile(join(runDir, "nats-server.pid"), "utf8")).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return undefined;
+    if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("nats-server")) return undefined;
+    const file = (await readdir(runDir)).find((n) => n.endsWith(".ports"));
+    if (file === undefined) return undefined;
+    const url = (JSON.parse(await readFile(join(runDir, file), "utf8")) as PortsFile).nats?.[0];
+    return url === undefined ? undefined : { url, pid };
+  } catch {
+    return undefined;
+  }
+};
