@@ -78,10 +78,13 @@ const PEERS = [
   ["dig", "dnsutils"],
   ["wrk", "wrk"],
   ["turnserver", "coturn"],
+  // Debian's own (too old) nats-server: the tests prove that Portway refuses it with a clear message.
+  ["/usr/sbin/nats-server", "nats-server"],
 ];
 
 function ensurePeers() {
-  const missing = PEERS.filter(([bin]) => !has(bin) && !existsSync(`/usr/sbin/${bin}`) && !existsSync(`/usr/bin/${bin}`));
+  const present = (bin) => (bin.startsWith("/") ? existsSync(bin) : has(bin) || existsSync(`/usr/sbin/${bin}`) || existsSync(`/usr/bin/${bin}`));
+  const missing = PEERS.filter(([bin]) => !present(bin));
   if (missing.length === 0) return;
   const pkgs = missing.map(([, pkg]) => pkg);
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
@@ -92,7 +95,7 @@ function ensurePeers() {
   run("apt-get", ["update", "-qq"], { env });
   run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...pkgs], { env });
   // The Debian packages start their daemons; the tests start their own instances on free ports.
-  spawnSync("sh", ["-c", "systemctl stop nginx haproxy coturn 2>/dev/null; service nginx stop 2>/dev/null; service haproxy stop 2>/dev/null; true"], { stdio: "ignore" });
+  spawnSync("sh", ["-c", "systemctl stop nginx haproxy coturn nats-server 2>/dev/null; for s in nginx haproxy coturn nats-server; do service $s stop 2>/dev/null; done; true"], { stdio: "ignore" });
 }
 
 ensureNodeVersion();
