@@ -1,6 +1,8 @@
 /**
  * `npm start`: a hub, an edge and a PROXY-aware target on loopback; a few clients connect through the tunnel,
- * an allowed-edge update opens one more port live, and everything stops. Exits 0 on success, 1 on failure.
+ * an allowed-edge update opens one more port live, and everything stops. The hub records every lifecycle
+ * event in its event log (an embedded nats-server in its data dir); the demo prints them as they are
+ * appended, read back from JetStream, and ends with the edge's history. Exits 0 on success, 1 on failure.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { createConnection, createServer, type AddressInfo } from "node:net";
@@ -9,7 +11,9 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { RemoteIngressEdge } from "../api/edge.js";
 import { RemoteIngressHub } from "../api/hub.js";
-import { makeLineLog, type EventLike } from "../cli/log.js";
+import { describeEvent, formatHistory } from "../cli/event-format.js";
+import { makeLineLog } from "../cli/log.js";
+import type { DomainEvent } from "../events/envelope.js";
 import { encodeConnectionToken } from "../token.js";
 import { startEchoTarget, type EchoTarget } from "./target.js";
 
@@ -57,6 +61,8 @@ const run = async (): Promise<void> => {
   const edge = new RemoteIngressEdge();
   let target: EchoTarget | undefined;
   const closed: Array<{ readonly bytesIn: number; readonly bytesOut: number }> = [];
+  const logged: DomainEvent[] = [];
+  let feed: Promise<void> | undefined;
   try {
     target = await startEchoTarget((header) =>
       typeof header === "string"
@@ -65,17 +71,25 @@ const run = async (): Promise<void> => {
     );
     say(`target (PROXY v1 echo) listening on 127.0.0.1:${target.port}`);
 
-    for (const name of ["edgeConnected", "edgeDisconnected", "edgeAuthFailed", "streamOpened", "streamClosed"] as const) {
-      hub.on(name, (payload: object) => log.event("hub", { type: name, ...payload }));
-    }
     hub.on("streamClosed", (e) => closed.push(e));
     for (const name of ["tunnelConnected", "tunnelDisconnected", "tunnelRejected", "portsAssigned", "portsUpdated", "listenerError"] as const) {
       edge.on(name, (payload: object) => log.event("edge", { type: name, ...payload }));
     }
 
-    await hub.start({ tunnelPort: 0, bindHost: "127.0.0.1", dataDir });
+    const startedAt = Date.now();
+    await hub.start({ tunnelPort: 0, bindHost: "127.0.0.1", dataDir, hubId: "demo-hub" });
     const hubStatus = await hub.getStatus();
     say(`hub listening on 127.0.0.1:${hubStatus.tunnelPort}, certificate ${hubStatus.hubFingerprint ?? "?"}`);
+    if (hubStatus.events?.enabled === true) {
+      say(`event log: embedded nats-server ${hubStatus.events.servers.join(",")}, stream ${hubStatus.events.stream}; events below are read back from it`);
+    }
+    // Read back from JetStream as they are appended (from the hub's start, so hub.started is included).
+    feed = (async () => {
+      for await (const event of hub.liveEvents({ since: startedAt })) {
+        logged.push(event);
+        log.line(event.type.endsWith("authFailed") ? "warn" : "info", "event log", `${event.edgeId ?? "~"} ${event.type} ${describeEvent(event)}`);
+      }
+    })().catch((error: unknown) => log.line("warn", "event log", `live feed ended: ${error instanceof Error ? error.message : String(error)}`));
 
     const [firstPort, secondPort] = [await freePort(), await freePort()];
     const secret = randomBytes(18).toString("base64url");
@@ -108,9 +122,18 @@ const run = async (): Promise<void> => {
     const bytesIn = closed.reduce((sum, e) => sum + e.bytesIn, 0);
     const bytesOut = closed.reduce((sum, e) => sum + e.bytesOut, 0);
     say(`${closed.length} streams relayed: ${bytesIn} bytes client→target, ${bytesOut} bytes target→client`);
+
+    await edge.stop();
+    await until("the edge's disconnect in the event log", async () => logged.some((e) => e.type === "edge.disconnected"));
+    const history = await hub.history({ edgeId: "demo-edge" });
+    if (history.totals.connections !== closed.length || history.totals.openConnections !== 0) {
+      throw new Error(`history shows ${history.totals.connections} connections (${history.totals.openConnections} open), expected ${closed.length} closed`);
+    }
+    process.stderr.write(`\n$ portway history --edge demo-edge\n${formatHistory(history, { limit: 10 })}\n`);
   } finally {
     await edge.stop();
     await hub.stop();
+    await feed;
     await target?.close();
     rmSync(dataDir, { recursive: true, force: true });
     say("stopped edge, hub and target");
