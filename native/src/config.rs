@@ -13,6 +13,19 @@ pub enum ProxyProtocol {
     None,
 }
 
+/// How the edge reaches the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TransportMode {
+    /// TLS over TCP.
+    #[default]
+    TcpTls,
+    /// QUIC only.
+    Quic,
+    /// QUIC first; TLS if QUIC is not connected within `quicFallbackTimeoutMs`.
+    QuicWithFallback,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubConfig {
@@ -37,6 +50,12 @@ pub struct HubConfig {
     pub handshake_timeout_ms: u64,
     #[serde(default = "default_connect_ms")]
     pub target_connect_timeout_ms: u64,
+    /// A UDP session with no datagram in either direction for this long expires.
+    #[serde(default = "default_udp_idle_ms")]
+    pub udp_idle_timeout_ms: u64,
+    /// Most concurrent UDP sessions per edge; new ones beyond it are refused (and counted).
+    #[serde(default = "default_max_udp_sessions")]
+    pub max_udp_sessions_per_edge: u32,
     #[serde(default)]
     pub edges: Vec<EdgeEntry>,
 }
@@ -110,6 +129,14 @@ pub struct EdgeConfigJson {
     pub reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    #[serde(default)]
+    pub transport_mode: TransportMode,
+    /// `quicWithFallback`: how long QUIC may take to connect before TLS is used.
+    #[serde(default = "default_handshake_ms")]
+    pub quic_fallback_timeout_ms: u64,
+    /// STUN servers ("host:port") for public address discovery; empty = off.
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
 }
 
 impl std::fmt::Debug for EdgeConfigJson {
@@ -145,6 +172,12 @@ fn default_handshake_ms() -> u64 {
 }
 fn default_connect_ms() -> u64 {
     5_000
+}
+fn default_udp_idle_ms() -> u64 {
+    60_000
+}
+fn default_max_udp_sessions() -> u32 {
+    1024
 }
 fn default_stun_secs() -> u32 {
     300
@@ -225,7 +258,7 @@ impl EdgeEntry {
         Ok(())
     }
 
-    /// Where a stream arriving on `edge_port` goes.
+    /// Where a stream or UDP session arriving on `edge_port` goes.
     pub fn target_for(&self, edge_port: u16, target_host: &str) -> String {
         match self.targets.get(&edge_port.to_string()) {
             Some(t) => t.clone(),
@@ -276,6 +309,7 @@ pub struct HubSettings {
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub target_connect_timeout: Duration,
+    pub udp_idle_timeout: Duration,
 }
 
 pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
@@ -292,7 +326,11 @@ pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
     if idle_timeout <= ping_interval {
         return Err(invalid("idleTimeoutMs must be greater than pingIntervalMs"));
     }
+    if raw.max_udp_sessions_per_edge == 0 {
+        return Err(invalid("maxUdpSessionsPerEdge must be at least 1"));
+    }
     Ok(HubSettings {
+        udp_idle_timeout: check_ms("udpIdleTimeoutMs", raw.udp_idle_timeout_ms)?,
         ping_interval,
         idle_timeout,
         handshake_timeout: check_ms("handshakeTimeoutMs", raw.handshake_timeout_ms)?,
@@ -311,6 +349,7 @@ pub struct EdgeSettings {
     pub idle_timeout: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    pub quic_fallback_timeout: Duration,
 }
 
 pub fn normalize_fingerprint(fp: &str) -> Result<String, AddonError> {
@@ -357,7 +396,18 @@ pub fn parse_edge_config(json: &str) -> Result<EdgeSettings, AddonError> {
             "reconnectMaxMs must be at least reconnectInitialMs",
         ));
     }
+    for server in &raw.stun_servers {
+        let valid = server.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !valid {
+            return Err(invalid(format!(
+                "stunServers: expected \"host:port\", got {server:?}"
+            )));
+        }
+    }
     Ok(EdgeSettings {
+        quic_fallback_timeout: check_ms("quicFallbackTimeoutMs", raw.quic_fallback_timeout_ms)?,
         raw,
         fingerprint,
         ping_interval,
@@ -377,6 +427,14 @@ mod tests {
     fn hub_config_defaults_and_errors() {
         let ok = parse_hub_config(&format!("{{\"tunnelPort\":0,{CERT}}}")).unwrap();
         assert_eq!(ok.raw.proxy_protocol_tcp, ProxyProtocol::V1);
+        assert_eq!(ok.raw.proxy_protocol_udp, ProxyProtocol::V2);
+        assert_eq!(ok.udp_idle_timeout, Duration::from_secs(60));
+        assert_eq!(ok.raw.max_udp_sessions_per_edge, 1024);
+        let err = parse_hub_config(&format!(
+            "{{\"tunnelPort\":0,{CERT},\"maxUdpSessionsPerEdge\":0}}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("maxUdpSessionsPerEdge"), "{err}");
         let err =
             parse_hub_config(&format!("{{\"tunnelPort\":0,{CERT},\"bogus\":1}}")).unwrap_err();
         assert!(err.to_string().starts_with("EINVALIDCONFIG: "), "{err}");

@@ -14,8 +14,8 @@
 use crate::config::{sorted_unique, EdgeSettings};
 use crate::error::AddonError;
 use crate::events::{Event, EventSink};
-use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, Role};
-use crate::protocol::handshake::{decode_reply, encode_hello, MAX_HANDSHAKE_MESSAGE};
+use crate::mux::{self, MuxOptions, Role};
+use crate::protocol::handshake::{capability, decode_reply, encode_hello, MAX_HANDSHAKE_MESSAGE};
 use crate::protocol::{
     EdgeConfig, Hello, HelloAccepted, HelloReply, RejectCode, StreamOpen, ALPN, PROTOCOL_VERSION,
 };
@@ -24,6 +24,8 @@ use crate::runtime::{until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, EdgeStatus, ListenerErrorStatus};
 use crate::transport::buffered::ReadBuffered;
 use crate::transport::tls;
+use crate::tunnel::{Tunnel, TunnelEnd, TunnelEvent};
+use crate::udp::EdgeUdp;
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::HashMap;
@@ -54,6 +56,7 @@ struct EdgeInner {
     events: EventSink,
     tasks: TaskGroup,
     state: Mutex<EdgeState>,
+    udp: Arc<EdgeUdp>,
     counters: ByteCounters,
     active_streams: AtomicU64,
     stopping: watch::Sender<bool>,
@@ -63,7 +66,7 @@ struct EdgeInner {
 
 #[derive(Default)]
 struct EdgeState {
-    tunnel: Option<Tunnel>,
+    tunnel: Option<TunnelRef>,
     hub: Option<String>,
     hub_id: Option<String>,
     hub_fingerprint: Option<String>,
@@ -76,8 +79,8 @@ struct EdgeState {
 }
 
 #[derive(Clone)]
-struct Tunnel {
-    mux: MuxHandle,
+struct TunnelRef {
+    tunnel: Tunnel,
     session_id: String,
 }
 
@@ -106,11 +109,19 @@ impl Edge {
         for hub in &settings.raw.hubs {
             tls::server_name(settings.raw.server_name.as_deref().unwrap_or(&hub.host))?;
         }
+        let tasks = TaskGroup::default();
+        let udp = EdgeUdp::new(
+            settings.raw.edge_id.clone(),
+            settings.raw.bind_address.clone(),
+            events.clone(),
+            tasks.clone(),
+        );
         let inner = Arc::new(EdgeInner {
             settings,
             connector: TlsConnector::from(client_config),
             events,
-            tasks: TaskGroup::default(),
+            tasks,
+            udp,
             state: Mutex::new(EdgeState::default()),
             counters: ByteCounters::default(),
             active_streams: AtomicU64::new(0),
@@ -135,8 +146,14 @@ impl Edge {
             session_id: state.tunnel.as_ref().map(|t| t.session_id.clone()),
             hub_fingerprint: state.hub_fingerprint.clone(),
             pinned: inner.settings.fingerprint.is_some(),
+            transport: state.tunnel.as_ref().map(|t| t.tunnel.transport()),
             public_ip: None,
+            public_port: None,
             active_streams: inner.active_streams.load(Ordering::Relaxed),
+            udp_sessions: inner.udp.counters.sessions.load(Ordering::Relaxed),
+            udp_dropped: inner.udp.counters.dropped.load(Ordering::Relaxed),
+            udp_oversized: inner.udp.counters.oversized.load(Ordering::Relaxed),
+            udp_refused: inner.udp.counters.refused.load(Ordering::Relaxed),
             listen_ports: state.listen_ports.clone(),
             listen_ports_udp: state.listen_ports_udp.clone(),
             listener_errors,
@@ -273,6 +290,7 @@ fn close_listeners(inner: &EdgeInner) {
     for listener in listeners {
         listener.abort();
     }
+    inner.udp.stop();
 }
 
 async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connected, AttemptError> {
@@ -319,7 +337,7 @@ async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
             version: PROTOCOL_VERSION,
             edge_id: inner.settings.raw.edge_id.clone(),
             secret: inner.settings.raw.secret.clone(),
-            capabilities: 0,
+            capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
         };
         let mut out = BytesMut::new();
         encode_hello(&hello, &mut out);
@@ -400,16 +418,33 @@ async fn run_tunnel(
     let ping_interval = from_hub(accepted.ping_interval_ms, inner.settings.ping_interval);
     let idle_timeout =
         from_hub(accepted.idle_timeout_ms, inner.settings.idle_timeout).max(ping_interval * 2);
+    // UDP only if the hub relays it (it says so in the handshake).
+    let udp_settings = accepted
+        .udp
+        .filter(|u| u.capabilities & capability::UDP_FRAMES != 0 && u.max_sessions > 0);
+    let (generation, udp_inbound) = inner.udp.inbound();
     let options = MuxOptions {
         role: Role::Edge,
         ping_interval,
         idle_timeout,
+        udp: udp_settings.map(|_| udp_inbound),
     };
-    let (mux, mut mux_events) = mux::spawn(tls, leftover, options);
+    let (mux, mut tunnel_events) = mux::spawn(tls, leftover, options);
+    let tunnel = Tunnel::Mux(mux);
+    if let Some(udp) = udp_settings {
+        let idle = Duration::from_millis(u64::from(udp.idle_timeout_ms.max(1)));
+        inner.udp.attach(
+            generation,
+            tunnel.clone(),
+            accepted.session_id.clone(),
+            idle,
+            udp.max_sessions as usize,
+        );
+    }
     let report_unpinned = {
         let mut state = inner.state();
-        state.tunnel = Some(Tunnel {
-            mux: mux.clone(),
+        state.tunnel = Some(TunnelRef {
+            tunnel: tunnel.clone(),
             session_id: accepted.session_id.clone(),
         });
         state.hub = Some(hub_name.to_string());
@@ -426,6 +461,7 @@ async fn run_tunnel(
         session_id: accepted.session_id.clone(),
         hub_fingerprint: fingerprint.clone(),
         pinned,
+        transport: tunnel.transport(),
     });
     if report_unpinned {
         inner.events.emit(Event::TunnelUnpinned {
@@ -447,10 +483,10 @@ async fn run_tunnel(
         tokio::select! {
             _ = until_set(&mut stopping), if !stop_requested => {
                 stop_requested = true;
-                mux.shutdown(None);
+                tunnel.shutdown(None);
             }
-            event = mux_events.recv() => match event {
-                Some(MuxEvent::Config(config)) => {
+            event = tunnel_events.recv() => match event {
+                Some(TunnelEvent::Config(config)) => {
                     let (added, removed) = apply_ports(inner, &config).await;
                     inner.events.emit(Event::PortsUpdated {
                         listen_ports: sorted_unique(&config.listen_ports),
@@ -459,9 +495,9 @@ async fn run_tunnel(
                         removed,
                     });
                 }
-                Some(MuxEvent::Opened(..)) => {}
-                Some(MuxEvent::Ended(end)) => break end,
-                None => break MuxEnd::Io("tunnel task ended".into()),
+                Some(TunnelEvent::Opened(..)) => {}
+                Some(TunnelEvent::Ended(end)) => break end,
+                None => break TunnelEnd::Io("tunnel task ended".into()),
             }
         }
     };
@@ -476,15 +512,15 @@ async fn run_tunnel(
         return None;
     }
     Some(match end {
-        MuxEnd::PeerClosed => ("hubClosed", "the hub closed the tunnel".to_string()),
-        MuxEnd::PeerGoAway(reason, message) => (goaway_reason_name(reason), message),
-        MuxEnd::Local(_, message) => ("stopped", message),
-        MuxEnd::Timeout => (
+        TunnelEnd::PeerClosed => ("hubClosed", "the hub closed the tunnel".to_string()),
+        TunnelEnd::PeerGoAway(reason, message) => (goaway_reason_name(reason), message),
+        TunnelEnd::Local(_, message) => ("stopped", message),
+        TunnelEnd::Timeout => (
             "timeout",
             "no frames received within idleTimeoutMs".to_string(),
         ),
-        MuxEnd::Protocol(message) => ("protocolError", message),
-        MuxEnd::Io(message) => ("ioError", message),
+        TunnelEnd::Protocol(message) => ("protocolError", message),
+        TunnelEnd::Io(message) => ("ioError", message),
     })
 }
 
@@ -506,7 +542,11 @@ async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, 
                 listener.abort();
             }
         }
-        state.listener_errors.retain(|e| wanted.contains(&e.port));
+        let wanted_udp = sorted_unique(&config.listen_ports_udp);
+        state.listener_errors.retain(|e| match e.protocol {
+            "udp" => wanted_udp.contains(&e.port),
+            _ => wanted.contains(&e.port),
+        });
         let to_bind: Vec<u16> = wanted
             .iter()
             .copied()
@@ -527,7 +567,9 @@ async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, 
                     .tasks
                     .spawn(accept_loop(inner.clone(), listener, port));
                 let mut state = inner.state();
-                state.listener_errors.retain(|e| e.port != port);
+                state
+                    .listener_errors
+                    .retain(|e| e.port != port || e.protocol != "tcp");
                 if let Some(stale) = state.listeners.insert(port, task) {
                     stale.abort();
                 }
@@ -542,7 +584,9 @@ async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, 
                 };
                 {
                     let mut state = inner.state();
-                    state.listener_errors.retain(|e| e.port != port);
+                    state
+                        .listener_errors
+                        .retain(|e| e.port != port || e.protocol != "tcp");
                     state.listener_errors.push(status.clone());
                 }
                 inner.events.emit(Event::ListenerError {
@@ -554,6 +598,7 @@ async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, 
             }
         }
     }
+    apply_udp_ports(inner, &sorted_unique(&config.listen_ports_udp)).await;
     let added = wanted
         .iter()
         .copied()
@@ -565,6 +610,39 @@ async fn apply_ports(inner: &Arc<EdgeInner>, config: &EdgeConfig) -> (Vec<u16>, 
         .filter(|p| !wanted.contains(p))
         .collect();
     (added, removed)
+}
+
+/// Binds and closes UDP listeners; failures are reported like TCP ones (`protocol: "udp"`).
+async fn apply_udp_ports(inner: &Arc<EdgeInner>, wanted: &[u16]) {
+    let failures = inner.udp.apply_ports(wanted).await;
+    let bound = inner.udp.bound_ports();
+    {
+        let mut state = inner.state();
+        state
+            .listener_errors
+            .retain(|e| e.protocol != "udp" || !bound.contains(&e.port));
+    }
+    for failure in failures {
+        let status = ListenerErrorStatus {
+            port: failure.port,
+            protocol: "udp",
+            code: failure.error.code().to_string(),
+            message: failure.error.detail().to_string(),
+        };
+        {
+            let mut state = inner.state();
+            state
+                .listener_errors
+                .retain(|e| e.port != failure.port || e.protocol != "udp");
+            state.listener_errors.push(status.clone());
+        }
+        inner.events.emit(Event::ListenerError {
+            port: failure.port,
+            protocol: "udp",
+            code: status.code,
+            message: status.message,
+        });
+    }
 }
 
 async fn accept_loop(inner: Arc<EdgeInner>, listener: TcpListener, port: u16) {
@@ -590,7 +668,7 @@ async fn accept_loop(inner: Arc<EdgeInner>, listener: TcpListener, port: u16) {
 
 async fn serve_client(
     inner: Arc<EdgeInner>,
-    tunnel: Tunnel,
+    tunnel: TunnelRef,
     sock: TcpStream,
     peer: SocketAddr,
     port: u16,
@@ -604,7 +682,7 @@ async fn serve_client(
         client: peer,
         edge_local,
     };
-    let Ok(stream) = tunnel.mux.open(open).await else {
+    let Ok(stream) = tunnel.tunnel.open(open).await else {
         return;
     };
     let stream_id = stream.id;

@@ -86,6 +86,8 @@ pub enum Event {
         session_id: String,
         hub_fingerprint: String,
         pinned: bool,
+        /// `"tcpTls"` or `"quic"`.
+        transport: &'static str,
     },
     #[serde(rename = "tunnel.unpinned")]
     TunnelUnpinned {
@@ -125,6 +127,63 @@ pub enum Event {
         code: String,
         message: String,
     },
+    /// Hub and edge: a UDP session started (`target` on the hub only).
+    #[serde(rename = "udp.opened")]
+    UdpOpened {
+        edge_id: String,
+        session_id: String,
+        udp_session_id: u32,
+        edge_port: u16,
+        client_addr: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// A UDP session ended after its idle timeout (reason `idle`).
+    #[serde(rename = "udp.expired")]
+    UdpExpired(UdpSessionEnd),
+    /// A UDP session ended for another reason.
+    #[serde(rename = "udp.closed")]
+    UdpClosed(UdpSessionEnd),
+    /// New UDP sessions were refused; at most one event per second per edge, `count` = refusals
+    /// since the previous event (this one included).
+    #[serde(rename = "udp.refused")]
+    UdpRefused {
+        edge_id: String,
+        edge_port: u16,
+        client_addr: String,
+        reason: &'static str,
+        count: u64,
+    },
+    /// Datagrams too large for the tunnel (or the target path) were dropped; rate-limited like
+    /// `udp.refused`. `maxSize` is the limit when known.
+    #[serde(rename = "udp.oversized")]
+    UdpOversized {
+        edge_id: String,
+        edge_port: u16,
+        client_addr: String,
+        size: usize,
+        max_size: Option<usize>,
+        count: u64,
+    },
+}
+
+/// Fields of `udp.expired` / `udp.closed`. in = client → target, out = target → client.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UdpSessionEnd {
+    pub edge_id: String,
+    pub session_id: String,
+    pub udp_session_id: u32,
+    pub edge_port: u16,
+    pub client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: u64,
+    pub reason: &'static str,
 }
 
 #[derive(Serialize)]
@@ -335,5 +394,33 @@ mod tests {
         assert_eq!(json["retryInMs"], 5);
         assert_eq!(json["seq"], 1);
         assert_eq!(json["atMs"], 2);
+    }
+
+    #[test]
+    fn udp_session_end_is_flat_and_typed() {
+        let end = UdpSessionEnd {
+            edge_id: "e1".into(),
+            session_id: "s".into(),
+            udp_session_id: 3,
+            edge_port: 53,
+            client_addr: "1.2.3.4:5".into(),
+            target: None,
+            packets_in: 1,
+            packets_out: 2,
+            bytes_in: 10,
+            bytes_out: 20,
+            duration_ms: 7,
+            reason: "idle",
+        };
+        let json = serde_json::to_value(Numbered {
+            seq: 1,
+            at_ms: 2,
+            event: &Event::UdpExpired(end),
+        })
+        .unwrap();
+        assert_eq!(json["type"], "udp.expired");
+        assert_eq!(json["udpSessionId"], 3);
+        assert_eq!(json["packetsOut"], 2);
+        assert!(json.get("target").is_none());
     }
 }

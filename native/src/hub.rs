@@ -7,23 +7,25 @@
 use crate::config::{EdgeEntry, HubSettings, ProxyProtocol};
 use crate::error::AddonError;
 use crate::events::{Event, EventSink};
-use crate::mux::{self, MuxEnd, MuxEvent, MuxHandle, MuxOptions, MuxStream, Role};
-use crate::protocol::handshake::{decode_hello, encode_reply, MAX_HANDSHAKE_MESSAGE};
+use crate::mux::{self, MuxOptions, Role};
+use crate::protocol::handshake::{capability, decode_hello, encode_reply, MAX_HANDSHAKE_MESSAGE};
 use crate::protocol::{
-    proxy_v1_header, proxy_v2_header, CloseReason, EdgeConfig, Frame, GoAwayReason, Hello,
-    HelloAccepted, HelloReply, ProxyTransport, RejectCode, SecretVerifier, StreamOpen, ALPN,
+    proxy_v1_header, proxy_v2_header, CloseReason, EdgeConfig, GoAwayReason, Hello, HelloAccepted,
+    HelloReply, ProxyTransport, RejectCode, SecretVerifier, StreamOpen, UdpSettings, ALPN,
     PROTOCOL_VERSION,
 };
-use crate::relay::{relay, ByteCounters, SocketSide};
+use crate::relay::{relay, ByteCounters, SocketSide, TunnelStream};
 use crate::runtime::{epoch_ms, until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, HubEdgeStatus, HubStatus};
 use crate::transport::buffered::ReadBuffered;
 use crate::transport::tls;
+use crate::tunnel::{Tunnel, TunnelEnd, TunnelEvent, UdpInbound};
+use crate::udp::{HubUdp, HubUdpSettings, UdpCounters};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -53,10 +55,11 @@ struct HubInner {
 
 struct Session {
     session_id: String,
-    mux: MuxHandle,
+    tunnel: Tunnel,
     remote_addr: String,
     connected_at: u64,
     counters: Arc<ByteCounters>,
+    udp: Arc<UdpCounters>,
     config: EdgeConfig,
 }
 
@@ -148,7 +151,7 @@ impl Hub {
             };
             if let Some(message) = revoked {
                 session
-                    .mux
+                    .tunnel
                     .shutdown(Some((GoAwayReason::Revoked, message.to_string())));
                 continue;
             }
@@ -156,7 +159,7 @@ impl Hub {
                 continue;
             };
             let config = entry.wire_config();
-            if config != session.config && session.mux.push_config(config.clone()).is_ok() {
+            if config != session.config && session.tunnel.push_config(config.clone()).is_ok() {
                 self.inner.events.emit(Event::EdgeConfigPushed {
                     edge_id: edge_id.clone(),
                     session_id: session.session_id.clone(),
@@ -178,9 +181,14 @@ impl Hub {
                 session_id: s.session_id.clone(),
                 remote_addr: s.remote_addr.clone(),
                 connected_at: s.connected_at,
-                active_streams: s.mux.active_streams(),
+                transport: s.tunnel.transport(),
+                active_streams: s.tunnel.active_streams(),
                 bytes_in: s.counters.bytes_in.load(Ordering::Relaxed),
                 bytes_out: s.counters.bytes_out.load(Ordering::Relaxed),
+                udp_sessions: s.udp.sessions.load(Ordering::Relaxed),
+                udp_dropped: s.udp.dropped.load(Ordering::Relaxed),
+                udp_oversized: s.udp.oversized.load(Ordering::Relaxed),
+                udp_refused: s.udp.refused.load(Ordering::Relaxed),
             })
             .collect();
         edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
@@ -204,7 +212,7 @@ impl Hub {
         }
         inner.stopping.send_replace(true);
         for session in lock(&inner.sessions).values() {
-            session.mux.shutdown(Some((
+            session.tunnel.shutdown(Some((
                 GoAwayReason::HubShutdown,
                 "hub is shutting down".into(),
             )));
@@ -252,7 +260,16 @@ async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAdd
             reason: failure.reason,
         }),
         Ok(Ok((tls, hello, accepted, leftover))) => {
-            run_session(inner, tls, peer, hello.edge_id.clone(), accepted, leftover).await
+            let udp = new_hub_udp(&inner, &hello, &accepted, false);
+            let options = MuxOptions {
+                role: Role::Hub,
+                ping_interval: inner.settings.ping_interval,
+                idle_timeout: inner.settings.idle_timeout,
+                udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
+            };
+            let (mux, events) = mux::spawn(tls, leftover, options);
+            let tunnel = Tunnel::Mux(mux);
+            run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
         }
     }
 }
@@ -321,19 +338,28 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
     let Some(entry) = entry else {
         return Err(fail("authFailed", claimed));
     };
-    let accepted = HelloAccepted {
-        hub_id: inner.settings.raw.hub_id.clone(),
-        session_id: hex::encode(rand::random::<[u8; 8]>()),
-        config: entry.wire_config(),
-        ping_interval_ms: inner.settings.ping_interval.as_millis() as u32,
-        idle_timeout_ms: inner.settings.idle_timeout.as_millis() as u32,
-    };
+    let accepted = accepted_reply(inner, &entry);
     let mut out = BytesMut::new();
     encode_reply(&HelloReply::Accepted(accepted.clone()), &mut out);
     if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
         return Err(fail("tlsError", claimed));
     }
     Ok((tls, hello, accepted, buf))
+}
+
+fn accepted_reply(inner: &HubInner, entry: &EdgeEntry) -> HelloAccepted {
+    HelloAccepted {
+        hub_id: inner.settings.raw.hub_id.clone(),
+        session_id: hex::encode(rand::random::<[u8; 8]>()),
+        config: entry.wire_config(),
+        ping_interval_ms: inner.settings.ping_interval.as_millis() as u32,
+        idle_timeout_ms: inner.settings.idle_timeout.as_millis() as u32,
+        udp: Some(UdpSettings {
+            capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+            max_sessions: inner.settings.raw.max_udp_sessions_per_edge,
+            idle_timeout_ms: inner.settings.udp_idle_timeout.as_millis() as u32,
+        }),
+    }
 }
 
 async fn reject(tls: &mut TlsStream<ReadBuffered<TcpStream>>, code: RejectCode, message: &str) {
@@ -349,20 +375,61 @@ async fn reject(tls: &mut TlsStream<ReadBuffered<TcpStream>>, code: RejectCode, 
     let _ = tls.shutdown().await;
 }
 
+/// The UDP half of a session, if the edge can relay UDP.
+fn new_hub_udp(
+    inner: &Arc<HubInner>,
+    hello: &Hello,
+    accepted: &HelloAccepted,
+    early_datagrams: bool,
+) -> Option<Arc<HubUdp>> {
+    if hello.capabilities & capability::UDP_FRAMES == 0 {
+        return None;
+    }
+    let weak: Weak<HubInner> = Arc::downgrade(inner);
+    let edge_id = hello.edge_id.clone();
+    let target_for = Box::new(move |edge_port: u16| {
+        let inner = weak.upgrade()?;
+        let edges = inner.edges.read().unwrap_or_else(|p| p.into_inner());
+        let entry = edges.get(&edge_id)?;
+        entry
+            .listen_ports_udp
+            .contains(&edge_port)
+            .then(|| entry.target_for(edge_port, &inner.settings.raw.target_host))
+    });
+    let settings = HubUdpSettings {
+        edge_id: hello.edge_id.clone(),
+        session_id: accepted.session_id.clone(),
+        proxy: inner.settings.raw.proxy_protocol_udp,
+        idle_timeout: inner.settings.udp_idle_timeout,
+        connect_timeout: inner.settings.target_connect_timeout,
+        max_sessions: inner.settings.raw.max_udp_sessions_per_edge as usize,
+        early_datagrams,
+    };
+    Some(HubUdp::new(
+        settings,
+        target_for,
+        Arc::new(UdpCounters::default()),
+        inner.events.clone(),
+        inner.tasks.clone(),
+    ))
+}
+
 async fn run_session(
     inner: Arc<HubInner>,
-    tls: TlsStream<ReadBuffered<TcpStream>>,
+    tunnel: Tunnel,
+    mut tunnel_events: tokio::sync::mpsc::UnboundedReceiver<TunnelEvent>,
+    udp: Option<Arc<HubUdp>>,
     peer: SocketAddr,
     edge_id: String,
     accepted: HelloAccepted,
-    leftover: BytesMut,
 ) {
-    let options = MuxOptions {
-        role: Role::Hub,
-        ping_interval: inner.settings.ping_interval,
-        idle_timeout: inner.settings.idle_timeout,
+    let udp_counters = match &udp {
+        Some(udp) => {
+            udp.attach(tunnel.clone());
+            udp.counters()
+        }
+        None => Arc::new(UdpCounters::default()),
     };
-    let (mux, mut mux_events) = mux::spawn(tls, leftover, options);
     let session_id = accepted.session_id.clone();
     let counters = Arc::new(ByteCounters::default());
     {
@@ -371,15 +438,16 @@ async fn run_session(
             edge_id.clone(),
             Session {
                 session_id: session_id.clone(),
-                mux: mux.clone(),
+                tunnel: tunnel.clone(),
                 remote_addr: peer.to_string(),
                 connected_at: epoch_ms(),
                 counters: counters.clone(),
+                udp: udp_counters,
                 config: accepted.config.clone(),
             },
         );
         if let Some(previous) = previous {
-            previous.mux.shutdown(Some((
+            previous.tunnel.shutdown(Some((
                 GoAwayReason::Superseded,
                 "a newer session for this edge connected".into(),
             )));
@@ -391,7 +459,7 @@ async fn run_session(
         remote_addr: peer.to_string(),
     });
     if *inner.stopping.borrow() {
-        mux.shutdown(Some((
+        tunnel.shutdown(Some((
             GoAwayReason::HubShutdown,
             "hub is shutting down".into(),
         )));
@@ -402,8 +470,8 @@ async fn run_session(
         counters,
     };
     let end = loop {
-        match mux_events.recv().await {
-            Some(MuxEvent::Opened(stream, open)) => {
+        match tunnel_events.recv().await {
+            Some(TunnelEvent::Opened(stream, open)) => {
                 inner.tasks.spawn(forward_stream(
                     inner.clone(),
                     session_ref.clone(),
@@ -411,9 +479,9 @@ async fn run_session(
                     open,
                 ));
             }
-            Some(MuxEvent::Config(_)) => {}
-            Some(MuxEvent::Ended(end)) => break end,
-            None => break MuxEnd::Io("tunnel task ended".into()),
+            Some(TunnelEvent::Config(_)) => {}
+            Some(TunnelEvent::Ended(end)) => break end,
+            None => break TunnelEnd::Io("tunnel task ended".into()),
         }
     };
     {
@@ -426,8 +494,8 @@ async fn run_session(
         }
     }
     let (reason, message) = match end {
-        MuxEnd::PeerClosed => ("edgeClosed", "the edge closed the tunnel".to_string()),
-        MuxEnd::PeerGoAway(reason, message) => match reason {
+        TunnelEnd::PeerClosed => ("edgeClosed", "the edge closed the tunnel".to_string()),
+        TunnelEnd::PeerGoAway(reason, message) => match reason {
             GoAwayReason::ProtocolError | GoAwayReason::Timeout => {
                 (goaway_reason_name(reason), message)
             }
@@ -436,13 +504,13 @@ async fn run_session(
                 format!("{}: {message}", goaway_reason_name(reason)),
             ),
         },
-        MuxEnd::Local(Some(reason), message) => (goaway_reason_name(reason), message),
-        MuxEnd::Local(None, message) => ("hubShutdown", message),
-        MuxEnd::Timeout => (
+        TunnelEnd::Local(Some(reason), message) => (goaway_reason_name(reason), message),
+        TunnelEnd::Local(None, message) => ("hubShutdown", message),
+        TunnelEnd::Timeout => (
             "timeout",
             "no frames received within idleTimeoutMs".to_string(),
         ),
-        MuxEnd::Protocol(message) => {
+        TunnelEnd::Protocol(message) => {
             inner.events.emit(Event::TunnelProtocolError {
                 remote_addr: peer.to_string(),
                 edge_id: Some(edge_id.clone()),
@@ -451,7 +519,7 @@ async fn run_session(
             });
             ("protocolError", message)
         }
-        MuxEnd::Io(message) => ("ioError", message),
+        TunnelEnd::Io(message) => ("ioError", message),
     };
     inner.events.emit(Event::EdgeDisconnected {
         edge_id,
@@ -464,7 +532,7 @@ async fn run_session(
 async fn forward_stream(
     inner: Arc<HubInner>,
     session: SessionRef,
-    stream: MuxStream,
+    stream: TunnelStream,
     open: StreamOpen,
 ) {
     let entry = inner
@@ -518,7 +586,7 @@ async fn forward_stream(
     let sock = match connected {
         Ok(sock) => sock,
         Err((reason, message)) => {
-            let _ = stream.mux.send(Frame::Close { stream_id, reason }).await;
+            stream.abort(reason).await;
             let ms = started.elapsed().as_millis() as u64;
             inner
                 .events

@@ -12,6 +12,8 @@ pub mod relay;
 pub mod runtime;
 pub mod status;
 pub mod transport;
+pub mod tunnel;
+pub mod udp;
 
 #[neon::main]
 fn main(mut cx: neon::prelude::ModuleContext) -> neon::prelude::NeonResult<()> {

@@ -7,11 +7,22 @@
 //! relay grants it back (`Window`) only after writing the bytes to its socket, so a slow socket
 //! holds at most one window of memory and never stalls other streams. A peer that sends beyond its
 //! credit, or anything malformed, ends the tunnel with a protocol error.
-use crate::protocol::frame::{encode_frame, INITIAL_STREAM_WINDOW};
-use crate::protocol::{CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen};
+//!
+//! UDP (when both sides agreed on it): `UdpOpen` and `UdpClose` travel with the control frames (never
+//! dropped, ordered before the session's datagrams); `UdpDatagram`s have their own bounded queue that
+//! the writer interleaves with stream data. A full UDP queue drops the datagram (the caller counts
+//! it): UDP never waits for, or holds up, TCP streams. Inbound UDP frames go straight to the
+//! `UdpInbound` handler from the reader, which never blocks on them.
+use crate::protocol::frame::{encode_frame, INITIAL_STREAM_WINDOW, MAX_UDP_DATAGRAM};
+use crate::protocol::{
+    CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen, UdpCloseReason,
+};
+use crate::relay::TunnelStream;
 use crate::transport::TunnelIo;
+use crate::tunnel::{TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,6 +31,9 @@ use tokio::time::Instant;
 
 /// Frames that must stay in order with a stream's data (Open, Data, Fin, Close) share one bounded queue.
 const DATA_QUEUE_FRAMES: usize = 64;
+/// Datagrams waiting for the writer, at most (count and bytes); beyond that they are dropped.
+const UDP_QUEUE_FRAMES: usize = 1024;
+const UDP_QUEUE_BYTES: usize = 1024 * 1024;
 /// The writer stops coalescing once this much is buffered.
 const WRITE_COALESCE_BYTES: usize = 256 * 1024;
 /// The reader keeps at least this much free space before each read.
@@ -49,40 +63,16 @@ pub enum Role {
     Hub,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MuxOptions {
     pub role: Role,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Where inbound UDP frames go; `None` if UDP was not agreed (UDP frames are then an error).
+    pub udp: Option<Arc<dyn UdpInbound>>,
 }
 
-/// Why a tunnel ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MuxEnd {
-    /// The peer closed the connection without a GoAway.
-    PeerClosed,
-    PeerGoAway(GoAwayReason, String),
-    /// We ended it (`shutdown`), with or without a GoAway.
-    Local(Option<GoAwayReason>, String),
-    Timeout,
-    Protocol(String),
-    Io(String),
-}
-
-/// What the owner of a mux learns, in order.
-#[derive(Debug)]
-pub enum MuxEvent {
-    /// The peer opened a stream (hub side).
-    Opened(MuxStream, StreamOpen),
-    /// The hub pushed new settings (edge side).
-    Config(EdgeConfig),
-    /// The tunnel is over; no more events follow.
-    Ended(MuxEnd),
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("tunnel closed")]
-pub struct TunnelClosed;
+type MuxEnd = TunnelEnd;
 
 /// The GoAway to send (if any) when shutting a tunnel down.
 type ShutdownRequest = Option<(GoAwayReason, String)>;
@@ -110,6 +100,9 @@ struct StreamTable {
 struct Shared {
     role: Role,
     data_tx: mpsc::Sender<Frame>,
+    udp_tx: mpsc::Sender<Frame>,
+    /// Payload bytes in `udp_tx`.
+    udp_queued: AtomicUsize,
     ctrl_tx: mpsc::UnboundedSender<Ctrl>,
     table: Mutex<StreamTable>,
     shutdown_tx: Mutex<Option<oneshot::Sender<ShutdownRequest>>>,
@@ -201,6 +194,59 @@ impl MuxHandle {
             .map_err(|_| TunnelClosed)
     }
 
+    /// Waits for a slot in the stream-data queue. Cancel-safe.
+    pub async fn reserve_data(&self) -> Result<mpsc::Permit<'_, Frame>, TunnelClosed> {
+        self.shared
+            .data_tx
+            .reserve()
+            .await
+            .map_err(|_| TunnelClosed)
+    }
+
+    /// A slot in the stream-data queue if one is free right now.
+    pub fn try_reserve_data(&self) -> Result<mpsc::Permit<'_, Frame>, TunnelClosed> {
+        self.shared.data_tx.try_reserve().map_err(|_| TunnelClosed)
+    }
+
+    /// Sends `UdpOpen` (edge side), ahead of any datagram of the session.
+    pub fn udp_open(&self, session_id: u32, open: StreamOpen) -> Result<(), TunnelClosed> {
+        self.shared
+            .ctrl_tx
+            .send(Ctrl::Frame(Frame::UdpOpen { session_id, open }))
+            .map_err(|_| TunnelClosed)
+    }
+
+    pub fn udp_close(&self, session_id: u32, reason: UdpCloseReason) {
+        let _ = self
+            .shared
+            .ctrl_tx
+            .send(Ctrl::Frame(Frame::UdpClose { session_id, reason }));
+    }
+
+    /// Queues one datagram without waiting: a full queue drops it.
+    pub fn udp_datagram(&self, session_id: u32, data: &[u8]) -> UdpSend {
+        if data.len() > MAX_UDP_DATAGRAM {
+            return UdpSend::Oversized {
+                max: MAX_UDP_DATAGRAM,
+            };
+        }
+        let shared = &self.shared;
+        if shared.udp_queued.load(Ordering::Relaxed) + data.len() > UDP_QUEUE_BYTES {
+            return UdpSend::Dropped;
+        }
+        let permit = match shared.udp_tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return UdpSend::Dropped,
+            Err(mpsc::error::TrySendError::Closed(())) => return UdpSend::Closed,
+        };
+        shared.udp_queued.fetch_add(data.len(), Ordering::Relaxed);
+        permit.send(Frame::UdpDatagram {
+            session_id,
+            data: Bytes::copy_from_slice(data),
+        });
+        UdpSend::Sent
+    }
+
     /// Gives the peer `credit` more bytes on `stream_id` (after they were written out).
     pub fn grant(&self, stream_id: u32, credit: u32) {
         {
@@ -248,14 +294,17 @@ pub fn spawn<T: TunnelIo>(
     io: T,
     initial: BytesMut,
     options: MuxOptions,
-) -> (MuxHandle, mpsc::UnboundedReceiver<MuxEvent>) {
+) -> (MuxHandle, mpsc::UnboundedReceiver<TunnelEvent>) {
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE_FRAMES);
+    let (udp_tx, udp_rx) = mpsc::channel(UDP_QUEUE_FRAMES);
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         role: options.role,
         data_tx,
+        udp_tx,
+        udp_queued: AtomicUsize::new(0),
         ctrl_tx,
         table: Mutex::new(StreamTable::default()),
         shutdown_tx: Mutex::new(Some(shutdown_tx)),
@@ -268,12 +317,22 @@ pub fn spawn<T: TunnelIo>(
         wr,
         initial,
         options,
-        data_rx,
-        ctrl_rx,
+        Queues {
+            data_rx,
+            udp_rx,
+            ctrl_rx,
+        },
         shutdown_rx,
         events_tx,
     ));
     (handle, events_rx)
+}
+
+/// What the writer drains: control first, then stream data and datagrams in turn.
+struct Queues {
+    data_rx: mpsc::Receiver<Frame>,
+    udp_rx: mpsc::Receiver<Frame>,
+    ctrl_rx: mpsc::UnboundedReceiver<Ctrl>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -283,10 +342,9 @@ async fn supervise<R, W>(
     wr: W,
     initial: BytesMut,
     options: MuxOptions,
-    data_rx: mpsc::Receiver<Frame>,
-    ctrl_rx: mpsc::UnboundedReceiver<Ctrl>,
+    queues: Queues,
     shutdown_rx: oneshot::Receiver<ShutdownRequest>,
-    events: mpsc::UnboundedSender<MuxEvent>,
+    events: mpsc::UnboundedSender<TunnelEvent>,
 ) where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
@@ -294,11 +352,18 @@ async fn supervise<R, W>(
     let reader = Reader {
         handle: handle.clone(),
         events: events.clone(),
-        decoder: FrameDecoder::default(),
+        decoder: FrameDecoder::default().with_udp(options.udp.is_some()),
         role: options.role,
+        udp: options.udp.clone(),
+        last_udp_id: 0,
     };
     let mut read_task = tokio::spawn(reader.run(rd, initial, options.idle_timeout));
-    let mut write_task = tokio::spawn(write_loop(wr, data_rx, ctrl_rx, options.ping_interval));
+    let mut write_task = tokio::spawn(write_loop(
+        wr,
+        queues,
+        handle.clone(),
+        options.ping_interval,
+    ));
 
     let end = tokio::select! {
         end = &mut read_task => {
@@ -350,6 +415,12 @@ async fn supervise<R, W>(
     for (_, entry) in entries {
         let _ = entry.tx.send(Inbound::TunnelGone(stream_reason));
     }
+    if let Some(udp) = &options.udp {
+        udp.tunnel_ended(match stream_reason {
+            CloseReason::HubShutdown => UdpCloseReason::Shutdown,
+            _ => UdpCloseReason::TunnelLost,
+        });
+    }
     // Makes later `shutdown` calls no-ops.
     handle
         .shared
@@ -357,15 +428,27 @@ async fn supervise<R, W>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    let _ = events.send(MuxEvent::Ended(end));
+    let _ = events.send(TunnelEvent::Ended(end));
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut data_rx: mpsc::Receiver<Frame>,
-    mut ctrl_rx: mpsc::UnboundedReceiver<Ctrl>,
+    queues: Queues,
+    handle: MuxHandle,
     ping_interval: Duration,
 ) -> std::io::Result<()> {
+    let Queues {
+        mut data_rx,
+        mut udp_rx,
+        mut ctrl_rx,
+    } = queues;
+    let udp_queued = &handle.shared.udp_queued;
+    let encode_udp = |frame: &Frame, buf: &mut BytesMut| {
+        if let Frame::UdpDatagram { data, .. } = frame {
+            udp_queued.fetch_sub(data.len(), Ordering::Relaxed);
+        }
+        encode_frame(frame, buf);
+    };
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -383,6 +466,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Some(frame) => encode_frame(&frame, &mut buf),
                 None => data_open = false,
             },
+            Some(frame) = udp_rx.recv() => encode_udp(&frame, &mut buf),
             _ = ping.tick() => {
                 nonce = nonce.wrapping_add(1);
                 encode_frame(&Frame::Ping { nonce }, &mut buf);
@@ -401,9 +485,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Err(_) => {}
             }
-            match data_rx.try_recv() {
-                Ok(frame) => encode_frame(&frame, &mut buf),
-                Err(_) => break,
+            // Stream data and datagrams take turns, so neither starves the other.
+            let data = data_rx.try_recv();
+            if let Ok(frame) = &data {
+                encode_frame(frame, &mut buf);
+            }
+            let udp = udp_rx.try_recv();
+            if let Ok(frame) = &udp {
+                encode_udp(frame, &mut buf);
+            }
+            if data.is_err() && udp.is_err() {
+                break;
             }
         }
         if !buf.is_empty() {
@@ -417,7 +509,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             wr.flush().await?;
             return wr.shutdown().await;
         }
-        if ctrl_rx.is_empty() && data_rx.is_empty() {
+        if ctrl_rx.is_empty() && data_rx.is_empty() && udp_rx.is_empty() {
             wr.flush().await?;
         }
     }
@@ -425,9 +517,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 struct Reader {
     handle: MuxHandle,
-    events: mpsc::UnboundedSender<MuxEvent>,
+    events: mpsc::UnboundedSender<TunnelEvent>,
     decoder: FrameDecoder,
     role: Role,
+    udp: Option<Arc<dyn UdpInbound>>,
+    /// Highest UDP session id the edge opened (hub side).
+    last_udp_id: u32,
 }
 
 impl Reader {
@@ -512,11 +607,36 @@ impl Reader {
                 if self.role == Role::Hub {
                     return Some(MuxEnd::Protocol("the edge sent a CONFIG frame".into()));
                 }
-                let _ = self.events.send(MuxEvent::Config(config));
+                let _ = self.events.send(TunnelEvent::Config(config));
                 None
             }
             Frame::GoAway { reason, message } => Some(MuxEnd::PeerGoAway(reason, message)),
+            Frame::UdpOpen { session_id, open } => {
+                if self.role == Role::Edge {
+                    return Some(MuxEnd::Protocol("the hub sent a UDP_OPEN frame".into()));
+                }
+                if session_id <= self.last_udp_id {
+                    return Some(MuxEnd::Protocol(format!(
+                        "UDP_OPEN for session {session_id}, but ids must increase (last was {})",
+                        self.last_udp_id
+                    )));
+                }
+                self.last_udp_id = session_id;
+                self.to_udp(|udp| udp.open(session_id, open))
+            }
+            Frame::UdpDatagram { session_id, data } => {
+                self.to_udp(|udp| udp.datagram(session_id, data))
+            }
+            Frame::UdpClose { session_id, reason } => {
+                self.to_udp(|udp| udp.close(session_id, reason))
+            }
         }
+    }
+
+    fn to_udp(&self, call: impl FnOnce(&dyn UdpInbound) -> Result<(), String>) -> Option<MuxEnd> {
+        // The decoder only yields UDP frames when a handler exists.
+        let udp = self.udp.as_deref()?;
+        call(udp).err().map(MuxEnd::Protocol)
     }
 
     fn open(&mut self, stream_id: u32, open: StreamOpen) -> Option<MuxEnd> {
@@ -546,7 +666,9 @@ impl Reader {
             inbound: rx,
             mux: self.handle.clone(),
         };
-        let _ = self.events.send(MuxEvent::Opened(stream, open));
+        let _ = self
+            .events
+            .send(TunnelEvent::Opened(TunnelStream::from_mux(stream), open));
         None
     }
 

@@ -1,14 +1,20 @@
-//! Relays one TCP socket over one mux stream, both directions, in a single task.
+//! Relays one TCP socket over one tunnel stream, both directions, in a single task. The only place
+//! that does: a tunnel stream is either a stream of the frame multiplexer (TLS transport, `mux.rs`)
+//! or a QUIC bidirectional stream (`transport/quic.rs`), behind `StreamTx` / `StreamRx`.
 //!
-//! socket EOF → `Fin`; `Fin` received → write what is pending, then shut down the socket's write
-//! side; both directions done → `Close`. While idle the task holds no buffers: it waits for
-//! readiness and only then allocates a chunk sized to the data and the peer's credit.
-use crate::mux::{Inbound, MuxStream};
+//! socket EOF → FIN; FIN received → write what is pending, then shut down the socket's write side;
+//! both directions done → close. While idle the task holds no buffers: it waits for readiness and
+//! only then allocates a chunk sized to the data and the peer's credit. Sending into the tunnel never
+//! blocks the other direction: the send is one branch of the task's `select!`, so a peer that stops
+//! reading one direction cannot stall the other (QUIC flow control would otherwise wedge both).
+use crate::mux::{Inbound, MuxHandle, MuxStream};
 use crate::protocol::frame::{INITIAL_STREAM_WINDOW, MAX_DATA_CHUNK};
 use crate::protocol::{CloseReason, Frame};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -50,17 +56,195 @@ pub struct RelayOutcome {
     pub duration: Duration,
 }
 
+/// One tunnel stream: an id for events and its two halves.
+#[derive(Debug)]
+pub struct TunnelStream {
+    pub id: u32,
+    pub tx: StreamTx,
+    pub rx: StreamRx,
+}
+
+impl TunnelStream {
+    pub fn from_mux(stream: MuxStream) -> Self {
+        Self {
+            id: stream.id,
+            tx: StreamTx::Mux {
+                mux: stream.mux.clone(),
+                id: stream.id,
+                credit: u64::from(INITIAL_STREAM_WINDOW),
+            },
+            rx: StreamRx::Mux(stream),
+        }
+    }
+
+    /// Ends the stream at once with `reason` (e.g. the hub could not reach the target).
+    pub async fn abort(mut self, reason: CloseReason) {
+        self.tx.close(&mut self.rx, reason).await;
+    }
+}
+
+/// The sending half of a tunnel stream.
+#[derive(Debug)]
+pub enum StreamTx {
+    /// Frames on the multiplexed TLS connection; `credit` is what the peer still accepts.
+    Mux {
+        mux: MuxHandle,
+        id: u32,
+        credit: u64,
+    },
+}
+
+/// The receiving half of a tunnel stream.
+#[derive(Debug)]
+pub enum StreamRx {
+    /// Holds the stream's registration in the mux (dropping it forgets the stream).
+    Mux(MuxStream),
+}
+
+/// Something to hand to the tunnel; taken out of the slot once the tunnel has it.
+#[derive(Debug)]
+enum Outgoing {
+    Data(Bytes),
+    Fin,
+}
+
+/// What the receiving half reports.
+enum RxEvent {
+    Data(Bytes),
+    Fin,
+    Credit(u32),
+    /// The peer closed (orderly) or aborted the stream.
+    PeerClose(CloseReason),
+    /// The whole tunnel ended.
+    Gone(CloseReason, String),
+}
+
+enum TxError {
+    /// The tunnel is closed; the receiving half reports why.
+    Gone,
+}
+
+impl StreamTx {
+    /// How many bytes may be read from the socket for the next send.
+    fn budget(&self) -> usize {
+        match self {
+            Self::Mux { credit, .. } => (*credit).min(MAX_DATA_CHUNK as u64) as usize,
+        }
+    }
+
+    fn spend(&mut self, n: usize) {
+        match self {
+            Self::Mux { credit, .. } => *credit = credit.saturating_sub(n as u64),
+        }
+    }
+
+    fn add_credit(&mut self, n: u32) {
+        match self {
+            Self::Mux { credit, .. } => *credit = credit.saturating_add(u64::from(n)),
+        }
+    }
+
+    /// Hands (part of) `out` to the tunnel; what was taken is removed from the slot. Cancel-safe:
+    /// if the future is dropped before it resolves, nothing was sent.
+    async fn send(&mut self, out: &mut Option<Outgoing>) -> Result<(), TxError> {
+        match self {
+            Self::Mux { mux, id, .. } => {
+                let permit = mux.reserve_data().await.map_err(|_| TxError::Gone)?;
+                if let Some(frame) = mux_frame(*id, out.take()) {
+                    permit.send(frame);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Like `send`, but only if that needs no waiting; otherwise leaves `out` as it is.
+    fn try_send(&mut self, out: &mut Option<Outgoing>) {
+        match self {
+            Self::Mux { mux, id, .. } => {
+                if let Ok(permit) = mux.try_reserve_data() {
+                    if let Some(frame) = mux_frame(*id, out.take()) {
+                        permit.send(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the peer that `written` more bytes reached the local socket.
+    fn grant(&self, written: u32) {
+        match self {
+            Self::Mux { mux, id, .. } => mux.grant(*id, written),
+        }
+    }
+
+    /// Ends the stream on the peer's side with `reason`: an abort, or for a clean reason the
+    /// notice that this side is done with both directions.
+    async fn close(&mut self, _rx: &mut StreamRx, reason: CloseReason) {
+        match self {
+            Self::Mux { mux, id, .. } => {
+                let _ = mux
+                    .send(Frame::Close {
+                        stream_id: *id,
+                        reason,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+fn mux_frame(stream_id: u32, out: Option<Outgoing>) -> Option<Frame> {
+    match out? {
+        Outgoing::Data(data) => Some(Frame::Data { stream_id, data }),
+        Outgoing::Fin => Some(Frame::Fin { stream_id }),
+    }
+}
+
+impl StreamRx {
+    /// Whether to read from the tunnel now. Mux streams are bounded by the credit they granted (and
+    /// carry credit and close messages on the same channel), so they are always read.
+    fn wants_recv(&self, _remote_fin: bool, _pending: usize) -> bool {
+        match self {
+            Self::Mux(_) => true,
+        }
+    }
+
+    async fn recv(&mut self) -> RxEvent {
+        match self {
+            Self::Mux(stream) => match stream.inbound.recv().await {
+                Some(Inbound::Data(data)) => RxEvent::Data(data),
+                Some(Inbound::Fin) => RxEvent::Fin,
+                Some(Inbound::Credit(n)) => RxEvent::Credit(n),
+                Some(Inbound::Close(reason)) => RxEvent::PeerClose(reason),
+                Some(Inbound::TunnelGone(reason)) => RxEvent::Gone(reason, "tunnel closed".into()),
+                None => RxEvent::Gone(CloseReason::TunnelLost, "tunnel closed".into()),
+            },
+        }
+    }
+
+    /// Resolves when the whole tunnel is gone, for transports that do not report it through
+    /// `recv` while `recv` is not polled.
+    fn gone(&self) -> Pin<Box<dyn Future<Output = (CloseReason, String)> + Send>> {
+        match self {
+            Self::Mux(_) => Box::pin(std::future::pending()),
+        }
+    }
+}
+
 struct Relay<'a> {
     sock: TcpStream,
-    stream: MuxStream,
+    tx: StreamTx,
+    rx: StreamRx,
     side: SocketSide,
     counters: &'a ByteCounters,
-    send_credit: u64,
+    outgoing: Option<Outgoing>,
     read_open: bool,
     remote_fin: bool,
     write_shut: bool,
     peer_closed: bool,
     pending: VecDeque<Bytes>,
+    pending_bytes: usize,
     ungranted: u32,
     from_socket: u64,
     to_socket: u64,
@@ -81,22 +265,24 @@ enum Step {
 /// Relays until both directions are done or the stream is aborted. Never panics on peer input.
 pub async fn relay(
     sock: TcpStream,
-    stream: MuxStream,
+    stream: TunnelStream,
     side: SocketSide,
     counters: &ByteCounters,
 ) -> RelayOutcome {
     let started = Instant::now();
     let mut relay = Relay {
         sock,
-        stream,
+        tx: stream.tx,
+        rx: stream.rx,
         side,
         counters,
-        send_credit: u64::from(INITIAL_STREAM_WINDOW),
+        outgoing: None,
         read_open: true,
         remote_fin: false,
         write_shut: false,
         peer_closed: false,
         pending: VecDeque::new(),
+        pending_bytes: 0,
         ungranted: 0,
         from_socket: 0,
         to_socket: 0,
@@ -118,31 +304,32 @@ pub async fn relay(
 
 impl Relay<'_> {
     async fn run(&mut self) -> (CloseReason, String) {
+        let mut gone = self.rx.gone();
         let (reason, message) = loop {
-            if !self.read_open && self.write_shut {
+            if !self.read_open && self.write_shut && self.outgoing.is_none() {
                 let reason = self.clean_reason();
                 if !self.peer_closed {
-                    let _ = self
-                        .stream
-                        .mux
-                        .send(Frame::Close {
-                            stream_id: self.stream.id,
-                            reason,
-                        })
-                        .await;
+                    self.tx.close(&mut self.rx, reason).await;
                 }
                 return (reason, String::new());
             }
+            let can_read = self.read_open && self.outgoing.is_none() && self.tx.budget() > 0;
+            let can_recv = self.rx.wants_recv(self.remote_fin, self.pending_bytes);
             let step = tokio::select! {
-                ready = self.sock.readable(), if self.read_open && self.send_credit > 0 => match ready {
+                ready = self.sock.readable(), if can_read => match ready {
                     Ok(()) => self.read_socket().await,
-                    Err(e) => self.abort_local(CloseReason::Reset, e).await,
+                    Err(e) => self.abort(CloseReason::Reset, e.to_string()).await,
+                },
+                sent = self.tx.send(&mut self.outgoing), if self.outgoing.is_some() => match sent {
+                    Ok(()) => Step::Continue,
+                    Err(TxError::Gone) => self.wait_gone().await,
                 },
                 ready = self.sock.writable(), if !self.pending.is_empty() => match ready {
                     Ok(()) => self.write_socket().await,
-                    Err(e) => self.abort_local(CloseReason::Reset, e).await,
+                    Err(e) => self.abort(CloseReason::Reset, e.to_string()).await,
                 },
-                msg = self.stream.inbound.recv() => self.on_inbound(msg).await,
+                event = self.rx.recv(), if can_recv => self.on_inbound(event).await,
+                (reason, message) = &mut gone => Step::Done(reason, message),
             };
             if let Step::Done(reason, message) = step {
                 break (reason, message);
@@ -164,19 +351,16 @@ impl Relay<'_> {
     }
 
     async fn read_socket(&mut self) -> Step {
-        let want = self.send_credit.min(MAX_DATA_CHUNK as u64) as usize;
+        let want = self.tx.budget();
         let mut buf = BytesMut::with_capacity(want);
         match self.sock.try_read_buf(&mut buf) {
             Ok(0) => {
                 self.read_open = false;
                 self.first_closer.get_or_insert(Closer::Socket);
-                self.send_frame(Frame::Fin {
-                    stream_id: self.stream.id,
-                })
-                .await
+                self.outgoing = Some(Outgoing::Fin);
             }
             Ok(n) => {
-                self.send_credit -= n as u64;
+                self.tx.spend(n);
                 self.from_socket += n as u64;
                 let counter = match self.side {
                     SocketSide::Client => &self.counters.bytes_in,
@@ -188,15 +372,14 @@ impl Relay<'_> {
                 } else {
                     buf.freeze()
                 };
-                self.send_frame(Frame::Data {
-                    stream_id: self.stream.id,
-                    data,
-                })
-                .await
+                self.outgoing = Some(Outgoing::Data(data));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Continue,
-            Err(e) => self.abort_local(CloseReason::Reset, e).await,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Continue,
+            Err(e) => return self.abort(CloseReason::Reset, e.to_string()).await,
         }
+        // Usually the tunnel takes it right away; skip a round through `select!`.
+        self.tx.try_send(&mut self.outgoing);
+        Step::Continue
     }
 
     /// Writes as much of the pending queue as the socket takes without blocking.
@@ -210,22 +393,18 @@ impl Relay<'_> {
                 .collect();
             match self.sock.try_write_vectored(&slices) {
                 Ok(0) => {
-                    return self
-                        .abort_local(
-                            CloseReason::Reset,
-                            io::Error::from(io::ErrorKind::WriteZero),
-                        )
-                        .await
+                    let err = io::Error::from(io::ErrorKind::WriteZero);
+                    return self.abort(CloseReason::Reset, err.to_string()).await;
                 }
                 Ok(n) => self.consume_pending(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return self.abort_local(CloseReason::Reset, e).await,
+                Err(e) => return self.abort(CloseReason::Reset, e.to_string()).await,
             }
         }
         if self.pending.is_empty() {
             // Return credit once the queue is drained, so the peer never waits on a partial step.
             if self.ungranted > 0 {
-                self.stream.mux.grant(self.stream.id, self.ungranted);
+                self.tx.grant(self.ungranted);
                 self.ungranted = 0;
             }
             if self.remote_fin && !self.write_shut {
@@ -237,6 +416,7 @@ impl Relay<'_> {
 
     fn consume_pending(&mut self, mut written: usize) {
         self.to_socket += written as u64;
+        self.pending_bytes = self.pending_bytes.saturating_sub(written);
         let counter = match self.side {
             SocketSide::Client => &self.counters.bytes_out,
             SocketSide::Target => &self.counters.bytes_in,
@@ -256,7 +436,7 @@ impl Relay<'_> {
             }
         }
         if self.ungranted >= GRANT_STEP {
-            self.stream.mux.grant(self.stream.id, self.ungranted);
+            self.tx.grant(self.ungranted);
             self.ungranted = 0;
         }
     }
@@ -267,30 +447,26 @@ impl Relay<'_> {
             Ok(()) => Step::Continue,
             // The socket's peer is already gone; nothing more can be written, reading may still work.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Step::Continue,
-            Err(e) => self.abort_local(CloseReason::Reset, e).await,
+            Err(e) => self.abort(CloseReason::Reset, e.to_string()).await,
         }
     }
 
-    async fn on_inbound(&mut self, msg: Option<Inbound>) -> Step {
-        match msg {
-            Some(Inbound::Data(data)) => {
+    async fn on_inbound(&mut self, event: RxEvent) -> Step {
+        match event {
+            RxEvent::Data(data) => {
                 if self.remote_fin || self.peer_closed {
-                    let id = self.stream.id;
-                    return self
-                        .abort_remote(
-                            CloseReason::ProtocolError,
-                            format!("DATA after FIN on stream {id}"),
-                        )
-                        .await;
+                    let message = format!("DATA after FIN on stream {}", self.stream_id());
+                    return self.abort(CloseReason::ProtocolError, message).await;
                 }
                 if data.is_empty() {
                     return Step::Continue;
                 }
+                self.pending_bytes += data.len();
                 self.pending.push_back(data);
                 // Most of the time the socket is writable right away; skip the readiness round trip.
                 self.write_socket().await
             }
-            Some(Inbound::Fin) => {
+            RxEvent::Fin => {
                 if self.remote_fin {
                     return Step::Continue;
                 }
@@ -302,11 +478,11 @@ impl Relay<'_> {
                     Step::Continue
                 }
             }
-            Some(Inbound::Credit(credit)) => {
-                self.send_credit = self.send_credit.saturating_add(u64::from(credit));
+            RxEvent::Credit(credit) => {
+                self.tx.add_credit(credit);
                 Step::Continue
             }
-            Some(Inbound::Close(reason)) => {
+            RxEvent::PeerClose(reason) => {
                 self.peer_closed = true;
                 let orderly = matches!(
                     reason,
@@ -319,52 +495,32 @@ impl Relay<'_> {
                     Step::Done(reason, "closed by the peer".into())
                 }
             }
-            Some(Inbound::TunnelGone(reason)) => Step::Done(reason, "tunnel closed".into()),
-            None => Step::Done(CloseReason::TunnelLost, "tunnel closed".into()),
+            RxEvent::Gone(reason, message) => Step::Done(reason, message),
         }
     }
 
-    async fn send_frame(&mut self, frame: Frame) -> Step {
-        if self.stream.mux.send(frame).await.is_ok() {
-            return Step::Continue;
+    fn stream_id(&self) -> u32 {
+        match &self.tx {
+            StreamTx::Mux { id, .. } => *id,
         }
-        // The tunnel is gone; the supervisor tells every stream why.
+    }
+
+    /// The tunnel refused a send: it is closing; the receiving half says why.
+    async fn wait_gone(&mut self) -> Step {
         loop {
-            match self.stream.inbound.recv().await {
-                Some(Inbound::TunnelGone(reason)) => {
-                    return Step::Done(reason, "tunnel closed".into())
+            match self.rx.recv().await {
+                RxEvent::Gone(reason, message) => return Step::Done(reason, message),
+                RxEvent::PeerClose(reason) => {
+                    return Step::Done(reason, "closed by the peer".into())
                 }
-                Some(_) => continue,
-                None => return Step::Done(CloseReason::TunnelLost, "tunnel closed".into()),
+                _ => continue,
             }
         }
     }
 
-    /// The local socket failed: tell the peer and end.
-    async fn abort_local(&mut self, reason: CloseReason, err: io::Error) -> Step {
-        let id = self.stream.id;
-        let _ = self
-            .stream
-            .mux
-            .send(Frame::Close {
-                stream_id: id,
-                reason,
-            })
-            .await;
-        Step::Done(reason, err.to_string())
-    }
-
-    /// The peer misbehaved on this stream: close it on both sides.
-    async fn abort_remote(&mut self, reason: CloseReason, message: String) -> Step {
-        let id = self.stream.id;
-        let _ = self
-            .stream
-            .mux
-            .send(Frame::Close {
-                stream_id: id,
-                reason,
-            })
-            .await;
+    /// The local socket failed, or the peer misbehaved on this stream: tell the peer and end.
+    async fn abort(&mut self, reason: CloseReason, message: String) -> Step {
+        self.tx.close(&mut self.rx, reason).await;
         Step::Done(reason, message)
     }
 }

@@ -19,9 +19,19 @@ pub struct HubEdgeStatus {
     pub session_id: String,
     pub remote_addr: String,
     pub connected_at: u64,
+    /// `"tcpTls"` or `"quic"`.
+    pub transport: &'static str,
     pub active_streams: usize,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// UDP sessions open now.
+    pub udp_sessions: u64,
+    /// Datagrams dropped (queue or socket buffer full, session already closed).
+    pub udp_dropped: u64,
+    /// Datagrams too large to carry.
+    pub udp_oversized: u64,
+    /// New UDP sessions refused (session cap, port not assigned).
+    pub udp_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -43,8 +53,16 @@ pub struct EdgeStatus {
     pub session_id: Option<String>,
     pub hub_fingerprint: Option<String>,
     pub pinned: bool,
+    /// `"tcpTls"` or `"quic"` while connected.
+    pub transport: Option<&'static str>,
+    /// Public address from STUN (`null` until discovered).
     pub public_ip: Option<String>,
+    pub public_port: Option<u16>,
     pub active_streams: u64,
+    pub udp_sessions: u64,
+    pub udp_dropped: u64,
+    pub udp_oversized: u64,
+    pub udp_refused: u64,
     pub listen_ports: Vec<u16>,
     pub listen_ports_udp: Vec<u16>,
     pub listener_errors: Vec<ListenerErrorStatus>,

@@ -4,7 +4,8 @@ mod common;
 
 use bytes::BytesMut;
 use common::*;
-use portway_native::protocol::handshake::{decode_reply, encode_hello};
+use portway_native::protocol::encode_frame;
+use portway_native::protocol::handshake::{capability, decode_reply, encode_hello};
 use portway_native::protocol::{
     Frame, FrameDecoder, GoAwayReason, Hello, HelloReply, PROTOCOL_VERSION,
 };
@@ -19,6 +20,16 @@ type FakeEdge = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A hand-driven edge: TLS + Hello, returns the stream right after the reply.
 async fn fake_edge(hub_port: u16, fp: &str, edge_id: &str, secret: &str) -> (FakeEdge, HelloReply) {
+    fake_edge_with(hub_port, fp, edge_id, secret, 0).await
+}
+
+async fn fake_edge_with(
+    hub_port: u16,
+    fp: &str,
+    edge_id: &str,
+    secret: &str,
+    capabilities: u32,
+) -> (FakeEdge, HelloReply) {
     let connector = tokio_rustls::TlsConnector::from(client_config(Some(fp), None).unwrap());
     let tcp = TcpStream::connect(("127.0.0.1", hub_port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -28,7 +39,7 @@ async fn fake_edge(hub_port: u16, fp: &str, edge_id: &str, secret: &str) -> (Fak
         version: PROTOCOL_VERSION,
         edge_id: edge_id.into(),
         secret: secret.into(),
-        capabilities: 0,
+        capabilities,
     };
     encode_hello(&hello, &mut out);
     tls.write_all(&out).await.unwrap();
@@ -329,6 +340,52 @@ fn malformed_frame_is_a_protocol_error() {
         hub.events.wait_type("tunnel.protocolError").await;
         let gone = hub.events.wait_type("edge.disconnected").await;
         assert_eq!(gone["reason"], "protocolError");
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn udp_frames_need_the_capability_and_an_open_session() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let datagram = |session_id| {
+            let mut out = BytesMut::new();
+            encode_frame(
+                &Frame::UdpDatagram {
+                    session_id,
+                    data: bytes::Bytes::from_static(b"x"),
+                },
+                &mut out,
+            );
+            out
+        };
+        // Without the UDP capability a UDP frame is a reserved type.
+        let (mut tls, reply) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
+        let HelloReply::Accepted(accepted) = reply else {
+            panic!("accepted");
+        };
+        let udp = accepted.udp.expect("the hub announces UDP");
+        assert_eq!(udp.max_sessions, 1024);
+        assert_eq!(udp.idle_timeout_ms, 60_000);
+        tls.write_all(&datagram(1)).await.unwrap();
+        let (reason, message) = read_goaway(&mut tls).await.expect("GoAway");
+        assert_eq!(reason, GoAwayReason::ProtocolError);
+        assert!(message.contains("reserved for UDP"), "{message}");
+
+        // With it, a datagram for a session that was never opened is an error too.
+        let (mut tls, _) =
+            fake_edge_with(hub.port, &id.fingerprint, "e1", "s", capability::UDP_FRAMES).await;
+        tls.write_all(&datagram(7)).await.unwrap();
+        let (reason, message) = read_goaway(&mut tls).await.expect("GoAway");
+        assert_eq!(reason, GoAwayReason::ProtocolError);
+        assert!(message.contains("never opened"), "{message}");
         hub.hub.stop().await;
     });
 }

@@ -14,6 +14,8 @@ pub const INITIAL_STREAM_WINDOW: u32 = 512 * 1024;
 pub const MAX_CONFIG_PORTS: usize = 16 * 1024;
 /// Longest `GoAway` message in bytes; the encoder truncates longer messages at a char boundary.
 pub const MAX_GOAWAY_MESSAGE: usize = 1024;
+/// Largest UDP payload a `UdpDatagram` frame carries (the largest IPv6 UDP payload without jumbograms).
+pub const MAX_UDP_DATAGRAM: usize = 65_535;
 
 /// Frame type numbers (the first header byte).
 pub mod frame_type {
@@ -26,11 +28,12 @@ pub mod frame_type {
     pub const PONG: u8 = 0x11;
     pub const CONFIG: u8 = 0x12;
     pub const GOAWAY: u8 = 0x13;
-    /// Reserved for UDP relaying; a v1 decoder rejects them with `ProtocolError::ReservedFrameType`.
+    /// UDP relaying (docs/protocol.md §7). A decoder accepts these only once both sides agreed on
+    /// UDP (`FrameDecoder::with_udp`); otherwise they are `ProtocolError::ReservedFrameType`.
     pub const UDP_OPEN: u8 = 0x20;
     pub const UDP_DATAGRAM: u8 = 0x21;
     pub const UDP_CLOSE: u8 = 0x22;
-    /// The whole range 0x20..=0x2f is reserved for UDP frames.
+    /// The whole range 0x20..=0x2f belongs to UDP; 0x23..=0x2f stay reserved.
     pub const UDP_RESERVED: std::ops::RangeInclusive<u8> = 0x20..=0x2f;
 }
 
@@ -158,6 +161,67 @@ impl std::fmt::Display for GoAwayReason {
     }
 }
 
+/// Why a UDP session ended. Carried in `UdpClose`; also the `reason` of `udp.expired` / `udp.closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpCloseReason {
+    /// No datagram in either direction for the idle timeout (`udp.expired`).
+    Idle,
+    /// Refused: the edge already has its maximum number of UDP sessions.
+    SessionCap,
+    /// The hub could not resolve, bind or reach the target.
+    TargetError,
+    /// The edge port was removed from the edge's assignment (hot reload).
+    PortClosed,
+    /// The side that sends it is stopping.
+    Shutdown,
+    /// Local only, never on the wire: the tunnel carrying the session ended.
+    TunnelLost,
+}
+
+impl UdpCloseReason {
+    /// Reasons that travel in `UdpClose` (all but `TunnelLost`).
+    pub const WIRE: [UdpCloseReason; 5] = [
+        Self::Idle,
+        Self::SessionCap,
+        Self::TargetError,
+        Self::PortClosed,
+        Self::Shutdown,
+    ];
+
+    /// Wire code (one byte in `UdpClose`); `TunnelLost` is never sent and encodes as `Shutdown`.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Idle => 1,
+            Self::SessionCap => 2,
+            Self::TargetError => 3,
+            Self::PortClosed => 4,
+            Self::Shutdown | Self::TunnelLost => 5,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::WIRE.into_iter().find(|r| r.code() == code)
+    }
+
+    /// camelCase name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::SessionCap => "sessionCap",
+            Self::TargetError => "targetError",
+            Self::PortClosed => "portClosed",
+            Self::Shutdown => "shutdown",
+            Self::TunnelLost => "tunnelLost",
+        }
+    }
+}
+
+impl std::fmt::Display for UdpCloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// First frame of a stream, edge → hub: the information the hub needs to build a PROXY header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOpen {
@@ -279,6 +343,21 @@ pub enum Frame {
         reason: GoAwayReason,
         message: String,
     },
+    /// Edge → hub: a new UDP session (datagrams from one client address to one edge port).
+    UdpOpen {
+        session_id: u32,
+        open: StreamOpen,
+    },
+    /// One whole datagram of a UDP session, either direction.
+    UdpDatagram {
+        session_id: u32,
+        data: Bytes,
+    },
+    /// Either side: the UDP session is over.
+    UdpClose {
+        session_id: u32,
+        reason: UdpCloseReason,
+    },
 }
 
 impl Frame {
@@ -294,6 +373,9 @@ impl Frame {
             Self::Pong { .. } => frame_type::PONG,
             Self::Config(_) => frame_type::CONFIG,
             Self::GoAway { .. } => frame_type::GOAWAY,
+            Self::UdpOpen { .. } => frame_type::UDP_OPEN,
+            Self::UdpDatagram { .. } => frame_type::UDP_DATAGRAM,
+            Self::UdpClose { .. } => frame_type::UDP_CLOSE,
         }
     }
 
@@ -311,6 +393,9 @@ impl Frame {
             | Self::Fin { stream_id }
             | Self::Close { stream_id, .. }
             | Self::Window { stream_id, .. } => *stream_id,
+            Self::UdpOpen { session_id, .. }
+            | Self::UdpDatagram { session_id, .. }
+            | Self::UdpClose { session_id, .. } => *session_id,
             Self::Ping { .. } | Self::Pong { .. } | Self::Config(_) | Self::GoAway { .. } => 0,
         }
     }
@@ -325,6 +410,12 @@ impl Frame {
                 Err(ProtocolError::PayloadTooLarge {
                     len: data.len(),
                     max: MAX_FRAME_PAYLOAD,
+                })
+            }
+            Self::UdpDatagram { data, .. } if data.len() > MAX_UDP_DATAGRAM => {
+                Err(ProtocolError::PayloadTooLarge {
+                    len: data.len(),
+                    max: MAX_UDP_DATAGRAM,
                 })
             }
             Self::Config(config) => config.validate(),
@@ -354,8 +445,8 @@ pub enum ProtocolError {
         expected: &'static str,
         got: u32,
     },
-    /// A type number reserved for a later protocol feature (UDP frames: 0x20..=0x2f).
-    #[error("frame type 0x{0:02x} is reserved for UDP relaying, which this peer does not support")]
+    /// A type number reserved for UDP relaying (0x20..=0x2f) that this connection did not agree on.
+    #[error("frame type 0x{0:02x} is reserved for UDP relaying, which was not agreed on this connection")]
     ReservedFrameType(u8),
     /// The first bytes of a handshake message are not `PWAY` (not a Portway peer, e.g. an HTTP client).
     #[error("bad handshake magic (not a Portway peer)")]
@@ -412,6 +503,21 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             put_header(out, frame_type::GOAWAY, 0, 1 + message.len());
             out.put_u8(reason.code());
             out.extend_from_slice(message.as_bytes());
+        }
+        Frame::UdpOpen { session_id, open } => {
+            let len = 2 + addr_len(&open.client) + addr_len(&open.edge_local);
+            put_header(out, frame_type::UDP_OPEN, *session_id, len);
+            out.put_u16(open.edge_port);
+            put_addr(out, &open.client);
+            put_addr(out, &open.edge_local);
+        }
+        Frame::UdpDatagram { session_id, data } => {
+            put_header(out, frame_type::UDP_DATAGRAM, *session_id, data.len());
+            out.extend_from_slice(data);
+        }
+        Frame::UdpClose { session_id, reason } => {
+            put_header(out, frame_type::UDP_CLOSE, *session_id, 1);
+            out.put_u8(reason.code());
         }
     }
 }
@@ -550,6 +656,9 @@ fn kind_of(frame_type: u8) -> Option<FrameKind> {
         frame_type::PONG => kind("Pong", Connection, 8, 8),
         frame_type::CONFIG => kind("Config", Connection, CONFIG_MIN_LEN, usize::MAX),
         frame_type::GOAWAY => kind("GoAway", Connection, 1, 1 + MAX_GOAWAY_MESSAGE),
+        frame_type::UDP_OPEN => kind("UdpOpen", Stream, OPEN_MIN_LEN, OPEN_MAX_LEN),
+        frame_type::UDP_DATAGRAM => kind("UdpDatagram", Stream, 0, MAX_UDP_DATAGRAM),
+        frame_type::UDP_CLOSE => kind("UdpClose", Stream, 1, 1),
         _ => return None,
     })
 }
@@ -561,6 +670,8 @@ fn kind_of(frame_type: u8) -> Option<FrameKind> {
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_payload: usize,
+    /// Whether the UDP frames (0x20..=0x22) were agreed on; otherwise they are reserved types.
+    udp: bool,
 }
 
 impl Default for FrameDecoder {
@@ -571,7 +682,16 @@ impl Default for FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_payload: usize) -> Self {
-        Self { max_payload }
+        Self {
+            max_payload,
+            udp: false,
+        }
+    }
+
+    /// Accepts the UDP frames (both sides advertised the UDP capability) or keeps rejecting them.
+    pub fn with_udp(mut self, udp: bool) -> Self {
+        self.udp = udp;
+        self
     }
     /// Removes one complete frame from the front of `buf`, or returns `Ok(None)` if more bytes are needed.
     /// Never allocates more than the declared (and checked) payload length.
@@ -579,7 +699,7 @@ impl FrameDecoder {
         if buf.len() < FRAME_HEADER_LEN {
             // A type byte alone is enough to reject garbage early.
             if let Some(&t) = buf.first() {
-                check_type(t)?;
+                check_type(t, self.udp)?;
             }
             return Ok(None);
         }
@@ -588,7 +708,7 @@ impl FrameDecoder {
         let len = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
 
         // Everything that the header alone decides is checked before waiting for the payload.
-        let kind = check_type(frame_type)?;
+        let kind = check_type(frame_type, self.udp)?;
         if len > self.max_payload {
             return Err(ProtocolError::PayloadTooLarge {
                 len,
@@ -612,6 +732,14 @@ impl FrameDecoder {
                 let data = buf.split_to(len).freeze();
                 return Ok(Some(Frame::Data { stream_id, data }));
             }
+            frame_type::UDP_DATAGRAM => {
+                buf.advance(FRAME_HEADER_LEN);
+                let data = buf.split_to(len).freeze();
+                return Ok(Some(Frame::UdpDatagram {
+                    session_id: stream_id,
+                    data,
+                }));
+            }
             _ => parse_payload(frame_type, stream_id, payload)?,
         };
         buf.advance(total);
@@ -619,8 +747,9 @@ impl FrameDecoder {
     }
 }
 
-fn check_type(frame_type: u8) -> Result<FrameKind, ProtocolError> {
-    if frame_type::UDP_RESERVED.contains(&frame_type) {
+fn check_type(frame_type: u8, udp: bool) -> Result<FrameKind, ProtocolError> {
+    let udp_known = udp && (frame_type::UDP_OPEN..=frame_type::UDP_CLOSE).contains(&frame_type);
+    if frame_type::UDP_RESERVED.contains(&frame_type) && !udp_known {
         return Err(ProtocolError::ReservedFrameType(frame_type));
     }
     kind_of(frame_type).ok_or(ProtocolError::UnknownFrameType(frame_type))
@@ -657,6 +786,28 @@ fn parse_payload(frame_type: u8, stream_id: u32, payload: &[u8]) -> Result<Frame
         frame_type::PING => Frame::Ping { nonce: p.get_u64() },
         frame_type::PONG => Frame::Pong { nonce: p.get_u64() },
         frame_type::CONFIG => Frame::Config(EdgeConfig::decode(&mut p, "Config")?),
+        frame_type::UDP_OPEN => {
+            let edge_port = take_u16(&mut p, "UdpOpen", "edge port")?;
+            let client = take_addr(&mut p, "UdpOpen", "client address")?;
+            let edge_local = take_addr(&mut p, "UdpOpen", "edge local address")?;
+            Frame::UdpOpen {
+                session_id: stream_id,
+                open: StreamOpen {
+                    edge_port,
+                    client,
+                    edge_local,
+                },
+            }
+        }
+        frame_type::UDP_CLOSE => {
+            let code = p.get_u8();
+            let reason = UdpCloseReason::from_code(code)
+                .ok_or_else(|| malformed("UdpClose", format!("unknown UDP close reason {code}")))?;
+            Frame::UdpClose {
+                session_id: stream_id,
+                reason,
+            }
+        }
         frame_type::GOAWAY => {
             let code = p.get_u8();
             let reason = GoAwayReason::from_code(code)
@@ -1284,5 +1435,197 @@ mod tests {
             frames_seen > 100,
             "only {frames_seen} frames decoded; bias too weak"
         );
+    }
+
+    fn udp_frames() -> Vec<Frame> {
+        vec![
+            Frame::UdpOpen {
+                session_id: 1,
+                open: StreamOpen {
+                    edge_port: 53,
+                    client: addr("203.0.113.7:5353"),
+                    edge_local: addr("0.0.0.0:53"),
+                },
+            },
+            Frame::UdpOpen {
+                session_id: u32::MAX,
+                open: StreamOpen {
+                    edge_port: 443,
+                    client: addr("[2001:db8::7]:40000"),
+                    edge_local: addr("[::]:443"),
+                },
+            },
+            Frame::UdpDatagram {
+                session_id: 1,
+                data: Bytes::from_static(b"\x12\x34 dns query"),
+            },
+            Frame::UdpDatagram {
+                session_id: 2,
+                data: Bytes::new(),
+            },
+            Frame::UdpDatagram {
+                session_id: 3,
+                data: Bytes::from(vec![0x5a; MAX_UDP_DATAGRAM]),
+            },
+        ]
+        .into_iter()
+        .chain(UdpCloseReason::WIRE.map(|reason| Frame::UdpClose {
+            session_id: 7,
+            reason,
+        }))
+        .collect()
+    }
+
+    fn decode_udp(bytes: &[u8]) -> Result<Option<Frame>, ProtocolError> {
+        FrameDecoder::default()
+            .with_udp(true)
+            .decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn udp_frames_round_trip_when_agreed() {
+        let mut decoder = FrameDecoder::default().with_udp(true);
+        for frame in udp_frames() {
+            assert!(frame.validate().is_ok(), "{frame:?}");
+            let mut buf = encode(&frame);
+            assert_eq!(buf[0], frame.type_code());
+            assert_eq!(decoder.decode(&mut buf), Ok(Some(frame.clone())));
+            assert!(buf.is_empty());
+        }
+        // Mixed with stream frames, byte at a time.
+        let frames: Vec<Frame> = all_frames().into_iter().chain(udp_frames()).collect();
+        let mut wire = BytesMut::new();
+        for frame in &frames {
+            encode_frame(frame, &mut wire);
+        }
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in wire.iter() {
+            buf.put_u8(*byte);
+            while let Some(frame) = decoder.decode(&mut buf).expect("valid stream") {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn udp_open_has_the_open_layout_with_its_own_type() {
+        let open = StreamOpen {
+            edge_port: 53,
+            client: addr("1.2.3.4:1111"),
+            edge_local: addr("5.6.7.8:53"),
+        };
+        let tcp = encode(&Frame::Open {
+            stream_id: 9,
+            open: open.clone(),
+        });
+        let udp = encode(&Frame::UdpOpen {
+            session_id: 9,
+            open,
+        });
+        assert_eq!(udp[0], 0x20);
+        assert_eq!(&udp[1..], &tcp[1..]);
+    }
+
+    #[test]
+    fn udp_frames_are_reserved_unless_agreed() {
+        for frame in udp_frames() {
+            let bytes = encode(&frame);
+            assert_eq!(
+                decode_one(&bytes),
+                Err(ProtocolError::ReservedFrameType(frame.type_code()))
+            );
+        }
+        // The rest of the range stays reserved even with UDP agreed.
+        for t in 0x23..=0x2f {
+            assert_eq!(
+                decode_udp(&raw(t, 1, &[])),
+                Err(ProtocolError::ReservedFrameType(t))
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_udp_frames_are_rejected() {
+        // Session id 0.
+        for t in [
+            frame_type::UDP_OPEN,
+            frame_type::UDP_DATAGRAM,
+            frame_type::UDP_CLOSE,
+        ] {
+            let err = decode_udp(&raw(t, 0, &[])).expect_err("session 0");
+            assert!(
+                matches!(err, ProtocolError::BadStreamId { got: 0, .. }),
+                "{err}"
+            );
+        }
+        // A datagram over the UDP limit is refused from the header alone.
+        let mut header = raw(frame_type::UDP_DATAGRAM, 1, &[]);
+        header[5..9].copy_from_slice(&((MAX_UDP_DATAGRAM + 1) as u32).to_be_bytes());
+        let err = decode_udp(&header).expect_err("too big");
+        assert!(
+            matches!(
+                &err,
+                ProtocolError::Malformed {
+                    frame: "UdpDatagram",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(Frame::UdpDatagram {
+            session_id: 1,
+            data: Bytes::from(vec![0; MAX_UDP_DATAGRAM + 1])
+        }
+        .validate()
+        .is_err());
+        // Unknown close reasons, wrong close size.
+        for code in [0u8, 6, 255] {
+            let err = decode_udp(&raw(frame_type::UDP_CLOSE, 1, &[code])).expect_err("code");
+            assert!(
+                matches!(&err, ProtocolError::Malformed { frame: "UdpClose", detail } if detail.contains("reason")),
+                "{err}"
+            );
+        }
+        assert!(decode_udp(&raw(frame_type::UDP_CLOSE, 1, &[1, 1])).is_err());
+        // Open with a bad family, truncated and too short.
+        let payload = [0, 53, 5, 1, 2, 3, 4, 0, 1, 4, 5, 6, 7, 8, 0, 53];
+        let err = decode_udp(&raw(frame_type::UDP_OPEN, 1, &payload)).expect_err("family");
+        assert!(
+            matches!(&err, ProtocolError::Malformed { frame: "UdpOpen", detail } if detail.contains("family 5")),
+            "{err}"
+        );
+        assert!(decode_udp(&raw(frame_type::UDP_OPEN, 1, &[0; 15])).is_err());
+        assert!(decode_udp(&raw(frame_type::UDP_OPEN, 1, &[0; 41])).is_err());
+    }
+
+    #[test]
+    fn udp_close_reasons_round_trip_and_tunnel_lost_stays_local() {
+        for r in UdpCloseReason::WIRE {
+            assert_eq!(UdpCloseReason::from_code(r.code()), Some(r));
+        }
+        assert!(!UdpCloseReason::WIRE.contains(&UdpCloseReason::TunnelLost));
+        assert_eq!(UdpCloseReason::Idle.as_str(), "idle");
+        assert_eq!(UdpCloseReason::SessionCap.as_str(), "sessionCap");
+    }
+
+    #[test]
+    fn random_bytes_never_panic_with_udp_agreed() {
+        let mut rng = StdRng::seed_from_u64(0x5544_5021);
+        for _ in 0..5_000 {
+            let len = rng.gen_range(0..64);
+            let mut input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if len >= FRAME_HEADER_LEN {
+                input[0] = rng.gen_range(0x20..=0x23);
+                let body = rng.gen_range(0..=(len - FRAME_HEADER_LEN) as u32);
+                input[5..9].copy_from_slice(&body.to_be_bytes());
+            }
+            let mut buf = BytesMut::from(&input[..]);
+            let mut decoder = FrameDecoder::default().with_udp(true);
+            while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+                let _ = encode(&frame);
+            }
+        }
     }
 }

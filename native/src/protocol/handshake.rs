@@ -25,8 +25,8 @@ pub const HANDSHAKE_HEADER_LEN: usize = 11;
 /// Largest body a handshake message may declare.
 pub const MAX_HANDSHAKE_BODY: usize = MAX_HANDSHAKE_MESSAGE - HANDSHAKE_HEADER_LEN;
 
-/// Capability bits carried in `Hello::capabilities`. None is used by version 1; a hub ignores bits it
-/// does not know.
+/// Capability bits carried in `Hello::capabilities` (edge) and `UdpSettings::capabilities` (hub). A
+/// reader ignores bits it does not know.
 pub mod capability {
     /// The edge can relay UDP with frames 0x20..=0x2f.
     pub const UDP_FRAMES: u32 = 1 << 0;
@@ -76,6 +76,23 @@ pub struct HelloAccepted {
     pub session_id: String,
     pub config: EdgeConfig,
     pub ping_interval_ms: u32,
+    pub idle_timeout_ms: u32,
+    /// The hub's UDP settings (extension `EXT_UDP`); `None` from a hub that does not relay UDP.
+    pub udp: Option<UdpSettings>,
+}
+
+/// Extension type of `UdpSettings` in an `Accepted` reply.
+pub const EXT_UDP: u16 = 1;
+const EXT_UDP_LEN: usize = 12;
+
+/// What the hub tells the edge about UDP relaying (Accepted extension `EXT_UDP`, 12 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// `capability` bits the hub supports (bit 0: UDP frames, bit 1: QUIC datagrams).
+    pub capabilities: u32,
+    /// Most concurrent UDP sessions the edge may open; the edge refuses new clients beyond it.
+    pub max_sessions: u32,
+    /// A UDP session with no datagram in either direction for this long expires.
     pub idle_timeout_ms: u32,
 }
 
@@ -167,6 +184,13 @@ pub fn encode_reply(reply: &HelloReply, out: &mut BytesMut) {
             body.put_u32(accepted.ping_interval_ms);
             body.put_u32(accepted.idle_timeout_ms);
             accepted.config.encode(&mut body);
+            if let Some(udp) = &accepted.udp {
+                body.put_u16(EXT_UDP);
+                body.put_u16(EXT_UDP_LEN as u16);
+                body.put_u32(udp.capabilities);
+                body.put_u32(udp.max_sessions);
+                body.put_u32(udp.idle_timeout_ms);
+            }
             kind::ACCEPTED
         }
         HelloReply::Rejected { code, message } => {
@@ -193,12 +217,34 @@ pub fn decode_reply(buf: &mut BytesMut) -> Result<Option<HelloReply>, ProtocolEr
             let ping_interval_ms = take_u32(&mut body, "HelloReply", "ping interval")?;
             let idle_timeout_ms = take_u32(&mut body, "HelloReply", "idle timeout")?;
             let config = EdgeConfig::decode(&mut body, "HelloReply")?;
+            let mut udp = None;
+            while body.has_remaining() {
+                let (ext_type, mut value) = take_extension(&mut body, "HelloReply")?;
+                if ext_type != EXT_UDP {
+                    continue;
+                }
+                if value.len() != EXT_UDP_LEN {
+                    return Err(malformed(
+                        "HelloReply",
+                        format!(
+                            "UDP extension must have {EXT_UDP_LEN} bytes, got {}",
+                            value.len()
+                        ),
+                    ));
+                }
+                udp = Some(UdpSettings {
+                    capabilities: value.get_u32(),
+                    max_sessions: value.get_u32(),
+                    idle_timeout_ms: value.get_u32(),
+                });
+            }
             HelloReply::Accepted(HelloAccepted {
                 hub_id,
                 session_id,
                 config,
                 ping_interval_ms,
                 idle_timeout_ms,
+                udp,
             })
         }
         kind::REJECTED => {
@@ -316,14 +362,24 @@ fn check_text(
 /// unknown ones are ignored, but they must be well formed and fill the body exactly.
 fn skip_extensions(body: &mut &[u8], what: &'static str) -> Result<(), ProtocolError> {
     while body.has_remaining() {
-        let _ext_type = take_u16(body, what, "extension type")?;
-        let len = take_u16(body, what, "extension length")? as usize;
-        if body.remaining() < len {
-            return Err(malformed(what, "extension truncated"));
-        }
-        body.advance(len);
+        take_extension(body, what)?;
     }
     Ok(())
+}
+
+/// Takes one TLV extension: (type, value).
+fn take_extension<'a>(
+    body: &mut &'a [u8],
+    what: &'static str,
+) -> Result<(u16, &'a [u8]), ProtocolError> {
+    let ext_type = take_u16(body, what, "extension type")?;
+    let len = take_u16(body, what, "extension length")? as usize;
+    if body.remaining() < len {
+        return Err(malformed(what, "extension truncated"));
+    }
+    let (value, rest) = body.split_at(len);
+    *body = rest;
+    Ok((ext_type, value))
 }
 
 /// Verifies presented secrets in constant time. For an unknown edge, call `verify(None, presented)`:
@@ -383,6 +439,11 @@ mod tests {
             },
             ping_interval_ms: 5000,
             idle_timeout_ms: 15000,
+            udp: Some(UdpSettings {
+                capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+                max_sessions: 1024,
+                idle_timeout_ms: 60_000,
+            }),
         })
     }
 
@@ -434,6 +495,39 @@ mod tests {
             assert_eq!(decode_reply(&mut buf), Ok(Some(reply)));
             assert_eq!(&buf[..], b"\x02next frame", "frames after the reply stay");
         }
+    }
+
+    #[test]
+    fn udp_extension_is_optional_and_checked() {
+        // Without the extension (a hub that does not relay UDP).
+        let HelloReply::Accepted(mut plain) = accepted() else {
+            panic!("accepted");
+        };
+        plain.udp = None;
+        let mut buf = BytesMut::new();
+        encode_reply(&HelloReply::Accepted(plain.clone()), &mut buf);
+        assert_eq!(
+            decode_reply(&mut buf),
+            Ok(Some(HelloReply::Accepted(plain)))
+        );
+
+        // An unknown extension before it is skipped; the UDP one is still read.
+        let mut buf = BytesMut::new();
+        encode_reply(&accepted(), &mut buf);
+        let body_start = HANDSHAKE_HEADER_LEN;
+        let mut body = buf[body_start..].to_vec();
+        let udp_ext = body.split_off(body.len() - 16);
+        body.extend_from_slice(&[0x7f, 0x00, 0x00, 0x02, 0xaa, 0xbb]);
+        body.extend_from_slice(&udp_ext);
+        let mut reencoded = envelope(PROTOCOL_VERSION, kind::ACCEPTED, &body);
+        assert_eq!(decode_reply(&mut reencoded), Ok(Some(accepted())));
+
+        // A UDP extension of the wrong size is malformed.
+        let mut bad = buf[body_start..buf.len() - 16].to_vec();
+        bad.extend_from_slice(&[0x00, 0x01, 0x00, 0x04, 0, 0, 0, 1]);
+        let err = decode_reply(&mut envelope(PROTOCOL_VERSION, kind::ACCEPTED, &bad))
+            .expect_err("short UDP extension");
+        assert!(err.to_string().contains("UDP extension"), "{err}");
     }
 
     #[test]

@@ -236,3 +236,180 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
     v
 }
+
+/// An edge entry with UDP ports; `target` (if any) is the target of every port, TCP and UDP.
+pub fn edge_entry_udp(
+    id: &str,
+    secret: &str,
+    tcp: &[u16],
+    udp: &[u16],
+    target: Option<u16>,
+) -> Value {
+    let mut entry = edge_entry(id, secret, tcp, target);
+    entry["listenPortsUdp"] = json!(udp);
+    if let Some(t) = target {
+        for p in udp {
+            entry["targets"][p.to_string()] = json!(format!("127.0.0.1:{t}"));
+        }
+    }
+    entry
+}
+
+pub async fn free_udp_port() -> u16 {
+    tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A parsed PROXY v2 header as a UDP target sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyV2 {
+    /// Low nibble of byte 13: 1 = STREAM, 2 = DGRAM; high nibble: 1 = INET, 2 = INET6.
+    pub family_transport: u8,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+}
+
+pub fn parse_proxy_v2(d: &[u8]) -> Option<ProxyV2> {
+    const SIG: [u8; 12] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+    ];
+    if d.len() < 16 || d[..12] != SIG || d[12] != 0x21 {
+        return None;
+    }
+    let len = u16::from_be_bytes([d[14], d[15]]) as usize;
+    if d.len() != 16 + len {
+        return None;
+    }
+    let a = &d[16..];
+    let (src, dst) = match d[13] >> 4 {
+        1 if len >= 12 => {
+            let ip = |o: usize| std::net::Ipv4Addr::new(a[o], a[o + 1], a[o + 2], a[o + 3]);
+            let port = |o: usize| u16::from_be_bytes([a[o], a[o + 1]]);
+            (
+                std::net::SocketAddr::from((ip(0), port(8))),
+                std::net::SocketAddr::from((ip(4), port(10))),
+            )
+        }
+        2 if len >= 36 => {
+            let ip = |o: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&a[o..o + 16]);
+                std::net::Ipv6Addr::from(b)
+            };
+            let port = |o: usize| u16::from_be_bytes([a[o], a[o + 1]]);
+            (
+                std::net::SocketAddr::from((ip(0), port(32))),
+                std::net::SocketAddr::from((ip(16), port(34))),
+            )
+        }
+        _ => return None,
+    };
+    Some(ProxyV2 {
+        family_transport: d[13],
+        src,
+        dst,
+    })
+}
+
+/// What a UDP echo target saw from one upstream address.
+#[derive(Debug, Clone)]
+pub struct UdpPeerSeen {
+    pub upstream: std::net::SocketAddr,
+    pub header: Option<ProxyV2>,
+    pub first_payload: Vec<u8>,
+}
+
+/// UDP echo target. With `expect_proxy`, the first datagram from every new source must be a PROXY
+/// v2 header (reported, not echoed); without, every datagram is echoed. Each new source is
+/// reported once on the channel.
+pub async fn udp_echo_target(
+    expect_proxy: bool,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<UdpPeerSeen>) {
+    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = sock.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen: std::collections::HashMap<std::net::SocketAddr, Option<ProxyV2>> =
+            Default::default();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let data = &buf[..n];
+            match seen.get(&from) {
+                None if expect_proxy => {
+                    let header = parse_proxy_v2(data);
+                    seen.insert(from, header.clone());
+                    if header.is_none() {
+                        let _ = tx.send(UdpPeerSeen {
+                            upstream: from,
+                            header: None,
+                            first_payload: data.to_vec(),
+                        });
+                    }
+                    continue;
+                }
+                None => {
+                    seen.insert(from, None);
+                    let _ = tx.send(UdpPeerSeen {
+                        upstream: from,
+                        header: None,
+                        first_payload: data.to_vec(),
+                    });
+                }
+                Some(Some(header)) => {
+                    let header = header.clone();
+                    // Report the session once its first payload arrives.
+                    seen.insert(from, None);
+                    let _ = tx.send(UdpPeerSeen {
+                        upstream: from,
+                        header: Some(header),
+                        first_payload: data.to_vec(),
+                    });
+                }
+                Some(None) => {}
+            }
+            let _ = sock.send_to(data, from).await;
+        }
+    });
+    (port, rx)
+}
+
+/// Sends `data` from `sock` to the edge port and waits for one reply (bounded wait).
+pub async fn udp_ask(sock: &tokio::net::UdpSocket, port: u16, data: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(data, ("127.0.0.1", port)).await.ok()?;
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// `udp_ask` with retries (the first datagrams of a session may race the hub's upstream setup).
+pub async fn udp_ask_retry(sock: &tokio::net::UdpSocket, port: u16, data: &[u8]) -> Vec<u8> {
+    for _ in 0..5 {
+        if let Some(reply) = udp_ask(sock, port, data).await {
+            return reply;
+        }
+    }
+    panic!("no UDP reply from edge port {port}");
+}
+
+/// Polls `cond` (every 10 ms) until it holds; panics after `WAIT`.
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,124 @@
+//! What the roles (`hub.rs`, `edge.rs`) see of a tunnel, whatever carries it: open streams, push
+//! config, shut down, relay UDP. The TLS transport multiplexes frames (`mux.rs`); the QUIC transport
+//! maps streams and datagrams onto QUIC (`transport/quic.rs`). Both report the same `TunnelEvent`s.
+use crate::mux::MuxHandle;
+use crate::protocol::{EdgeConfig, GoAwayReason, StreamOpen, UdpCloseReason};
+use crate::relay::TunnelStream;
+use bytes::Bytes;
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The peer closed the connection without a GoAway.
+    PeerClosed,
+    PeerGoAway(GoAwayReason, String),
+    /// We ended it (`shutdown`), with or without a GoAway.
+    Local(Option<GoAwayReason>, String),
+    Timeout,
+    Protocol(String),
+    Io(String),
+}
+
+/// What the owner of a tunnel learns, in order.
+#[derive(Debug)]
+pub enum TunnelEvent {
+    /// The peer opened a stream (hub side).
+    Opened(TunnelStream, StreamOpen),
+    /// The hub pushed new settings (edge side).
+    Config(EdgeConfig),
+    /// The tunnel is over; no more events follow.
+    Ended(TunnelEnd),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tunnel closed")]
+pub struct TunnelClosed;
+
+/// Result of handing one UDP datagram to the tunnel. UDP is unreliable: a full queue drops the
+/// datagram (the caller counts it) instead of waiting, so UDP never holds up TCP streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpSend {
+    Sent,
+    /// The tunnel's UDP queue is full.
+    Dropped,
+    /// Larger than the tunnel can carry right now (QUIC: the path's datagram size).
+    Oversized {
+        max: usize,
+    },
+    Closed,
+}
+
+/// Receives the UDP half of a tunnel. Called from the tunnel's reader tasks: implementations must
+/// not block (no awaiting; `try_send` on sockets). An `Err` is a protocol error that ends the tunnel.
+pub trait UdpInbound: Send + Sync + 'static {
+    /// `UdpOpen` from the edge (hub side only; the tunnel rejects it on the edge).
+    fn open(&self, session_id: u32, open: StreamOpen) -> Result<(), String>;
+    fn datagram(&self, session_id: u32, data: Bytes) -> Result<(), String>;
+    fn close(&self, session_id: u32, reason: UdpCloseReason) -> Result<(), String>;
+    /// The tunnel ended: every session ends with `reason` (no `UdpClose` can be sent any more).
+    fn tunnel_ended(&self, reason: UdpCloseReason);
+}
+
+/// A running tunnel, either transport. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Tunnel {
+    Mux(MuxHandle),
+}
+
+impl Tunnel {
+    /// `"tcpTls"` or `"quic"`, as in events and status.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Self::Mux(_) => "tcpTls",
+        }
+    }
+
+    /// Opens a stream for a TCP client (edge side).
+    pub async fn open(&self, open: StreamOpen) -> Result<TunnelStream, TunnelClosed> {
+        match self {
+            Self::Mux(mux) => mux.open(open).await.map(TunnelStream::from_mux),
+        }
+    }
+
+    /// Pushes new settings to the edge (hub side).
+    pub fn push_config(&self, config: EdgeConfig) -> Result<(), TunnelClosed> {
+        match self {
+            Self::Mux(mux) => mux.push_config(config),
+        }
+    }
+
+    /// Ends the tunnel: sends the GoAway (if any), closes the connection and aborts all streams.
+    /// Only the first call has an effect; completion is reported as `TunnelEvent::Ended`.
+    pub fn shutdown(&self, goaway: Option<(GoAwayReason, String)>) {
+        match self {
+            Self::Mux(mux) => mux.shutdown(goaway),
+        }
+    }
+
+    pub fn active_streams(&self) -> usize {
+        match self {
+            Self::Mux(mux) => mux.active_streams(),
+        }
+    }
+
+    /// Announces a UDP session (edge side). Reliable and ordered before its datagrams.
+    pub fn udp_open(&self, session_id: u32, open: StreamOpen) -> Result<(), TunnelClosed> {
+        match self {
+            Self::Mux(mux) => mux.udp_open(session_id, open),
+        }
+    }
+
+    /// Ends a UDP session on the peer. Reliable; best effort once the tunnel is closing.
+    pub fn udp_close(&self, session_id: u32, reason: UdpCloseReason) {
+        match self {
+            Self::Mux(mux) => mux.udp_close(session_id, reason),
+        }
+    }
+
+    /// Sends one datagram of a session. Never waits.
+    pub fn udp_datagram(&self, session_id: u32, data: &[u8]) -> UdpSend {
+        match self {
+            Self::Mux(mux) => mux.udp_datagram(session_id, data),
+        }
+    }
+}

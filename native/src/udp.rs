@@ -1,0 +1,1067 @@
+//! UDP relaying over a tunnel (docs/protocol.md §7).
+//!
+//! Edge: one socket per UDP listen port; datagrams from each client address (per port) form a
+//! session with a tunnel-wide id, announced with `UdpOpen`. Hub: one connected upstream socket per
+//! session, to `targets[port]` or `targetHost:port`; with PROXY v2 the first datagram upstream is the
+//! header alone (DGRAM family, the client as source).
+//!
+//! Choices:
+//! - UDP never waits: datagrams go to the tunnel with `Tunnel::udp_datagram` (drops when the queue
+//!   is full) and to sockets with `try_send` (drops when the socket buffer is full). Every drop is
+//!   counted (`udpDropped`), datagrams larger than the tunnel can carry are counted (`udpOversized`)
+//!   and reported (`udp.oversized`), never truncated.
+//! - Both sides run the idle timer (the edge learns the hub's timeout in the handshake); whichever
+//!   fires first sends `UdpClose(idle)` and both report `udp.expired`.
+//! - The session cap is enforced by the edge (refuse before anything crosses the tunnel) and again by
+//!   the hub. Refusals are counted and reported at most once per second per edge (`udp.refused` with
+//!   the count since the previous event).
+//! - Listener sockets outlive tunnels (like TCP listeners); sessions do not: when a tunnel ends, its
+//!   sessions end with `tunnelLost`.
+use crate::config::ProxyProtocol;
+use crate::error::AddonError;
+use crate::events::{Event, EventSink, UdpSessionEnd};
+use crate::protocol::frame::MAX_UDP_DATAGRAM;
+use crate::protocol::{proxy_v2_header, ProxyTransport, StreamOpen, UdpCloseReason};
+use crate::runtime::TaskGroup;
+use crate::tunnel::{Tunnel, UdpInbound, UdpSend};
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Datagrams held for a hub session while its upstream socket is being set up.
+const CONNECTING_QUEUE: usize = 64;
+/// QUIC only: datagrams that arrived before their session's `UdpOpen` (which travels on the control
+/// stream), held this long at most, this many at most.
+const EARLY_HOLD: Duration = Duration::from_secs(2);
+const EARLY_MAX: usize = 256;
+/// Rate limit of `udp.refused` / `udp.oversized` events.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Large enough for any UDP datagram, so none is ever truncated on receive.
+const RECV_BUF: usize = MAX_UDP_DATAGRAM + 1;
+/// Datagrams handled per socket wake-up before giving other tasks a turn.
+const RECV_BATCH: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    static RECV: RefCell<Vec<u8>> = RefCell::new(vec![0u8; RECV_BUF]);
+}
+
+/// Receives one datagram into the worker's buffer and hands it to `f` (which must not await).
+fn try_recv_with<R>(recv: impl FnOnce(&mut [u8]) -> io::Result<R>) -> io::Result<R> {
+    RECV.with(|buf| recv(&mut buf.borrow_mut()))
+}
+
+/// Counters reported in status.
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// Sessions open now.
+    pub sessions: AtomicU64,
+    /// Datagrams dropped: tunnel or socket queue full, no tunnel, session already closed.
+    pub dropped: AtomicU64,
+    /// Datagrams larger than the tunnel (or the target path) can carry.
+    pub oversized: AtomicU64,
+    /// New sessions refused (session cap, port not assigned).
+    pub refused: AtomicU64,
+}
+
+impl UdpCounters {
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// At most one report per `REPORT_EVERY`; counts what happened in between.
+#[derive(Default)]
+struct Limiter {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Limiter {
+    /// Records one occurrence; returns the count to report if a report is due now.
+    fn hit(&self) -> Option<u64> {
+        let mut state = lock(&self.state);
+        state.1 += 1;
+        let now = Instant::now();
+        if state.0.is_some_and(|last| now < last + REPORT_EVERY) {
+            return None;
+        }
+        state.0 = Some(now);
+        Some(std::mem::take(&mut state.1))
+    }
+}
+
+/// Packet and byte counts of one session; in = client → target, out = target → client.
+struct Stats {
+    opened: Instant,
+    /// Milliseconds after `opened` of the last datagram in either direction.
+    last_active_ms: AtomicU64,
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            packets_in: AtomicU64::new(0),
+            packets_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_active_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn count_in(&self, len: usize) {
+        self.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn count_out(&self, len: usize) {
+        self.packets_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn end_event(&self, common: SessionInfo, reason: UdpCloseReason) -> Event {
+        let end = UdpSessionEnd {
+            edge_id: common.edge_id,
+            session_id: common.session_id,
+            udp_session_id: common.udp_session_id,
+            edge_port: common.edge_port,
+            client_addr: common.client_addr,
+            target: common.target,
+            packets_in: self.packets_in.load(Ordering::Relaxed),
+            packets_out: self.packets_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            duration_ms: self.opened.elapsed().as_millis() as u64,
+            reason: reason.as_str(),
+        };
+        match reason {
+            UdpCloseReason::Idle => Event::UdpExpired(end),
+            _ => Event::UdpClosed(end),
+        }
+    }
+}
+
+/// Who a session is, for events.
+struct SessionInfo {
+    edge_id: String,
+    session_id: String,
+    udp_session_id: u32,
+    edge_port: u16,
+    client_addr: String,
+    target: Option<String>,
+}
+
+/// How a session is asked to end: the first reason wins; `tell_peer` sends `UdpClose`.
+#[derive(Default)]
+struct CloseSignal {
+    reason: Mutex<Option<(UdpCloseReason, bool)>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    fn close(&self, reason: UdpCloseReason, tell_peer: bool) {
+        let mut slot = lock(&self.reason);
+        if slot.is_none() {
+            *slot = Some((reason, tell_peer));
+            self.notify.notify_one();
+        }
+    }
+
+    async fn closed(&self) -> (UdpCloseReason, bool) {
+        loop {
+            if let Some(reason) = *lock(&self.reason) {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Waits until the session has been idle for `idle`, or is closed; returns why it ends.
+async fn idle_or_closed(
+    stats: &Stats,
+    close: &CloseSignal,
+    idle: Duration,
+) -> (UdpCloseReason, bool) {
+    loop {
+        let deadline = stats.idle_deadline(idle);
+        tokio::select! {
+            reason = close.closed() => return reason,
+            _ = tokio::time::sleep_until(deadline) => {
+                if Instant::now() >= stats.idle_deadline(idle) {
+                    close.close(UdpCloseReason::Idle, true);
+                }
+            }
+        }
+    }
+}
+
+fn is_msg_size(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc_emsgsize())
+}
+
+/// EMSGSIZE (90 on Linux, 40 on macOS/BSD).
+fn libc_emsgsize() -> i32 {
+    if cfg!(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd"
+    )) {
+        40
+    } else {
+        90
+    }
+}
+
+// ---- hub --------------------------------------------------------------------------------------
+
+/// Per-tunnel settings of the hub's UDP half.
+#[derive(Clone)]
+pub struct HubUdpSettings {
+    pub edge_id: String,
+    pub session_id: String,
+    pub proxy: ProxyProtocol,
+    pub idle_timeout: Duration,
+    /// Resolving the target and opening the upstream socket may take this long.
+    pub connect_timeout: Duration,
+    pub max_sessions: usize,
+    /// QUIC: datagrams may arrive before their `UdpOpen`; hold them briefly instead of failing.
+    pub early_datagrams: bool,
+}
+
+/// Where a session on `edge_port` goes, or `None` if the port is not assigned to the edge.
+pub type TargetLookup = Box<dyn Fn(u16) -> Option<String> + Send + Sync>;
+
+/// The hub's UDP sessions of one tunnel.
+pub struct HubUdp {
+    me: Weak<HubUdp>,
+    settings: HubUdpSettings,
+    target_for: TargetLookup,
+    tunnel: OnceLock<Tunnel>,
+    table: Mutex<HubTable>,
+    counters: Arc<UdpCounters>,
+    events: EventSink,
+    tasks: TaskGroup,
+    refused: Limiter,
+    oversized: Limiter,
+}
+
+#[derive(Default)]
+struct HubTable {
+    sessions: HashMap<u32, Arc<HubSession>>,
+    last_id: u32,
+    early: VecDeque<(Instant, u32, Bytes)>,
+    ended: bool,
+}
+
+struct HubSession {
+    id: u32,
+    open: StreamOpen,
+    target: String,
+    stats: Stats,
+    close: CloseSignal,
+    upstream: Mutex<Upstream>,
+}
+
+enum Upstream {
+    Connecting(Vec<Bytes>),
+    Ready(Arc<UdpSocket>),
+    Gone,
+}
+
+impl HubUdp {
+    pub fn new(
+        settings: HubUdpSettings,
+        target_for: TargetLookup,
+        counters: Arc<UdpCounters>,
+        events: EventSink,
+        tasks: TaskGroup,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            settings,
+            target_for,
+            tunnel: OnceLock::new(),
+            table: Mutex::new(HubTable::default()),
+            counters,
+            events,
+            tasks,
+            refused: Limiter::default(),
+            oversized: Limiter::default(),
+        })
+    }
+
+    pub fn counters(&self) -> Arc<UdpCounters> {
+        self.counters.clone()
+    }
+
+    /// Connects the handler to its tunnel (once, right after the tunnel starts).
+    pub fn attach(&self, tunnel: Tunnel) {
+        let _ = self.tunnel.set(tunnel);
+    }
+
+    fn refuse(&self, session_id: u32, open: &StreamOpen, reason: UdpCloseReason) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(tunnel) = self.tunnel.get() {
+            tunnel.udp_close(session_id, reason);
+        }
+        if let Some(count) = self.refused.hit() {
+            self.events.emit(Event::UdpRefused {
+                edge_id: self.settings.edge_id.clone(),
+                edge_port: open.edge_port,
+                client_addr: open.client.to_string(),
+                reason: reason.as_str(),
+                count,
+            });
+        }
+    }
+
+    fn info(&self, session: &HubSession) -> SessionInfo {
+        SessionInfo {
+            edge_id: self.settings.edge_id.clone(),
+            session_id: self.settings.session_id.clone(),
+            udp_session_id: session.id,
+            edge_port: session.open.edge_port,
+            client_addr: session.open.client.to_string(),
+            target: Some(session.target.clone()),
+        }
+    }
+
+    /// One datagram from the edge to the target of `session`.
+    fn to_target(&self, session: &HubSession, data: Bytes) {
+        session.stats.count_in(data.len());
+        let mut upstream = lock(&session.upstream);
+        match &mut *upstream {
+            Upstream::Connecting(queue) if queue.len() < CONNECTING_QUEUE => queue.push(data),
+            Upstream::Connecting(_) | Upstream::Gone => self.counters.drop_one(),
+            Upstream::Ready(sock) => match sock.try_send(&data) {
+                Ok(_) => {}
+                Err(e) if is_msg_size(&e) => self.oversized(session, data.len(), None),
+                // WouldBlock (socket buffer full), or an earlier ICMP error (target not listening).
+                Err(_) => self.counters.drop_one(),
+            },
+        }
+    }
+
+    fn oversized(&self, session: &HubSession, size: usize, max: Option<usize>) {
+        self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.oversized.hit() {
+            self.events.emit(Event::UdpOversized {
+                edge_id: self.settings.edge_id.clone(),
+                edge_port: session.open.edge_port,
+                client_addr: session.open.client.to_string(),
+                size,
+                max_size: max,
+                count,
+            });
+        }
+    }
+}
+
+impl UdpInbound for HubUdp {
+    fn open(&self, session_id: u32, open: StreamOpen) -> Result<(), String> {
+        let Some(target) = (self.target_for)(open.edge_port) else {
+            self.refuse(session_id, &open, UdpCloseReason::PortClosed);
+            return Ok(());
+        };
+        let session = {
+            let mut table = lock(&self.table);
+            if table.ended {
+                return Ok(());
+            }
+            table.last_id = table.last_id.max(session_id);
+            if table.sessions.len() >= self.settings.max_sessions {
+                drop(table);
+                self.refuse(session_id, &open, UdpCloseReason::SessionCap);
+                return Ok(());
+            }
+            let mut early = Vec::new();
+            table.early.retain(|(_, id, data)| {
+                if *id == session_id {
+                    early.push(data.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            let session = Arc::new(HubSession {
+                id: session_id,
+                open,
+                target,
+                stats: Stats::new(),
+                close: CloseSignal::default(),
+                upstream: Mutex::new(Upstream::Connecting(Vec::new())),
+            });
+            for data in early {
+                session.stats.count_in(data.len());
+                if let Upstream::Connecting(queue) = &mut *lock(&session.upstream) {
+                    queue.push(data);
+                }
+            }
+            table.sessions.insert(session_id, session.clone());
+            session
+        };
+        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        let info = self.info(&session);
+        self.events.emit(Event::UdpOpened {
+            edge_id: info.edge_id,
+            session_id: info.session_id,
+            udp_session_id: session_id,
+            edge_port: info.edge_port,
+            client_addr: info.client_addr,
+            target: info.target,
+        });
+        if let Some(me) = self.me.upgrade() {
+            self.tasks.spawn(run_hub_session(me, session));
+        }
+        Ok(())
+    }
+
+    fn datagram(&self, session_id: u32, data: Bytes) -> Result<(), String> {
+        let session = {
+            let mut table = lock(&self.table);
+            match table.sessions.get(&session_id) {
+                Some(session) => session.clone(),
+                None if session_id <= table.last_id || table.ended => {
+                    // Crossed a UdpClose on the wire, or refused.
+                    self.counters.drop_one();
+                    return Ok(());
+                }
+                None if self.settings.early_datagrams => {
+                    let now = Instant::now();
+                    while table
+                        .early
+                        .front()
+                        .is_some_and(|(at, ..)| now.duration_since(*at) > EARLY_HOLD)
+                    {
+                        table.early.pop_front();
+                        self.counters.drop_one();
+                    }
+                    if table.early.len() >= EARLY_MAX {
+                        self.counters.drop_one();
+                    } else {
+                        table.early.push_back((now, session_id, data));
+                    }
+                    return Ok(());
+                }
+                None => {
+                    return Err(format!(
+                        "UDP_DATAGRAM for session {session_id}, which was never opened"
+                    ))
+                }
+            }
+        };
+        self.to_target(&session, data);
+        Ok(())
+    }
+
+    fn close(&self, session_id: u32, reason: UdpCloseReason) -> Result<(), String> {
+        let table = lock(&self.table);
+        match table.sessions.get(&session_id) {
+            Some(session) => session.close.close(reason, false),
+            None if session_id <= table.last_id || table.ended => {}
+            None => {
+                return Err(format!(
+                    "UDP_CLOSE for session {session_id}, which was never opened"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn tunnel_ended(&self, reason: UdpCloseReason) {
+        let mut table = lock(&self.table);
+        table.ended = true;
+        table.early.clear();
+        for session in table.sessions.values() {
+            session.close.close(reason, false);
+        }
+    }
+}
+
+/// Resolves the target and opens a connected socket to it.
+async fn connect_upstream(target: &str) -> Result<UdpSocket, String> {
+    let addr = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target} does not resolve"))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let sock = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("cannot bind a UDP socket for {target}: {e}"))?;
+    sock.connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    Ok(sock)
+}
+
+async fn run_hub_session(udp: Arc<HubUdp>, session: Arc<HubSession>) {
+    let idle = udp.settings.idle_timeout;
+    let connected = tokio::select! {
+        connected = connect_upstream(&session.target) => Some(connected),
+        reason = session.close.closed() => { finish_hub_session(&udp, &session, reason); return; }
+        _ = tokio::time::sleep(udp.settings.connect_timeout) => None,
+    };
+    let sock = match connected {
+        Some(Ok(sock)) => Arc::new(sock),
+        Some(Err(_)) | None => {
+            session.close.close(UdpCloseReason::TargetError, true);
+            let reason = session.close.closed().await;
+            finish_hub_session(&udp, &session, reason);
+            return;
+        }
+    };
+    // A fresh socket is not known to be writable until the runtime has seen it so; `try_send`
+    // would refuse until then.
+    if udp.settings.proxy == ProxyProtocol::V2 {
+        let header = proxy_v2_header(
+            session.open.client,
+            session.open.edge_local,
+            ProxyTransport::Datagram,
+        );
+        let _ = sock.send(&header).await;
+    } else {
+        let _ = sock.writable().await;
+    }
+    let queued = {
+        let mut upstream = lock(&session.upstream);
+        match std::mem::replace(&mut *upstream, Upstream::Ready(sock.clone())) {
+            Upstream::Connecting(queued) => queued,
+            _ => Vec::new(),
+        }
+    };
+    for data in queued {
+        match sock.try_send(&data) {
+            Ok(_) => {}
+            Err(e) if is_msg_size(&e) => udp.oversized(&session, data.len(), None),
+            Err(_) => udp.counters.drop_one(),
+        }
+    }
+    let tunnel = udp.tunnel.get().cloned();
+    let reason = loop {
+        tokio::select! {
+            reason = idle_or_closed(&session.stats, &session.close, idle) => break reason,
+            ready = sock.readable() => {
+                if ready.is_err() {
+                    session.close.close(UdpCloseReason::TargetError, true);
+                    continue;
+                }
+                // Drain what is ready (a batch at a time).
+                for _ in 0..RECV_BATCH {
+                    let sent = try_recv_with(|buf| {
+                        let n = sock.try_recv(buf)?;
+                        session.stats.count_out(n);
+                        Ok(match &tunnel {
+                            Some(tunnel) => (n, tunnel.udp_datagram(session.id, &buf[..n])),
+                            None => (n, UdpSend::Closed),
+                        })
+                    });
+                    match sent {
+                        Ok((_, UdpSend::Sent)) => {}
+                        Ok((_, UdpSend::Dropped | UdpSend::Closed)) => udp.counters.drop_one(),
+                        Ok((n, UdpSend::Oversized { max })) => udp.oversized(&session, n, Some(max)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable from an earlier send: the target is not listening
+                        // (yet); keep the session, like a client would.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                        Err(_) => {
+                            session.close.close(UdpCloseReason::TargetError, true);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    *lock(&session.upstream) = Upstream::Gone;
+    finish_hub_session(&udp, &session, reason);
+}
+
+fn finish_hub_session(
+    udp: &HubUdp,
+    session: &HubSession,
+    (reason, tell_peer): (UdpCloseReason, bool),
+) {
+    {
+        let mut table = lock(&udp.table);
+        if table
+            .sessions
+            .get(&session.id)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), session))
+        {
+            table.sessions.remove(&session.id);
+        }
+    }
+    *lock(&session.upstream) = Upstream::Gone;
+    udp.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+    if tell_peer {
+        if let Some(tunnel) = udp.tunnel.get() {
+            tunnel.udp_close(session.id, reason);
+        }
+    }
+    udp.events
+        .emit(session.stats.end_event(udp.info(session), reason));
+}
+
+// ---- edge -------------------------------------------------------------------------------------
+
+/// The edge's UDP listeners and sessions. One per edge; tunnels come and go underneath.
+pub struct EdgeUdp {
+    edge_id: String,
+    bind_address: String,
+    events: EventSink,
+    tasks: TaskGroup,
+    pub counters: Arc<UdpCounters>,
+    state: Mutex<EdgeUdpState>,
+    refused: Limiter,
+    oversized: Limiter,
+}
+
+#[derive(Default)]
+struct EdgeUdpState {
+    listeners: HashMap<u16, (Arc<UdpSocket>, JoinHandle<()>)>,
+    link: Option<EdgeLink>,
+    by_addr: HashMap<(u16, SocketAddr), Arc<EdgeSession>>,
+    by_id: HashMap<u32, Arc<EdgeSession>>,
+    /// Bumped for every tunnel, so a late `tunnel_ended` of an old tunnel changes nothing.
+    generation: u64,
+}
+
+struct EdgeLink {
+    tunnel: Tunnel,
+    session_id: String,
+    idle_timeout: Duration,
+    max_sessions: usize,
+    next_id: u32,
+    generation: u64,
+}
+
+struct EdgeSession {
+    id: u32,
+    generation: u64,
+    port: u16,
+    client: SocketAddr,
+    sock: Arc<UdpSocket>,
+    tunnel: Tunnel,
+    session_id: String,
+    stats: Stats,
+    close: CloseSignal,
+}
+
+/// A UDP listener that could not be bound.
+pub struct BindFailure {
+    pub port: u16,
+    pub error: AddonError,
+}
+
+impl EdgeUdp {
+    pub fn new(
+        edge_id: String,
+        bind_address: String,
+        events: EventSink,
+        tasks: TaskGroup,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            edge_id,
+            bind_address,
+            events,
+            tasks,
+            counters: Arc::new(UdpCounters::default()),
+            state: Mutex::new(EdgeUdpState::default()),
+            refused: Limiter::default(),
+            oversized: Limiter::default(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, EdgeUdpState> {
+        lock(&self.state)
+    }
+
+    pub fn bound_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.state().listeners.keys().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Makes the bound UDP listeners match `wanted`: binds new ports, closes removed ones (their
+    /// sessions end with `portClosed`). Returns the ports that failed to bind.
+    pub async fn apply_ports(self: &Arc<Self>, wanted: &[u16]) -> Vec<BindFailure> {
+        let (removed, to_bind) = {
+            let mut state = self.state();
+            let removed: Vec<u16> = state
+                .listeners
+                .keys()
+                .copied()
+                .filter(|p| !wanted.contains(p))
+                .collect();
+            for port in &removed {
+                if let Some((_, task)) = state.listeners.remove(port) {
+                    task.abort();
+                }
+            }
+            let to_bind: Vec<u16> = wanted
+                .iter()
+                .copied()
+                .filter(|p| !state.listeners.contains_key(p))
+                .collect();
+            (removed, to_bind)
+        };
+        for port in removed {
+            self.close_port_sessions(port);
+        }
+        let host = self
+            .bind_address
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let mut failures = Vec::new();
+        for port in to_bind {
+            match UdpSocket::bind((host.as_str(), port)).await {
+                Ok(sock) => {
+                    let sock = Arc::new(sock);
+                    let task = self
+                        .tasks
+                        .spawn(listen_loop(self.clone(), sock.clone(), port));
+                    if let Some((_, stale)) = self.state().listeners.insert(port, (sock, task)) {
+                        stale.abort();
+                    }
+                }
+                Err(e) => failures.push(BindFailure {
+                    port,
+                    error: AddonError::from_bind(&e, &format!("{host}:{port} (udp)")),
+                }),
+            }
+        }
+        failures
+    }
+
+    fn close_port_sessions(&self, port: u16) {
+        let state = self.state();
+        for session in state.by_id.values().filter(|s| s.port == port) {
+            session.close.close(UdpCloseReason::PortClosed, true);
+        }
+    }
+
+    /// A new tunnel is starting: returns its generation and the handler for its inbound UDP. Sessions
+    /// of earlier tunnels no longer take new datagrams from clients.
+    pub fn inbound(self: &Arc<Self>) -> (u64, Arc<dyn UdpInbound>) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.link = None;
+        let generation = state.generation;
+        let inbound = Arc::new(EdgeInbound {
+            udp: self.clone(),
+            generation,
+        });
+        (generation, inbound)
+    }
+
+    /// The tunnel of `generation` is up and the hub relays UDP: new sessions go over it.
+    pub fn attach(
+        &self,
+        generation: u64,
+        tunnel: Tunnel,
+        session_id: String,
+        idle_timeout: Duration,
+        max_sessions: usize,
+    ) {
+        let mut state = self.state();
+        if state.generation != generation {
+            return;
+        }
+        state.link = Some(EdgeLink {
+            tunnel,
+            session_id,
+            idle_timeout,
+            max_sessions,
+            next_id: 1,
+            generation,
+        });
+    }
+
+    /// The edge is stopping: listeners close, sessions end with `shutdown`.
+    pub fn stop(&self) {
+        let mut state = self.state();
+        state.link = None;
+        for (_, (_, task)) in state.listeners.drain() {
+            task.abort();
+        }
+        for session in state.by_id.values() {
+            session.close.close(UdpCloseReason::Shutdown, false);
+        }
+    }
+
+    /// A datagram from a client on `port`.
+    fn from_client(
+        self: &Arc<Self>,
+        port: u16,
+        sock: &Arc<UdpSocket>,
+        client: SocketAddr,
+        data: &[u8],
+    ) {
+        let session = {
+            let mut state = self.state();
+            match state.by_addr.get(&(port, client)) {
+                Some(session) => session.clone(),
+                None => match self.new_session(&mut state, port, sock, client) {
+                    Some(session) => session,
+                    None => return,
+                },
+            }
+        };
+        session.stats.count_in(data.len());
+        match session.tunnel.udp_datagram(session.id, data) {
+            UdpSend::Sent => {}
+            UdpSend::Dropped | UdpSend::Closed => self.counters.drop_one(),
+            UdpSend::Oversized { max } => self.oversized(&session, data.len(), Some(max)),
+        }
+    }
+
+    fn new_session(
+        self: &Arc<Self>,
+        state: &mut EdgeUdpState,
+        port: u16,
+        sock: &Arc<UdpSocket>,
+        client: SocketAddr,
+    ) -> Option<Arc<EdgeSession>> {
+        let sessions = state.by_id.len();
+        let Some(link) = state.link.as_mut() else {
+            // No tunnel: nowhere to send it.
+            self.counters.drop_one();
+            return None;
+        };
+        if sessions >= link.max_sessions || link.next_id == u32::MAX {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(count) = self.refused.hit() {
+                self.events.emit(Event::UdpRefused {
+                    edge_id: self.edge_id.clone(),
+                    edge_port: port,
+                    client_addr: client.to_string(),
+                    reason: UdpCloseReason::SessionCap.as_str(),
+                    count,
+                });
+            }
+            return None;
+        }
+        let id = link.next_id;
+        let edge_local = sock
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], port).into());
+        let open = StreamOpen {
+            edge_port: port,
+            client,
+            edge_local,
+        };
+        if link.tunnel.udp_open(id, open).is_err() {
+            self.counters.drop_one();
+            return None;
+        }
+        link.next_id += 1;
+        let session = Arc::new(EdgeSession {
+            id,
+            generation: link.generation,
+            port,
+            client,
+            sock: sock.clone(),
+            tunnel: link.tunnel.clone(),
+            session_id: link.session_id.clone(),
+            stats: Stats::new(),
+            close: CloseSignal::default(),
+        });
+        let idle = link.idle_timeout;
+        state.by_addr.insert((port, client), session.clone());
+        state.by_id.insert(id, session.clone());
+        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        self.events.emit(Event::UdpOpened {
+            edge_id: self.edge_id.clone(),
+            session_id: session.session_id.clone(),
+            udp_session_id: id,
+            edge_port: port,
+            client_addr: client.to_string(),
+            target: None,
+        });
+        self.tasks
+            .spawn(run_edge_session(self.clone(), session.clone(), idle));
+        Some(session)
+    }
+
+    fn oversized(&self, session: &EdgeSession, size: usize, max: Option<usize>) {
+        self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.oversized.hit() {
+            self.events.emit(Event::UdpOversized {
+                edge_id: self.edge_id.clone(),
+                edge_port: session.port,
+                client_addr: session.client.to_string(),
+                size,
+                max_size: max,
+                count,
+            });
+        }
+    }
+
+    fn info(&self, session: &EdgeSession) -> SessionInfo {
+        SessionInfo {
+            edge_id: self.edge_id.clone(),
+            session_id: session.session_id.clone(),
+            udp_session_id: session.id,
+            edge_port: session.port,
+            client_addr: session.client.to_string(),
+            target: None,
+        }
+    }
+}
+
+async fn listen_loop(udp: Arc<EdgeUdp>, sock: Arc<UdpSocket>, port: u16) {
+    // Replies use `try_send_to`, which needs the runtime to have seen the socket writable once.
+    let _ = sock.writable().await;
+    loop {
+        if sock.readable().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        for _ in 0..RECV_BATCH {
+            let received = try_recv_with(|buf| {
+                let (n, client) = sock.try_recv_from(buf)?;
+                udp.from_client(port, &sock, client, &buf[..n]);
+                Ok(())
+            });
+            match received {
+                Ok(()) => {}
+                // Nothing more; or an error queued by ICMP for an earlier send (the socket itself
+                // is fine): wait for readiness again.
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+async fn run_edge_session(udp: Arc<EdgeUdp>, session: Arc<EdgeSession>, idle: Duration) {
+    let (reason, tell_peer) = idle_or_closed(&session.stats, &session.close, idle).await;
+    {
+        let mut state = udp.state();
+        if state
+            .by_id
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, &session))
+        {
+            state.by_id.remove(&session.id);
+        }
+        if state
+            .by_addr
+            .get(&(session.port, session.client))
+            .is_some_and(|s| Arc::ptr_eq(s, &session))
+        {
+            state.by_addr.remove(&(session.port, session.client));
+        }
+    }
+    udp.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+    if tell_peer {
+        session.tunnel.udp_close(session.id, reason);
+    }
+    udp.events
+        .emit(session.stats.end_event(udp.info(&session), reason));
+}
+
+/// The inbound handler of one tunnel on the edge.
+struct EdgeInbound {
+    udp: Arc<EdgeUdp>,
+    generation: u64,
+}
+
+impl EdgeInbound {
+    /// Looks up a session of this tunnel; `Err` for an id the edge never opened.
+    fn session(&self, session_id: u32, what: &str) -> Result<Option<Arc<EdgeSession>>, String> {
+        let state = self.udp.state();
+        let current = state
+            .link
+            .as_ref()
+            .filter(|l| l.generation == self.generation);
+        let session = state
+            .by_id
+            .get(&session_id)
+            .filter(|s| s.generation == self.generation);
+        match (session, current) {
+            (Some(session), Some(_)) => Ok(Some(session.clone())),
+            (None, Some(link)) if session_id >= link.next_id => Err(format!(
+                "{what} for UDP session {session_id}, which was never opened"
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl UdpInbound for EdgeInbound {
+    fn open(&self, _session_id: u32, _open: StreamOpen) -> Result<(), String> {
+        Err("the hub sent UDP_OPEN".into())
+    }
+
+    fn datagram(&self, session_id: u32, data: Bytes) -> Result<(), String> {
+        let Some(session) = self.session(session_id, "UDP_DATAGRAM")? else {
+            self.udp.counters.drop_one();
+            return Ok(());
+        };
+        match session.sock.try_send_to(&data, session.client) {
+            Ok(_) => session.stats.count_out(data.len()),
+            Err(e) if is_msg_size(&e) => self.udp.oversized(&session, data.len(), None),
+            Err(_) => self.udp.counters.drop_one(),
+        }
+        Ok(())
+    }
+
+    fn close(&self, session_id: u32, reason: UdpCloseReason) -> Result<(), String> {
+        if let Some(session) = self.session(session_id, "UDP_CLOSE")? {
+            session.close.close(reason, false);
+        }
+        Ok(())
+    }
+
+    fn tunnel_ended(&self, reason: UdpCloseReason) {
+        let mut state = self.udp.state();
+        if state
+            .link
+            .as_ref()
+            .is_some_and(|l| l.generation == self.generation)
+        {
+            state.link = None;
+        }
+        for session in state
+            .by_id
+            .values()
+            .filter(|s| s.generation == self.generation)
+        {
+            session.close.close(reason, false);
+        }
+    }
+}
