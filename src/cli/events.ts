@@ -12,7 +12,7 @@ import { defaultHubDataDir } from "../hub/identity.js";
 import { DEFAULT_STREAM_NAME } from "../nats/event-stream.js";
 import { HistoryProjection } from "../nats/history.js";
 import type { NatsConnection } from "../nats/connection.js";
-import { liveEventsIterable, ReplayFailed, replayHistoryIterable, type ReplayError } from "../nats/replay.js";
+import { liveEventsOn, replayHistoryOn, type ReplayError } from "../nats/replay.js";
 import { parseCommandArgs, renderHelp, UsageError, type ExtraFlag } from "./args.js";
 import { formatEventLine, formatHistory, paintFor, parseTimeArg } from "./event-format.js";
 
@@ -137,13 +137,6 @@ export const parseKinds = (
     return Effect.succeed({ ...(kinds.length > 0 ? { kinds } : {}), ...(types.length > 0 ? { types } : {}) });
   });
 
-const REPLAY_TAGS = new Set(["ReplayFailed", "EventDecodeError", "UnsupportedEventVersion"]);
-/** What a replay iterable throws: its own tagged errors, or anything else as ReplayFailed. */
-const toReplayError = (e: unknown): ReplayError =>
-  typeof e === "object" && e !== null && REPLAY_TAGS.has(String((e as { _tag?: unknown })._tag))
-    ? (e as ReplayError)
-    : new ReplayFailed({ reason: e instanceof Error ? e.message : String(e) });
-
 const write = (text: string): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     if (process.stdout.write(text)) resume(Effect.void);
@@ -164,9 +157,9 @@ const withConnection = <A, E>(
     }),
   );
 
-const printEvents = (events: AsyncIterable<DomainEvent>, json: boolean, env: Env): Effect.Effect<number, ReplayError> => {
+const printEvents = (events: Stream.Stream<DomainEvent, ReplayError>, json: boolean, env: Env): Effect.Effect<number, ReplayError> => {
   const paint = paintFor(process.stdout, env);
-  return Stream.fromAsyncIterable(events, toReplayError).pipe(
+  return events.pipe(
     Stream.runFoldEffect(0, (n, e) => write(`${json ? JSON.stringify(e) : formatEventLine(e, paint)}\n`).pipe(Effect.as(n + 1))),
   );
 };
@@ -203,9 +196,9 @@ export const runEvents = (argv: ReadonlyArray<string>, env: Env): Effect.Effect<
     const json = flags["json"] === true;
     yield* withConnection(source, (nc) =>
       sub === "tail"
-        ? printEvents(liveEventsIterable(nc, { ...filter, stream: source.stream, ...(from === undefined ? {} : { since: from }) }), json, env)
+        ? printEvents(liveEventsOn(nc, { ...filter, stream: source.stream, ...(from === undefined ? {} : { since: from }) }), json, env)
         : printEvents(
-            replayHistoryIterable(nc, {
+            replayHistoryOn(nc, {
               ...filter,
               stream: source.stream,
               ...(from === undefined ? {} : { since: from }),
@@ -236,15 +229,12 @@ export const runHistory = (argv: ReadonlyArray<string>, env: Env): Effect.Effect
     }
     const source = yield* resolveSource(flags, env);
     const history = yield* withConnection(source, (nc) =>
-      Stream.fromAsyncIterable(
-        replayHistoryIterable(nc, {
-          edgeId,
-          stream: source.stream,
-          ...(from === undefined ? {} : { since: from }),
-          ...(to === undefined ? {} : { until: to }),
-        }),
-        toReplayError,
-      ).pipe(
+      replayHistoryOn(nc, {
+        edgeId,
+        stream: source.stream,
+        ...(from === undefined ? {} : { since: from }),
+        ...(to === undefined ? {} : { until: to }),
+      }).pipe(
         Stream.runFold(new HistoryProjection(), (p, e) => {
           p.apply(e);
           return p;

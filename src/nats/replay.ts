@@ -36,6 +36,8 @@ export interface ReplayOptions extends EventFilter {
   readonly maxLatenessMs?: number;
   /** What to do with an event that does not decode: fail the replay (default) or skip it. */
   readonly onInvalid?: "fail" | "skip";
+  /** Stops the iteration (even while it waits for the server); the Stream forms use it on interruption. */
+  readonly signal?: AbortSignal;
 }
 
 export interface LiveOptions extends EventFilter {
@@ -43,7 +45,18 @@ export interface LiveOptions extends EventFilter {
   readonly since?: number | Date;
   readonly stream?: string;
   readonly onInvalid?: "fail" | "skip";
+  /** Stops the iteration (even while it waits for the next event); the Stream forms use it on interruption. */
+  readonly signal?: AbortSignal;
 }
+
+/** Closes `messages` when `signal` aborts; returns the listener's remover. */
+const closeOnAbort = (signal: AbortSignal | undefined, messages: { close(): Promise<void | Error> }): (() => void) => {
+  if (signal === undefined) return () => undefined;
+  const onAbort = () => void messages.close().catch(() => undefined);
+  if (signal.aborted) onAbort();
+  else signal.addEventListener("abort", onAbort, { once: true });
+  return () => signal.removeEventListener("abort", onAbort);
+};
 
 const ms = (t: number | Date | undefined): number | undefined => (t instanceof Date ? t.getTime() : t);
 const errMsg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -110,8 +123,10 @@ export async function* replayHistoryIterable(nc: NatsConnection, opts: ReplayOpt
   const seen = new Set<string>();
   try {
     if (pending === 0) return;
+    if (opts.signal?.aborted === true) return;
     const consumer = await jetstream(nc).consumers.get(stream, name);
     const messages = await consumer.consume({ max_messages: 256 });
+    const off = closeOnAbort(opts.signal, messages);
     try {
       for await (const m of messages) {
         if (opts.maxLatenessMs !== undefined && until !== undefined && m.info.timestampNanos / 1e6 > until + opts.maxLatenessMs) {
@@ -121,6 +136,7 @@ export async function* replayHistoryIterable(nc: NatsConnection, opts: ReplayOpt
         if (m.info.pending === 0 || m.seq >= lastSeq) return;
       }
     } finally {
+      off();
       await messages.close().catch(() => undefined);
     }
   } finally {
@@ -144,6 +160,7 @@ export async function* liveEventsIterable(nc: NatsConnection, opts: LiveOptions 
   } catch (e) {
     throw new ReplayFailed({ reason: `cannot subscribe to ${stream}: ${errMsg(e)}` });
   }
+  const off = closeOnAbort(opts.signal, messages);
   const seen = new Set<string>();
   try {
     for await (const m of messages) {
@@ -152,29 +169,58 @@ export async function* liveEventsIterable(nc: NatsConnection, opts: LiveOptions 
       if (seen.size > 200_000) seen.clear();
     }
   } finally {
+    off();
     await messages.close().catch(() => undefined);
   }
 }
 
-const toReplayError = (e: unknown): ReplayError =>
+export const toReplayError = (e: unknown): ReplayError =>
   typeof e === "object" && e !== null && "_tag" in e &&
   ["ReplayFailed", "EventDecodeError", "UnsupportedEventVersion"].includes((e as { _tag: string })._tag)
     ? (e as ReplayError)
     : new ReplayFailed({ reason: errMsg(e) });
 
-export const replayHistory = (opts: ReplayOptions = {}): Stream.Stream<DomainEvent, ReplayError, NatsClient> =>
-  Stream.unwrap(
-    Effect.map(Effect.flatMap(NatsClient, (c) => c.connection), (nc) =>
-      Stream.fromAsyncIterable(replayHistoryIterable(nc, opts), toReplayError),
+/**
+ * An iterable as a Stream that can be interrupted while the iterable waits for the server: interruption
+ * aborts the iterable's signal (closing its consumer) instead of waiting for its next value.
+ */
+const abortableStream = (
+  iterate: (signal: AbortSignal) => AsyncIterable<DomainEvent>,
+): Stream.Stream<DomainEvent, ReplayError> =>
+  Stream.asyncScoped<DomainEvent, ReplayError>((emit) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const ctl = new AbortController();
+        void (async () => {
+          try {
+            for await (const e of iterate(ctl.signal)) {
+              if (ctl.signal.aborted) return;
+              await emit.single(e);
+            }
+            if (!ctl.signal.aborted) await emit.end();
+          } catch (e) {
+            if (!ctl.signal.aborted) await emit.fail(toReplayError(e));
+          }
+        })();
+        return ctl;
+      }),
+      (ctl) => Effect.sync(() => ctl.abort()),
     ),
   );
 
+/** `replayHistoryIterable` as a Stream over a given connection. */
+export const replayHistoryOn = (nc: NatsConnection, opts: ReplayOptions = {}): Stream.Stream<DomainEvent, ReplayError> =>
+  abortableStream((signal) => replayHistoryIterable(nc, { ...opts, signal }));
+
+/** `liveEventsIterable` as a Stream over a given connection. */
+export const liveEventsOn = (nc: NatsConnection, opts: LiveOptions = {}): Stream.Stream<DomainEvent, ReplayError> =>
+  abortableStream((signal) => liveEventsIterable(nc, { ...opts, signal }));
+
+export const replayHistory = (opts: ReplayOptions = {}): Stream.Stream<DomainEvent, ReplayError, NatsClient> =>
+  Stream.unwrap(Effect.map(Effect.flatMap(NatsClient, (c) => c.connection), (nc) => replayHistoryOn(nc, opts)));
+
 export const liveEvents = (opts: LiveOptions = {}): Stream.Stream<DomainEvent, ReplayError, NatsClient> =>
-  Stream.unwrap(
-    Effect.map(Effect.flatMap(NatsClient, (c) => c.connection), (nc) =>
-      Stream.fromAsyncIterable(liveEventsIterable(nc, opts), toReplayError),
-    ),
-  );
+  Stream.unwrap(Effect.map(Effect.flatMap(NatsClient, (c) => c.connection), (nc) => liveEventsOn(nc, opts)));
 
 /** The history projection of one edge over a time range, read from the log. */
 export const edgeHistory = (
