@@ -86,16 +86,13 @@ export const NatsServers = Schema.transformOrFail(
       const parsed = Effect.runSync(Effect.either(parseNatsServers(typeof input === "string" ? input : input.join(","))));
       return Either.isRight(parsed)
         ? ParseResult.succeed(parsed.right)
-        : ParseResult.fail(new ParseResult.Type(ast, input, parsed.left.reason));
+        : ParseResult.fail(
+            new ParseResult.Type(ast, input, `must be NATS server URLs such as "nats://a:4222,nats://b:4222" (${parsed.left.reason})`),
+          );
     },
     encode: (servers) => ParseResult.succeed(servers),
   },
-).annotations({
-  message: (issue) => ({
-    message: `must be NATS server URLs such as "nats://a:4222,nats://b:4222"${issue._tag === "Type" && issue.message !== undefined ? ` (${issue.message})` : ""}`,
-    override: true,
-  }),
-});
+);
 
 /** Documented defaults of the event log (docs/events.md, "The stream"). */
 export const EVENTS_DEFAULTS = {
@@ -136,7 +133,7 @@ const EventsSettings = Schema.Struct({
 
 /** `events: false` / `events: true` are short for `{ enabled: … }`. */
 export const EventsOptionsSchema = Schema.transform(
-  Schema.Union(Schema.Boolean, EventsSettings),
+  Schema.Union(EventsSettings, Schema.Boolean),
   Schema.typeSchema(EventsSettings),
   {
     strict: false,
