@@ -5,11 +5,13 @@
 // Environment knobs (defaults in brackets): BENCH_ROUNDS [3] (each measurement runs this many times, the paths
 // interleaved, and the median is reported: the machine is usually shared), BENCH_SECONDS [5] per iperf3 run,
 // BENCH_CONNECTIONS [2000] per connection-rate run, BENCH_IDLE_STREAMS [1000], BENCH_LATENCY_SECONDS [5],
-// BENCH_OUT [docs/performance.md].
+// BENCH_EVENTS_APPEND [400000] events for bench/events-append.mjs, BENCH_LAG_RATE [200] streams/s and
+// BENCH_LAG_SECONDS [5] for the close → readable lag, BENCH_OUT [docs/performance.md].
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
+import { appendFigures, closeToReadableLag } from "./events.mjs";
 import { connectionRate, iperf3, latency, median, openIdle, rssKiB } from "./measure.mjs";
 import { root, startEchoServer, startIperfServer, startSocatChain } from "./processes.mjs";
 import { startTunnelCli } from "./tunnel-cli.mjs";
@@ -21,6 +23,9 @@ const CONNECTIONS = env("BENCH_CONNECTIONS", 2000);
 const IDLE_STREAMS = env("BENCH_IDLE_STREAMS", 1000);
 const LATENCY_SECONDS = env("BENCH_LATENCY_SECONDS", 5);
 const LATENCY_RATE = 1000;
+const EVENTS_APPEND = env("BENCH_EVENTS_APPEND", 400_000);
+const LAG_RATE = env("BENCH_LAG_RATE", 200);
+const LAG_SECONDS = env("BENCH_LAG_SECONDS", 5);
 const OUT = process.env.BENCH_OUT ?? join(root, "docs", "performance.md");
 
 const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
@@ -47,7 +52,17 @@ const machine = () => {
   };
 };
 
-const results = { machine: machine(), throughput: [], connections: [], latency: [], idle: undefined, errors: [] };
+const results = {
+  machine: machine(),
+  throughput: [],
+  connections: [],
+  latency: [],
+  idle: undefined,
+  eventsConnections: [],
+  eventsLag: undefined,
+  eventsAppend: undefined,
+  errors: [],
+};
 
 /** Runs one measurement; a failure is recorded in the report instead of aborting the whole run. */
 const attempt = async (label, fn) => {
@@ -111,6 +126,34 @@ const main = async () => {
     await fresh.stop();
     return { streams: sockets.length, before, after };
   });
+
+  // Event log: the same tunnel with events on (default: embedded nats-server) and off (`events: false`).
+  const on = await attempt("tunnel with events on", () => startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }] }));
+  const off = await attempt("tunnel with events off", () =>
+    startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }], hub: { events: false } }),
+  );
+  if (on && off) {
+    track(on);
+    track(off);
+    for (let round = 1; round <= ROUNDS; round++) {
+      // Alternate which goes first, so drift on the machine does not favour one.
+      const order = round % 2 === 1 ? [["on", on], ["off", off]] : [["off", off], ["on", on]];
+      for (const [mode, tunnelCli] of order) {
+        const rate = await attempt(`[${round}/${ROUNDS}] connection rate, events ${mode}`, () =>
+          connectionRate({ port: tunnelCli.listenPorts[0], total: CONNECTIONS, concurrency: 8 }),
+        );
+        results.eventsConnections.push({ mode, ...rate });
+      }
+    }
+    results.eventsLag = await attempt(`stream close → event readable at ${LAG_RATE} streams/s`, () =>
+      closeToReadableLag({ tunnel: on, rate: LAG_RATE, seconds: LAG_SECONDS }),
+    );
+    await on.stop();
+    await off.stop();
+  }
+  results.eventsAppend = await attempt(`event log append path (bench/events-append.mjs, ${EVENTS_APPEND} events)`, () =>
+    appendFigures({ events: EVENTS_APPEND }),
+  );
   results.machine.loadAfter = loadavg()[0];
 };
 
@@ -141,9 +184,9 @@ const report = () => {
   lines.push("- everything on loopback: client, hub, edge and targets share the same cores", "");
   lines.push("## Reproduce", "");
   lines.push("```sh", "npm run bench   # = node scripts/setup.mjs --with-peers && node bench/run.mjs", "```", "");
-  lines.push(`Knobs: BENCH_ROUNDS=${ROUNDS}, BENCH_SECONDS=${SECONDS}, BENCH_CONNECTIONS=${CONNECTIONS}, BENCH_IDLE_STREAMS=${IDLE_STREAMS}, BENCH_LATENCY_SECONDS=${LATENCY_SECONDS}.`, "");
+  lines.push(`Knobs: BENCH_ROUNDS=${ROUNDS}, BENCH_SECONDS=${SECONDS}, BENCH_CONNECTIONS=${CONNECTIONS}, BENCH_IDLE_STREAMS=${IDLE_STREAMS}, BENCH_LATENCY_SECONDS=${LATENCY_SECONDS}, BENCH_EVENTS_APPEND=${EVENTS_APPEND}, BENCH_LAG_RATE=${LAG_RATE}, BENCH_LAG_SECONDS=${LAG_SECONDS}.`, "");
   lines.push("Paths: **direct** = client → target on loopback; **tunnel** = client → edge → TLS tunnel → hub → target, hub and");
-  lines.push("edge as separate processes started with the CLI (`node bin/portway.js hub|edge`), PROXY protocol off;");
+  lines.push("edge as separate processes started with the CLI (`node bin/portway.js hub|edge`), PROXY protocol off, events on (default);");
   lines.push("**socat×2** = client → `socat TCP-LISTEN:a,fork,reuseaddr TCP:127.0.0.1:b` → a second socat → target.");
   lines.push(`Each figure is the median of ${ROUNDS} rounds (paths interleaved within a round), with the range in brackets.`, "");
 
@@ -204,7 +247,56 @@ const report = () => {
     lines.push("Not measured (see errors below).", "");
   }
 
-  lines.push("## Targets (issue 2)", "");
+  lines.push("## Event log", "");
+  lines.push("The hub records every lifecycle transition in NATS JetStream (docs/events.md, ADR 0004); by default in an");
+  lines.push("embedded nats-server under its data dir. The **tunnel** path above runs that way (the default).", "");
+  lines.push("### New connections per second, events on vs off", "");
+  lines.push(`Two CLI tunnels side by side, identical but for \`events: false\`; ${CONNECTIONS} connections, 8 at a time, 1-byte echo each,`);
+  lines.push(`${ROUNDS} rounds alternating which goes first. Each connection is 2 events (stream.opened, stream.closed) appended durably.`, "");
+  lines.push("| events | connections/s | failed |", "| --- | --- | --- |");
+  const evRuns = (mode) => results.eventsConnections.filter((r) => r.mode === mode);
+  for (const [mode, label] of [["on", "on (embedded nats-server)"], ["off", "off (`--no-events`)"]]) {
+    const runs = evRuns(mode);
+    lines.push(`| ${label} | ${spread(runs.map((r) => r.perSecond), 0)} | ${runs.reduce((n, r) => n + (r.failed ?? 0), 0)} |`);
+  }
+  const onRate = median(evRuns("on").map((r) => r.perSecond));
+  const offRate = median(evRuns("off").map((r) => r.perSecond));
+  const cost = onRate && offRate ? 1 - onRate / offRate : undefined;
+  lines.push("", `Cost of recording events: ${cost === undefined ? "n/a" : `${fmt(100 * cost, 1)} %`} fewer connections/s (1 − median on / median off).`, "");
+
+  lines.push("### Stream close → event readable", "");
+  const lag = results.eventsLag;
+  if (lag) {
+    lines.push(`${lag.rate} streams/s for ${LAG_SECONDS} s through the events-on tunnel; an ordered JetStream consumer on the hub's embedded`);
+    lines.push("nats-server reads `stream.closed`; lag = the event's delivery − the client socket's close (addon batch ≤ 5 ms, actors,");
+    lines.push("publisher linger 2 ms, acked publish, consumer push).", "");
+    lines.push("| p50 ms | p99 ms | max ms | streams | events not seen |", "| --- | --- | --- | --- | --- |");
+    lines.push(`| ${fmt(lag.p50Ms, 0)} | ${fmt(lag.p99Ms, 0)} | ${fmt(lag.maxMs, 0)} | ${lag.streams} | ${lag.missing} |`, "");
+  } else {
+    lines.push("Not measured (see errors below).", "");
+  }
+
+  lines.push("### Append path alone", "");
+  const ap = results.eventsAppend;
+  if (ap) {
+    lines.push(`\`bench/events-append.mjs\`: events built like the actors build them, appended to a fresh file-backed stream on an`);
+    lines.push("embedded nats-server, timed from the first append to the last acknowledgement. CPU per event is independent of");
+    lines.push("other load; 1e6 / node µs bounds one event loop.", "");
+    lines.push("| approach | events | events/s | events/message | node CPU µs/event | server CPU µs/event |", "| --- | --- | --- | --- | --- | --- |");
+    const row = (label, r) =>
+      r && lines.push(`| ${label} | ${r.events} | ${fmt(r.eventsPerSec, 0)} | ${r.eventsPerMessage ?? 1} | ${r.nodeCpuUsPerEvent === undefined ? "-" : fmt(r.nodeCpuUsPerEvent, 2)} | ${r.serverCpuUsPerEvent === undefined ? "-" : fmt(r.serverCpuUsPerEvent, 2)} |`);
+    row("one event per message, each publish awaited", ap.serial);
+    row("one event per message, 64 in flight", ap.pipelined);
+    row("**per-subject batches, 64 in flight (shipped)**", ap.batched);
+    if (ap.lag) {
+      lines.push("", `Publish → readable (append → delivered to an ordered consumer) at a steady ${ap.lag.ratePerSec} events/s: p50 ${fmt(ap.lag.p50Ms, 0)} ms, p99 ${fmt(ap.lag.p99Ms, 0)} ms, max ${fmt(ap.lag.maxMs, 0)} ms (${ap.lag.samples} events).`);
+    }
+    lines.push("");
+  } else {
+    lines.push("Not measured (see errors below).", "");
+  }
+
+  lines.push("## Targets", "");
   const t1 = tp("tunnel", 1);
   const d1 = tp("direct", 1);
   const ratio = t1 && d1 ? t1 / d1 : undefined;
@@ -214,6 +306,9 @@ const report = () => {
   lines.push(`| added p99 ≤ 1 ms at 1,000 req/s | ${addedP99 === undefined ? "n/a" : `${fmt(addedP99 / 1000, 3)} ms`} | ${verdict(addedP99 === undefined ? undefined : addedP99 <= 1000)} |`);
   const worst = perStream ? Math.max(perStream.hub, perStream.edge) : undefined;
   lines.push(`| ≤ 64 KiB per idle stream (each process) | ${worst === undefined ? "n/a" : `hub ${fmt(perStream.hub, 1)} KiB, edge ${fmt(perStream.edge, 1)} KiB`} | ${verdict(worst === undefined ? undefined : worst <= 64)} |`);
+  const appendRate = results.eventsAppend?.batched?.eventsPerSec;
+  lines.push(`| (issue 3) ≥ 200k lifecycle events/s appended durably | ${appendRate === undefined ? "n/a" : `${fmt(appendRate, 0)} events/s`} | ${verdict(appendRate === undefined ? undefined : appendRate >= 200_000)} |`);
+  lines.push(`| (issue 3) events on cost ≤ 10 % of new connections/s | ${cost === undefined ? "n/a" : `${fmt(100 * cost, 1)} %`} | ${verdict(cost === undefined ? undefined : cost <= 0.1)} |`);
   lines.push("");
   if (results.errors.length > 0) {
     lines.push("## Errors during this run", "");

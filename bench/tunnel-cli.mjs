@@ -22,8 +22,12 @@ const makeIdentity = (dir) => {
   return { certPath, keyPath, certPem, fingerprint };
 };
 
-/** `routes`: [{ target: "host:port" }] → one edge listen port each. PROXY protocol off (iperf3 speaks none). */
-export const startTunnelCli = async ({ routes }) => {
+/**
+ * `routes`: [{ target: "host:port" }] → one edge listen port each. PROXY protocol off (iperf3 speaks none).
+ * `hub`: extra hub config (e.g. `{ events: false }`); by default the hub records events in its embedded
+ * nats-server, under `dataDir` (returned, so readers can find that server).
+ */
+export const startTunnelCli = async ({ routes, hub: hubExtra = {} }) => {
   const dir = mkdtempSync(join(tmpdir(), "portway-bench-"));
   const identity = makeIdentity(dir);
   const tunnelPort = await freePort();
@@ -45,6 +49,7 @@ export const startTunnelCli = async ({ routes }) => {
       dataDir: join(dir, "hub-data"),
       tls: { certFile: identity.certPath, keyFile: identity.keyPath },
       edges: [{ id: edgeId, secret, listenPorts, targets }],
+      ...hubExtra,
     }),
   );
   const hub = spawnProcess(process.execPath, [CLI, "hub", "--config", hubConfig]);
@@ -73,7 +78,15 @@ export const startTunnelCli = async ({ routes }) => {
       for (const port of listenPorts) if (!(await canConnect(port))) return false;
       return true;
     }, `edge listening on ${listenPorts.join(", ")}`);
-    return { hubPid: hub.pid, edgePid: edge.pid, listenPorts, tunnelPort, stop, output: () => `${hub.output()}\n${edge.output()}` };
+    return {
+      hubPid: hub.pid,
+      edgePid: edge.pid,
+      listenPorts,
+      tunnelPort,
+      dataDir: join(dir, "hub-data"),
+      stop,
+      output: () => `${hub.output()}\n${edge.output()}`,
+    };
   } catch (error) {
     await stop();
     throw error;

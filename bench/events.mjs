@@ -1,0 +1,101 @@
+// Event log measurements on a real tunnel (CLI hub + edge, embedded nats-server): how long after a stream closes
+// its `stream.closed` event can be read from JetStream, and what recording events costs in new connections/s.
+// Also runs bench/events-append.mjs (the append path alone) and returns its figures. Used by bench/run.mjs.
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { root } from "./processes.mjs";
+
+const dist = join(root, "dist");
+const load = (p) => import(pathToFileURL(join(dist, p)).href);
+
+const percentile = (sorted, p) => (sorted.length === 0 ? undefined : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]);
+
+/** One connection: 1-byte echo, then FIN; resolves with the client port and when the socket was fully closed. */
+const oneStream = (port) =>
+  new Promise((resolve, reject) => {
+    const socket = connect({ port, host: "127.0.0.1" });
+    let localPort;
+    socket.once("connect", () => {
+      localPort = socket.localPort;
+      socket.write("x");
+    });
+    socket.once("data", () => socket.end());
+    socket.on("end", () => undefined);
+    socket.once("error", reject);
+    socket.once("close", () => resolve({ localPort, closedAt: Date.now() }));
+    socket.resume();
+  });
+
+/**
+ * Close → readable lag: `rate` streams per second for `seconds` through the tunnel, an ordered consumer on the
+ * hub's embedded nats-server reading `stream.closed`; lag = event delivered − client socket closed (ms).
+ */
+export const closeToReadableLag = async ({ tunnel, rate = 200, seconds = 5 }) => {
+  const { findRunningEmbeddedServer } = await load("nats/embedded-server.js");
+  const { liveEventsIterable } = await load("nats/replay.js");
+  const { connect: natsConnect } = await import("@nats-io/transport-node");
+  const server = await findRunningEmbeddedServer(tunnel.dataDir);
+  if (!server) throw new Error(`no embedded nats-server for ${tunnel.dataDir}: is the hub running with events on?`);
+  const nc = await natsConnect({ servers: server.url });
+  const closedAt = new Map(); // client port → close time
+  const seenAt = new Map(); // client port → event delivery time
+  const ctl = new AbortController();
+  const reader = (async () => {
+    for await (const e of liveEventsIterable(nc, { types: ["stream.closed"], signal: ctl.signal })) {
+      seenAt.set(Number(e.data.clientAddr.split(":").pop()), Date.now());
+    }
+  })().catch(() => undefined);
+  // The consumer exists once a first event arrives: warm up until one does.
+  for (let i = 0; i < 50 && seenAt.size === 0; i++) {
+    await oneStream(tunnel.listenPorts[0]);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  seenAt.clear();
+  const total = rate * seconds;
+  const started = Date.now();
+  const pending = [];
+  for (let i = 0; i < total; i++) {
+    const due = started + (i * 1000) / rate;
+    const wait = due - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    pending.push(oneStream(tunnel.listenPorts[0]).then((r) => closedAt.set(r.localPort, r.closedAt), () => undefined));
+  }
+  await Promise.all(pending);
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && [...closedAt.keys()].some((p) => !seenAt.has(p))) await new Promise((r) => setTimeout(r, 20));
+  ctl.abort();
+  await reader;
+  await nc.close();
+  const lags = [];
+  for (const [port, closed] of closedAt) if (seenAt.has(port)) lags.push(Math.max(0, seenAt.get(port) - closed));
+  lags.sort((a, b) => a - b);
+  return {
+    rate,
+    streams: closedAt.size,
+    samples: lags.length,
+    missing: closedAt.size - lags.length,
+    p50Ms: percentile(lags, 50),
+    p99Ms: percentile(lags, 99),
+    maxMs: lags.at(-1),
+  };
+};
+
+/** Runs bench/events-append.mjs (append throughput and publish→readable lag of the event log alone). */
+export const appendFigures = async ({ events = 400_000 } = {}) => {
+  const dir = await mkdtemp(join(tmpdir(), "portway-bench-append-"));
+  const out = join(dir, "append.json");
+  try {
+    await new Promise((resolve, reject) =>
+      execFile(process.execPath, [join(root, "bench", "events-append.mjs"), "--events", String(events), "--json", out], { cwd: root, maxBuffer: 64 * 1024 * 1024 }, (error, _stdout, stderr) =>
+        error ? reject(new Error(`events-append.mjs failed: ${error.message}\n${stderr.slice(-2000)}`)) : resolve(undefined),
+      ),
+    );
+    return JSON.parse(await readFile(out, "utf8"));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+};
