@@ -2,6 +2,8 @@
  * Portway: an edge-ingress tunnel. Two ways in:
  * - the seed-compatible classes `RemoteIngressHub` / `RemoteIngressEdge` (Promises + EventEmitter), and
  * - the Effect services `Hub` / `Edge` (scoped resources, layers, event streams) the classes wrap.
+ * The hub records lifecycle events in NATS JetStream by default; read them back with `hub.replayHistory` /
+ * `hub.liveEvents` / `hub.history`, `EventReader`, or the Effect Streams `replayHistory` / `liveEvents`.
  */
 export {
   RemoteIngressHub,
