@@ -12,6 +12,44 @@ import { root } from "./processes.mjs";
 const dist = join(root, "dist");
 const load = (p) => import(pathToFileURL(join(dist, p)).href);
 
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux); NaN when it is gone. */
+export const cpuSeconds = async (pid) => {
+  try {
+    const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+};
+
+/** The embedded nats-server's pid of a CLI tunnel's hub, if it runs one. */
+export const natsServerPid = async (tunnel) => {
+  try {
+    return Number((await readFile(join(tunnel.dataDir, "nats", "run", "nats-server.pid"), "utf8")).trim());
+  } catch {
+    return undefined;
+  }
+};
+
+/**
+ * `connectionRate` plus what each connection cost in CPU, per process: hub, its nats-server, edge, echo target and
+ * this (client) process. CPU per connection does not depend on what else runs on the machine, connections/s does.
+ */
+export const connectionCost = async ({ tunnel, echoPid, run }) => {
+  const nats = await natsServerPid(tunnel);
+  const pids = { hub: tunnel.hubPid, nats, edge: tunnel.edgePid, target: echoPid };
+  const before = {};
+  for (const [k, pid] of Object.entries(pids)) before[k] = pid === undefined ? 0 : await cpuSeconds(pid);
+  const c0 = process.cpuUsage();
+  const result = await run();
+  const c = process.cpuUsage(c0);
+  const n = result.total;
+  const cpuUs = { client: (c.user + c.system) / n };
+  for (const [k, pid] of Object.entries(pids)) cpuUs[k] = pid === undefined ? 0 : (((await cpuSeconds(pid)) - before[k]) * 1e6) / n;
+  cpuUs.all = Object.values(cpuUs).reduce((a, b) => a + b, 0);
+  return { ...result, cpuUs };
+};
+
 const percentile = (sorted, p) => (sorted.length === 0 ? undefined : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]);
 
 /** One connection: 1-byte echo, then FIN; resolves with the client port and when the socket was fully closed. */

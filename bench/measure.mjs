@@ -52,7 +52,7 @@ export const connectionRate = async ({ port, total, concurrency }) => {
   const begin = process.hrtime.bigint();
   await Promise.all(Array.from({ length: concurrency }, worker));
   const seconds = Number(process.hrtime.bigint() - begin) / 1e9;
-  return { perSecond: (total - failed) / seconds, failed };
+  return { perSecond: (total - failed) / seconds, failed, total };
 };
 
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

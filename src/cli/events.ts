@@ -151,6 +151,12 @@ const withConnection = <A, E>(
   Effect.scoped(
     Effect.gen(function* () {
       const client = yield* makeEventReaderClient({ nats: source.nats, dataDir: source.dataDir });
+      // A tail can outlive its server (a stopped hub takes its embedded one along): say so instead of going quiet.
+      const off = client.onStatus((s) => {
+        if (s.type === "disconnected") process.stderr.write(`lost the connection to NATS (${s.server}); waiting for it to come back (Ctrl-C to stop)\n`);
+        if (s.type === "reconnected") process.stderr.write(`reconnected to NATS (${s.server})\n`);
+      });
+      yield* Effect.addFinalizer(() => Effect.sync(off));
       const nc = yield* client.connection;
       yield* requireEventStream(nc, source.stream);
       return yield* use(nc);
