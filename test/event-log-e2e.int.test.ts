@@ -7,11 +7,18 @@
  *
  * The CLI parts run bin/portway.js, i.e. dist/ (compiled by `npm test`'s setup; alone: `npm run build:ts`).
  */
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Effect, Exit, Scope } from "effect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { RemoteIngressHubStatus } from "../src/api/hub.js";
+import { RemoteIngressHub, type RemoteIngressHubStatus } from "../src/api/hub.js";
+import { startEmbeddedServer } from "../src/nats/embedded-server.js";
 import type { DomainEvent } from "../src/events/envelope.js";
 import type { EdgeHistory } from "../src/nats/history.js";
-import { hashExchange, type HashExchangeResult } from "./helpers/client.js";
+import { hashExchange, tryConnect, type HashExchangeResult } from "./helpers/client.js";
+import { freePort } from "./helpers/ports.js";
 import { countBy, runCli, spawnCli, storedEvents } from "./helpers/event-log.js";
 import { startTestNats, type TestNats } from "./helpers/nats.js";
 import { startHashTarget, type Target } from "./helpers/targets.js";
@@ -265,5 +272,33 @@ describe("event log under a NATS outage in the middle of tunnel traffic", () => 
     expect(closed).toHaveLength(results.length);
     expect(sortedKeys(closed.map((e) => e.data))).toEqual(sortedKeys(results.map(seenOf)));
     expect(log?.status()).toMatchObject({ droppedEvents: 0, mode: "direct" });
+  });
+});
+
+const DEBIAN_NATS = "/usr/sbin/nats-server";
+
+describe("a NATS server too old for the event log", () => {
+  const teardown = useTeardown();
+
+  it.skipIf(!existsSync(DEBIAN_NATS))("stops the hub from starting, with a clear error, before any port is bound", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "portway-oldnats-hub-"));
+    teardown.add(() => rm(dir, { recursive: true, force: true }));
+    const scope = Effect.runSync(Scope.make());
+    teardown.add(() => Effect.runPromise(Scope.close(scope, Exit.void)));
+    const old = await Effect.runPromise(startEmbeddedServer({ dataDir: join(dir, "old"), binary: DEBIAN_NATS }).pipe(Scope.extend(scope)));
+    const port = await freePort();
+
+    const hub = new RemoteIngressHub();
+    teardown.add(() => hub.stop());
+    await expect(hub.start({ tunnelPort: port, bindHost: "127.0.0.1", dataDir: join(dir, "lib"), nats: old.url })).rejects.toMatchObject({
+      _tag: "NatsServerTooOld",
+      message: expect.stringMatching(/runs 2\.9\.10; Portway needs 2\.10\.0 or newer/),
+    });
+    expect(hub.running).toBe(false);
+
+    const cli = await runCli(["hub", "--nats", old.url, "--tunnel-port", String(port), "--bind-host", "127.0.0.1", "--data-dir", join(dir, "cli")]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/runs 2\.9\.10; Portway needs 2\.10\.0 or newer/);
+    expect(await tryConnect(port)).toBe("ECONNREFUSED");
   });
 });
