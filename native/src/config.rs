@@ -56,6 +56,9 @@ pub struct HubConfig {
     /// Most concurrent UDP sessions per edge; new ones beyond it are refused (and counted).
     #[serde(default = "default_max_udp_sessions")]
     pub max_udp_sessions_per_edge: u32,
+    /// Serve QUIC on UDP at the tunnel port number (next to TLS on TCP).
+    #[serde(default = "default_true")]
+    pub quic: bool,
     #[serde(default)]
     pub edges: Vec<EdgeEntry>,
 }
@@ -172,6 +175,9 @@ fn default_handshake_ms() -> u64 {
 }
 fn default_connect_ms() -> u64 {
     5_000
+}
+fn default_true() -> bool {
+    true
 }
 fn default_udp_idle_ms() -> u64 {
     60_000

@@ -11,7 +11,7 @@
 //! - On `Config` the port set is diffed: new ports are bound, removed ports stop accepting, and
 //!   streams already running on a removed port are left to finish. A port that fails to bind is
 //!   reported (`listener.error`) and retried at the next assignment; other ports keep working.
-use crate::config::{sorted_unique, EdgeSettings};
+use crate::config::{sorted_unique, EdgeSettings, HubAddress, TransportMode};
 use crate::error::AddonError;
 use crate::events::{Event, EventSink};
 use crate::mux::{self, MuxOptions, Role};
@@ -23,6 +23,7 @@ use crate::relay::{relay, ByteCounters, SocketSide};
 use crate::runtime::{until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, EdgeStatus, ListenerErrorStatus};
 use crate::transport::buffered::ReadBuffered;
+use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tls;
 use crate::tunnel::{Tunnel, TunnelEnd, TunnelEvent};
 use crate::udp::EdgeUdp;
@@ -33,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,6 +54,7 @@ pub struct Edge {
 struct EdgeInner {
     settings: EdgeSettings,
     connector: TlsConnector,
+    quic_config: quinn::ClientConfig,
     events: EventSink,
     tasks: TaskGroup,
     state: Mutex<EdgeState>,
@@ -93,10 +95,23 @@ enum AttemptError {
 }
 
 struct Connected {
-    tls: TlsStream<ReadBuffered<TcpStream>>,
-    leftover: BytesMut,
+    link: Link,
     accepted: HelloAccepted,
     fingerprint: String,
+}
+
+/// An authenticated connection, right after the handshake.
+enum Link {
+    Tls {
+        tls: Box<TlsStream<ReadBuffered<TcpStream>>>,
+        leftover: BytesMut,
+    },
+    Quic {
+        conn: quinn::Connection,
+        endpoint: quinn::Endpoint,
+        control: (quinn::SendStream, quinn::RecvStream),
+        leftover: BytesMut,
+    },
 }
 
 impl Edge {
@@ -105,6 +120,12 @@ impl Edge {
         let client_config = tls::client_config(
             settings.fingerprint.as_deref(),
             settings.raw.ca_pem.as_deref(),
+        )?;
+        let quic_config = quic::client_config(
+            settings.fingerprint.as_deref(),
+            settings.raw.ca_pem.as_deref(),
+            settings.ping_interval,
+            settings.idle_timeout,
         )?;
         for hub in &settings.raw.hubs {
             tls::server_name(settings.raw.server_name.as_deref().unwrap_or(&hub.host))?;
@@ -119,6 +140,7 @@ impl Edge {
         let inner = Arc::new(EdgeInner {
             settings,
             connector: TlsConnector::from(client_config),
+            quic_config,
             events,
             tasks,
             udp,
@@ -293,9 +315,51 @@ fn close_listeners(inner: &EdgeInner) {
     inner.udp.stop();
 }
 
+/// One connection attempt to one hub, over the configured transport(s).
 async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connected, AttemptError> {
+    match inner.settings.raw.transport_mode {
+        TransportMode::TcpTls => connect_tls(inner, host, port).await,
+        TransportMode::Quic => {
+            let timeout = inner.settings.idle_timeout;
+            match tokio::time::timeout(timeout, connect_quic(inner, host, port)).await {
+                Ok(result) => result,
+                Err(_) => Err(AttemptError::Failed(
+                    "timeout",
+                    format!("QUIC not connected after {} ms", timeout.as_millis()),
+                )),
+            }
+        }
+        TransportMode::QuicWithFallback => {
+            let timeout = inner.settings.quic_fallback_timeout;
+            let (reason, message) =
+                match tokio::time::timeout(timeout, connect_quic(inner, host, port)).await {
+                    Ok(Ok(connected)) => return Ok(connected),
+                    // The hub answered over QUIC: falling back would get the same answer.
+                    Ok(Err(rejected @ AttemptError::Rejected(..))) => return Err(rejected),
+                    Ok(Err(AttemptError::Failed(reason, message))) => (reason, message),
+                    Err(_) => (
+                        "timeout",
+                        format!("QUIC not connected after {} ms", timeout.as_millis()),
+                    ),
+                };
+            inner.events.emit(Event::TunnelFallback {
+                hub: HubAddress {
+                    host: host.to_string(),
+                    port,
+                }
+                .to_string(),
+                from: "quic",
+                to: "tcpTls",
+                reason,
+                message,
+            });
+            connect_tls(inner, host, port).await
+        }
+    }
+}
+
+async fn connect_tls(inner: &EdgeInner, host: &str, port: u16) -> Result<Connected, AttemptError> {
     let timeout = inner.settings.idle_timeout;
-    let failed = |reason: &'static str| move |msg: String| AttemptError::Failed(reason, msg);
     let tcp = tokio::time::timeout(
         timeout,
         TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)),
@@ -333,59 +397,15 @@ async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
             return Err(AttemptError::Failed("tlsError", message));
         }
         let fingerprint = tls::peer_fingerprint(tls.get_ref().1).unwrap_or_default();
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            edge_id: inner.settings.raw.edge_id.clone(),
-            secret: inner.settings.raw.secret.clone(),
-            capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
-        };
-        let mut out = BytesMut::new();
-        encode_hello(&hello, &mut out);
-        tls.write_all(&out)
-            .await
-            .map_err(|e| failed("ioError")(e.to_string()))?;
-        tls.flush()
-            .await
-            .map_err(|e| failed("ioError")(e.to_string()))?;
-        let mut buf = BytesMut::with_capacity(1024);
-        let reply = loop {
-            match decode_reply(&mut buf) {
-                Ok(Some(reply)) => break reply,
-                Ok(None) if buf.len() > MAX_HANDSHAKE_MESSAGE => {
-                    return Err(AttemptError::Failed(
-                        "protocolError",
-                        "hub reply too large".into(),
-                    ))
-                }
-                Ok(None) => match tls.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        return Err(AttemptError::Failed(
-                            "hubClosed",
-                            "hub closed during the handshake".into(),
-                        ))
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(AttemptError::Failed("ioError", e.to_string())),
-                },
-                Err(e) => return Err(AttemptError::Failed("protocolError", e.to_string())),
-            }
-        };
-        match reply {
-            HelloReply::Accepted(accepted) => Ok(Connected {
-                tls,
-                leftover: buf,
-                accepted,
-                fingerprint,
-            }),
-            HelloReply::Rejected { code, message } => {
-                let reason = match code {
-                    RejectCode::AuthFailed => "authFailed",
-                    RejectCode::VersionUnsupported => "versionUnsupported",
-                    RejectCode::Malformed => "malformed",
-                };
-                Err(AttemptError::Rejected(reason, message))
-            }
-        }
+        let (accepted, leftover) = hello_exchange(inner, &mut tls).await?;
+        Ok(Connected {
+            link: Link::Tls {
+                tls: Box::new(tls),
+                leftover,
+            },
+            accepted,
+            fingerprint,
+        })
     };
     tokio::time::timeout(timeout, handshake)
         .await
@@ -397,6 +417,123 @@ async fn connect_once(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
         })?
 }
 
+async fn connect_quic(inner: &EdgeInner, host: &str, port: u16) -> Result<Connected, AttemptError> {
+    let failed = |reason: &'static str| move |e: String| AttemptError::Failed(reason, e);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| failed("connectFailed")(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| failed("connectFailed")(format!("{host} does not resolve")))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(local)
+        .map_err(|e| failed("connectFailed")(format!("cannot bind a UDP socket: {e}")))?;
+    endpoint.set_default_client_config(inner.quic_config.clone());
+    let name = inner.settings.raw.server_name.as_deref().unwrap_or(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let connecting = endpoint
+        .connect(addr, name)
+        .map_err(|e| failed("connectFailed")(e.to_string()))?;
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let text = e.to_string();
+            return Err(match tls::fingerprint_mismatch_text(&text) {
+                Some(mismatch) => {
+                    AttemptError::Rejected("fingerprintMismatch", mismatch.to_string())
+                }
+                None => AttemptError::Failed("connectFailed", text),
+            });
+        }
+    };
+    if !quic::alpn_ok(&conn) {
+        conn.close(quinn::VarInt::from_u32(0), b"ALPN portway/1 required");
+        let message = "the hub did not agree on ALPN portway/1".to_string();
+        return Err(AttemptError::Failed("tlsError", message));
+    }
+    let fingerprint = quic::peer_fingerprint(&conn).unwrap_or_default();
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| failed("ioError")(e.to_string()))?;
+    let mut control = tokio::io::join(recv, send);
+    let (accepted, leftover) = match hello_exchange(inner, &mut control).await {
+        Ok(done) => done,
+        Err(e) => {
+            conn.close(quinn::VarInt::from_u32(0), b"");
+            return Err(e);
+        }
+    };
+    let (recv, send) = control.into_inner();
+    Ok(Connected {
+        link: Link::Quic {
+            conn,
+            endpoint,
+            control: (send, recv),
+            leftover,
+        },
+        accepted,
+        fingerprint,
+    })
+}
+
+/// Sends the Hello and reads the hub's reply. The same on TLS and on the QUIC control stream.
+async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &EdgeInner,
+    io: &mut S,
+) -> Result<(HelloAccepted, BytesMut), AttemptError> {
+    let failed =
+        |reason: &'static str| move |e: std::io::Error| AttemptError::Failed(reason, e.to_string());
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        edge_id: inner.settings.raw.edge_id.clone(),
+        secret: inner.settings.raw.secret.clone(),
+        capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+    };
+    let mut out = BytesMut::new();
+    encode_hello(&hello, &mut out);
+    io.write_all(&out).await.map_err(failed("ioError"))?;
+    io.flush().await.map_err(failed("ioError"))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let reply = loop {
+        match decode_reply(&mut buf) {
+            Ok(Some(reply)) => break reply,
+            Ok(None) if buf.len() > MAX_HANDSHAKE_MESSAGE => {
+                return Err(AttemptError::Failed(
+                    "protocolError",
+                    "hub reply too large".into(),
+                ))
+            }
+            Ok(None) => match io.read_buf(&mut buf).await {
+                Ok(0) => {
+                    return Err(AttemptError::Failed(
+                        "hubClosed",
+                        "hub closed during the handshake".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(AttemptError::Failed("ioError", e.to_string())),
+            },
+            Err(e) => return Err(AttemptError::Failed("protocolError", e.to_string())),
+        }
+    };
+    match reply {
+        HelloReply::Accepted(accepted) => Ok((accepted, buf)),
+        HelloReply::Rejected { code, message } => {
+            let reason = match code {
+                RejectCode::AuthFailed => "authFailed",
+                RejectCode::VersionUnsupported => "versionUnsupported",
+                RejectCode::Malformed => "malformed",
+            };
+            Err(AttemptError::Rejected(reason, message))
+        }
+    }
+}
+
 /// Runs one accepted tunnel until it ends. Returns the disconnect reason, or `None` if stopping.
 async fn run_tunnel(
     inner: &Arc<EdgeInner>,
@@ -404,8 +541,7 @@ async fn run_tunnel(
     connected: Connected,
 ) -> Option<(&'static str, String)> {
     let Connected {
-        tls,
-        leftover,
+        link,
         accepted,
         fingerprint,
     } = connected;
@@ -423,14 +559,34 @@ async fn run_tunnel(
         .udp
         .filter(|u| u.capabilities & capability::UDP_FRAMES != 0 && u.max_sessions > 0);
     let (generation, udp_inbound) = inner.udp.inbound();
-    let options = MuxOptions {
-        role: Role::Edge,
-        ping_interval,
-        idle_timeout,
-        udp: udp_settings.map(|_| udp_inbound),
+    let udp_inbound = udp_settings.map(|_| udp_inbound);
+    let (tunnel, mut tunnel_events) = match link {
+        Link::Tls { tls, leftover } => {
+            let options = MuxOptions {
+                role: Role::Edge,
+                ping_interval,
+                idle_timeout,
+                udp: udp_inbound,
+            };
+            let (mux, events) = mux::spawn(*tls, leftover, options);
+            (Tunnel::Mux(mux), events)
+        }
+        Link::Quic {
+            conn,
+            endpoint,
+            control,
+            leftover,
+        } => {
+            let options = QuicOptions {
+                role: Role::Edge,
+                ping_interval,
+                idle_timeout,
+                udp: udp_inbound,
+            };
+            let (quic, events) = quic::spawn(conn, Some(endpoint), control, leftover, options);
+            (Tunnel::Quic(quic), events)
+        }
     };
-    let (mux, mut tunnel_events) = mux::spawn(tls, leftover, options);
-    let tunnel = Tunnel::Mux(mux);
     if let Some(udp) = udp_settings {
         let idle = Duration::from_millis(u64::from(udp.idle_timeout_ms.max(1)));
         inner.udp.attach(

@@ -89,6 +89,15 @@ pub enum Event {
         /// `"tcpTls"` or `"quic"`.
         transport: &'static str,
     },
+    /// `quicWithFallback`: QUIC did not connect in time (or failed), TLS is used for this attempt.
+    #[serde(rename = "tunnel.fallback")]
+    TunnelFallback {
+        hub: String,
+        from: &'static str,
+        to: &'static str,
+        reason: &'static str,
+        message: String,
+    },
     #[serde(rename = "tunnel.unpinned")]
     TunnelUnpinned {
         hub: String,

@@ -1,9 +1,11 @@
 //! The hub role: accepts tunnels, authenticates edges, keeps one session per edge and forwards each
 //! stream to its target behind a PROXY header.
 //!
-//! Accepting and handshaking are separate steps: every connection's TLS accept and Hello exchange
-//! runs in its own task under `handshakeTimeoutMs`, so a slow or garbage client never blocks the
-//! accept loop. Unknown edge and wrong secret get the same reply.
+//! Accepting and handshaking are separate steps: every connection's TLS (or QUIC) handshake and
+//! Hello exchange runs in its own task under `handshakeTimeoutMs`, so a slow or garbage client never
+//! blocks the accept loop. Unknown edge and wrong secret get the same reply. TLS listens on TCP and
+//! QUIC on UDP at the same port number; after the Hello both give a `Tunnel` and the session code is
+//! shared.
 use crate::config::{EdgeEntry, HubSettings, ProxyProtocol};
 use crate::error::AddonError;
 use crate::events::{Event, EventSink};
@@ -18,6 +20,7 @@ use crate::relay::{relay, ByteCounters, SocketSide, TunnelStream};
 use crate::runtime::{epoch_ms, until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, HubEdgeStatus, HubStatus};
 use crate::transport::buffered::ReadBuffered;
+use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tls;
 use crate::tunnel::{Tunnel, TunnelEnd, TunnelEvent, UdpInbound};
 use crate::udp::{HubUdp, HubUdpSettings, UdpCounters};
@@ -26,11 +29,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+/// How often binding TCP and UDP on the same (random) port is tried before giving up.
+const SAME_PORT_ATTEMPTS: usize = 16;
+/// How long a stopping hub lets its QUIC endpoint send connection closes.
+const QUIC_DRAIN: Duration = Duration::from_secs(1);
 
 /// A running hub. Cheap to clone.
 #[derive(Clone)]
@@ -43,6 +51,8 @@ struct HubInner {
     port: u16,
     fingerprint: String,
     acceptor: TlsAcceptor,
+    /// Taken (and dropped, releasing the UDP port) when the hub stops.
+    quic: Mutex<Option<quinn::Endpoint>>,
     verifier: SecretVerifier,
     edges: RwLock<Arc<HashMap<String, EdgeEntry>>>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -101,10 +111,17 @@ impl Hub {
     pub async fn start(settings: HubSettings, events: EventSink) -> Result<Hub, AddonError> {
         let server_config = tls::server_config(&settings.raw.cert_pem, &settings.raw.key_pem)?;
         let fingerprint = tls::cert_fingerprint(&settings.raw.cert_pem)?;
+        let quic_config = match settings.raw.quic {
+            true => Some(quic::server_config(
+                &settings.raw.cert_pem,
+                &settings.raw.key_pem,
+                settings.ping_interval,
+                settings.idle_timeout,
+            )?),
+            false => None,
+        };
         let addr = resolve_bind(&settings.raw.bind_host, settings.raw.tunnel_port).await?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| AddonError::from_bind(&e, &addr.to_string()))?;
+        let (listener, endpoint) = bind_tunnel_port(addr, quic_config).await?;
         let port = listener
             .local_addr()
             .map_err(|e| AddonError::Io(e.to_string()))?
@@ -115,6 +132,7 @@ impl Hub {
             port,
             fingerprint,
             acceptor: TlsAcceptor::from(server_config),
+            quic: Mutex::new(endpoint.clone()),
             verifier: SecretVerifier::new(),
             sessions: Mutex::new(HashMap::new()),
             events,
@@ -125,6 +143,9 @@ impl Hub {
         });
         inner.events.emit(Event::HubListening { port });
         inner.tasks.spawn(accept_loop(inner.clone(), listener));
+        if let Some(endpoint) = endpoint {
+            inner.tasks.spawn(quic_accept_loop(inner.clone(), endpoint));
+        }
         Ok(Hub { inner })
     }
 
@@ -195,6 +216,7 @@ impl Hub {
         HubStatus {
             running: !*self.inner.stopping.borrow(),
             tunnel_port: self.inner.port,
+            quic: self.inner.settings.raw.quic,
             hub_id: self.inner.settings.raw.hub_id.clone(),
             fingerprint: self.inner.fingerprint.clone(),
             edges,
@@ -218,9 +240,159 @@ impl Hub {
             )));
         }
         inner.tasks.wait_idle().await;
+        let endpoint = lock(&inner.quic).take();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(quinn::VarInt::from_u32(0), b"hub stopped");
+            let _ = tokio::time::timeout(QUIC_DRAIN, endpoint.wait_idle()).await;
+            let addr = endpoint.local_addr().ok();
+            drop(endpoint);
+            if let Some(addr) = addr {
+                released(addr).await;
+            }
+        }
         inner.events.emit(Event::HubStopped {});
         inner.events.close().await;
         inner.stopped.send_replace(true);
+    }
+}
+
+/// Binds TLS on TCP and, if configured, QUIC on UDP at the same port number. With port 0 the
+/// system picks a TCP port; if its UDP twin is taken, another pick is tried.
+async fn bind_tunnel_port(
+    addr: SocketAddr,
+    quic_config: Option<quinn::ServerConfig>,
+) -> Result<(TcpListener, Option<quinn::Endpoint>), AddonError> {
+    let attempts = if addr.port() == 0 {
+        SAME_PORT_ATTEMPTS
+    } else {
+        1
+    };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| AddonError::from_bind(&e, &addr.to_string()))?;
+        let Some(config) = quic_config.clone() else {
+            return Ok((listener, None));
+        };
+        let port = listener
+            .local_addr()
+            .map_err(|e| AddonError::Io(e.to_string()))?
+            .port();
+        let udp_addr = SocketAddr::new(addr.ip(), port);
+        match quinn::Endpoint::server(config, udp_addr) {
+            Ok(endpoint) => return Ok((listener, Some(endpoint))),
+            Err(e) => {
+                last_error = Some(AddonError::from_bind(
+                    &e,
+                    &format!("{udp_addr} (udp, QUIC)"),
+                ))
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| AddonError::Io("cannot bind the tunnel port".into())))
+}
+
+/// Waits (briefly) until quinn's endpoint driver has let go of the UDP socket, so the port can be
+/// bound again as soon as `stop` resolves.
+async fn released(addr: SocketAddr) {
+    for _ in 0..100 {
+        match std::net::UdpSocket::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            _ => return,
+        }
+    }
+}
+
+async fn quic_accept_loop(inner: Arc<HubInner>, endpoint: quinn::Endpoint) {
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        tokio::select! {
+            _ = until_set(&mut stopping) => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    inner.tasks.spawn(handle_quic_connection(inner.clone(), incoming));
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+async fn handle_quic_connection(inner: Arc<HubInner>, incoming: quinn::Incoming) {
+    let peer = incoming.remote_address();
+    let mut stopping = inner.stopping.subscribe();
+    let handshake = tokio::time::timeout(
+        inner.settings.handshake_timeout,
+        quic_handshake(&inner, incoming),
+    );
+    let result = tokio::select! {
+        _ = until_set(&mut stopping) => return,
+        result = handshake => result,
+    };
+    match result {
+        Err(_) => inner.events.emit(Event::EdgeAuthFailed {
+            remote_addr: peer.to_string(),
+            claimed_edge_id: None,
+            reason: "handshakeTimeout",
+        }),
+        Ok(Err(failure)) => inner.events.emit(Event::EdgeAuthFailed {
+            remote_addr: peer.to_string(),
+            claimed_edge_id: failure.claimed_edge_id,
+            reason: failure.reason,
+        }),
+        Ok(Ok((conn, control, hello, accepted, leftover))) => {
+            let udp = new_hub_udp(&inner, &hello, &accepted, true);
+            let options = QuicOptions {
+                role: Role::Hub,
+                ping_interval: inner.settings.ping_interval,
+                idle_timeout: inner.settings.idle_timeout,
+                udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
+            };
+            let (handle, events) = quic::spawn(conn, None, control, leftover, options);
+            let tunnel = Tunnel::Quic(handle);
+            run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
+        }
+    }
+}
+
+type QuicHandshaken = (
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+    Hello,
+    HelloAccepted,
+    BytesMut,
+);
+
+async fn quic_handshake(
+    inner: &HubInner,
+    incoming: quinn::Incoming,
+) -> Result<QuicHandshaken, HandshakeFailure> {
+    let fail = |reason| HandshakeFailure {
+        reason,
+        claimed_edge_id: None,
+    };
+    let conn = incoming.await.map_err(|_| fail("tlsError"))?;
+    if !quic::alpn_ok(&conn) {
+        conn.close(quinn::VarInt::from_u32(0), b"ALPN portway/1 required");
+        return Err(fail("tlsError"));
+    }
+    let (send, recv) = conn.accept_bi().await.map_err(|_| fail("malformedHello"))?;
+    let mut control = tokio::io::join(recv, send);
+    match hello_exchange(inner, &mut control).await {
+        Ok((hello, accepted, leftover)) => {
+            let (recv, send) = control.into_inner();
+            Ok((conn, (send, recv), hello, accepted, leftover))
+        }
+        Err(failure) => {
+            // The reply (if any) went out and the stream is finished; let it arrive, then close.
+            let (_, send) = control.into_inner();
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            conn.close(quinn::VarInt::from_u32(0), b"rejected");
+            Err(failure)
+        }
     }
 }
 
@@ -274,33 +446,44 @@ async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAdd
     }
 }
 
-type Handshaken = (
-    TlsStream<ReadBuffered<TcpStream>>,
-    Hello,
-    HelloAccepted,
-    BytesMut,
-);
+type TlsStream = tokio_rustls::server::TlsStream<ReadBuffered<TcpStream>>;
+type Handshaken = (TlsStream, Hello, HelloAccepted, BytesMut);
 
 async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, HandshakeFailure> {
-    let fail = |reason, claimed_edge_id| HandshakeFailure {
-        reason,
-        claimed_edge_id,
-    };
     let mut tls = inner
         .acceptor
         .accept(ReadBuffered::new(tcp))
         .await
-        .map_err(|_| fail("tlsError", None))?;
+        .map_err(|_| HandshakeFailure {
+            reason: "tlsError",
+            claimed_edge_id: None,
+        })?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         let _ = tls.shutdown().await;
-        return Err(fail("tlsError", None));
+        return Err(HandshakeFailure {
+            reason: "tlsError",
+            claimed_edge_id: None,
+        });
     }
+    let (hello, accepted, leftover) = hello_exchange(inner, &mut tls).await?;
+    Ok((tls, hello, accepted, leftover))
+}
+
+/// Reads the Hello, authenticates, answers. The same on TLS and on the QUIC control stream.
+async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &HubInner,
+    tls: &mut S,
+) -> Result<(Hello, HelloAccepted, BytesMut), HandshakeFailure> {
+    let fail = |reason, claimed_edge_id| HandshakeFailure {
+        reason,
+        claimed_edge_id,
+    };
     let mut buf = BytesMut::with_capacity(1024);
     let hello = loop {
         match decode_hello(&mut buf) {
             Ok(Some(hello)) => break hello,
             Ok(None) if buf.len() > MAX_HANDSHAKE_MESSAGE => {
-                reject(&mut tls, RejectCode::Malformed, "hello too large").await;
+                reject(tls, RejectCode::Malformed, "hello too large").await;
                 return Err(fail("malformedHello", None));
             }
             Ok(None) => match tls.read_buf(&mut buf).await {
@@ -308,7 +491,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
                 _ => return Err(fail("malformedHello", None)),
             },
             Err(e) => {
-                reject(&mut tls, RejectCode::Malformed, &e.to_string()).await;
+                reject(tls, RejectCode::Malformed, &e.to_string()).await;
                 return Err(fail("malformedHello", None));
             }
         }
@@ -319,7 +502,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
             "protocol version {} is not supported (hub speaks {PROTOCOL_VERSION})",
             hello.version
         );
-        reject(&mut tls, RejectCode::VersionUnsupported, &message).await;
+        reject(tls, RejectCode::VersionUnsupported, &message).await;
         return Err(fail("versionUnsupported", claimed));
     }
     let entry = inner
@@ -332,7 +515,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
         .verifier
         .verify(entry.as_ref().map(|e| e.secret.as_str()), &hello.secret)
     {
-        reject(&mut tls, RejectCode::AuthFailed, "authentication failed").await;
+        reject(tls, RejectCode::AuthFailed, "authentication failed").await;
         return Err(fail("authFailed", claimed));
     }
     let Some(entry) = entry else {
@@ -344,7 +527,7 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
     if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
         return Err(fail("tlsError", claimed));
     }
-    Ok((tls, hello, accepted, buf))
+    Ok((hello, accepted, buf))
 }
 
 fn accepted_reply(inner: &HubInner, entry: &EdgeEntry) -> HelloAccepted {
@@ -362,7 +545,7 @@ fn accepted_reply(inner: &HubInner, entry: &EdgeEntry) -> HelloAccepted {
     }
 }
 
-async fn reject(tls: &mut TlsStream<ReadBuffered<TcpStream>>, code: RejectCode, message: &str) {
+async fn reject<S: AsyncWrite + Unpin>(tls: &mut S, code: RejectCode, message: &str) {
     let mut out = BytesMut::new();
     encode_reply(
         &HelloReply::Rejected {

@@ -10,6 +10,7 @@
 use crate::mux::{Inbound, MuxHandle, MuxStream};
 use crate::protocol::frame::{INITIAL_STREAM_WINDOW, MAX_DATA_CHUNK};
 use crate::protocol::{CloseReason, Frame};
+use crate::transport::quic::{code_of, reason_from_code, ActiveStream, QuicHandle};
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,6 +29,9 @@ const GRANT_STEP: u32 = INITIAL_STREAM_WINDOW / 8;
 const SHRINK_BELOW: usize = 4;
 /// How many queued chunks one vectored write covers.
 const MAX_IOVECS: usize = 32;
+/// Streams without credit frames (QUIC) stop reading from the tunnel while this much waits for the
+/// socket; the transport's flow control then holds the peer back.
+const PENDING_LIMIT: usize = INITIAL_STREAM_WINDOW as usize;
 
 /// Which end of the stream the local socket is (decides the close reasons and byte directions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub enum StreamTx {
         id: u32,
         credit: u64,
     },
+    /// A QUIC stream; quinn's flow control decides how much may be in flight.
+    Quic { send: quinn::SendStream, id: u32 },
 }
 
 /// The receiving half of a tunnel stream.
@@ -99,6 +105,11 @@ pub enum StreamTx {
 pub enum StreamRx {
     /// Holds the stream's registration in the mux (dropping it forgets the stream).
     Mux(MuxStream),
+    Quic {
+        recv: quinn::RecvStream,
+        tunnel: QuicHandle,
+        _active: ActiveStream,
+    },
 }
 
 /// Something to hand to the tunnel; taken out of the slot once the tunnel has it.
@@ -122,6 +133,19 @@ enum RxEvent {
 enum TxError {
     /// The tunnel is closed; the receiving half reports why.
     Gone,
+    /// The stream or tunnel ended for this reason (QUIC reports it directly).
+    Ended(CloseReason, String),
+}
+
+fn quic_write_error(err: quinn::WriteError) -> TxError {
+    match err {
+        quinn::WriteError::Stopped(code) => {
+            TxError::Ended(reason_from_code(code), "closed by the peer".into())
+        }
+        // The receiving half knows why the connection went.
+        quinn::WriteError::ConnectionLost(_) => TxError::Gone,
+        other => TxError::Ended(CloseReason::TunnelLost, other.to_string()),
+    }
 }
 
 impl StreamTx {
@@ -129,18 +153,25 @@ impl StreamTx {
     fn budget(&self) -> usize {
         match self {
             Self::Mux { credit, .. } => (*credit).min(MAX_DATA_CHUNK as u64) as usize,
+            Self::Quic { .. } => MAX_DATA_CHUNK,
         }
     }
 
     fn spend(&mut self, n: usize) {
-        match self {
-            Self::Mux { credit, .. } => *credit = credit.saturating_sub(n as u64),
+        if let Self::Mux { credit, .. } = self {
+            *credit = credit.saturating_sub(n as u64);
         }
     }
 
     fn add_credit(&mut self, n: u32) {
+        if let Self::Mux { credit, .. } = self {
+            *credit = credit.saturating_add(u64::from(n));
+        }
+    }
+
+    fn id(&self) -> u32 {
         match self {
-            Self::Mux { credit, .. } => *credit = credit.saturating_add(u64::from(n)),
+            Self::Mux { id, .. } | Self::Quic { id, .. } => *id,
         }
     }
 
@@ -155,6 +186,25 @@ impl StreamTx {
                 }
                 Ok(())
             }
+            Self::Quic { send, .. } => match out {
+                Some(Outgoing::Data(bytes)) => {
+                    // Cancel-safe: nothing is written unless this resolves; what was written is
+                    // split off `bytes`.
+                    send.write_chunks(std::slice::from_mut(bytes))
+                        .await
+                        .map_err(quic_write_error)?;
+                    if bytes.is_empty() {
+                        *out = None;
+                    }
+                    Ok(())
+                }
+                Some(Outgoing::Fin) => {
+                    let _ = send.finish();
+                    *out = None;
+                    Ok(())
+                }
+                None => Ok(()),
+            },
         }
     }
 
@@ -168,6 +218,13 @@ impl StreamTx {
                     }
                 }
             }
+            // FIN needs no waiting; data goes through `send` (quinn decides when it fits).
+            Self::Quic { send, .. } => {
+                if matches!(out, Some(Outgoing::Fin)) {
+                    let _ = send.finish();
+                    *out = None;
+                }
+            }
         }
     }
 
@@ -175,12 +232,14 @@ impl StreamTx {
     fn grant(&self, written: u32) {
         match self {
             Self::Mux { mux, id, .. } => mux.grant(*id, written),
+            // QUIC returns flow-control credit as the relay reads (bounded by `PENDING_LIMIT`).
+            Self::Quic { .. } => {}
         }
     }
 
     /// Ends the stream on the peer's side with `reason`: an abort, or for a clean reason the
     /// notice that this side is done with both directions.
-    async fn close(&mut self, _rx: &mut StreamRx, reason: CloseReason) {
+    async fn close(&mut self, rx: &mut StreamRx, reason: CloseReason) {
         match self {
             Self::Mux { mux, id, .. } => {
                 let _ = mux
@@ -189,6 +248,19 @@ impl StreamTx {
                         reason,
                     })
                     .await;
+            }
+            Self::Quic { send, .. } => {
+                // Both directions finished cleanly: the FINs said it all.
+                if matches!(
+                    reason,
+                    CloseReason::ClientClosed | CloseReason::TargetClosed
+                ) {
+                    return;
+                }
+                let _ = send.reset(code_of(reason));
+                if let StreamRx::Quic { recv, .. } = rx {
+                    let _ = recv.stop(code_of(reason));
+                }
             }
         }
     }
@@ -204,9 +276,11 @@ fn mux_frame(stream_id: u32, out: Option<Outgoing>) -> Option<Frame> {
 impl StreamRx {
     /// Whether to read from the tunnel now. Mux streams are bounded by the credit they granted (and
     /// carry credit and close messages on the same channel), so they are always read.
-    fn wants_recv(&self, _remote_fin: bool, _pending: usize) -> bool {
+    /// QUIC streams are read only while little waits for the socket (and not after FIN).
+    fn wants_recv(&self, remote_fin: bool, pending: usize) -> bool {
         match self {
             Self::Mux(_) => true,
+            Self::Quic { .. } => !remote_fin && pending < PENDING_LIMIT,
         }
     }
 
@@ -220,6 +294,15 @@ impl StreamRx {
                 Some(Inbound::TunnelGone(reason)) => RxEvent::Gone(reason, "tunnel closed".into()),
                 None => RxEvent::Gone(CloseReason::TunnelLost, "tunnel closed".into()),
             },
+            Self::Quic { recv, tunnel, .. } => match recv.read_chunk(MAX_DATA_CHUNK, true).await {
+                Ok(Some(chunk)) => RxEvent::Data(chunk.bytes),
+                Ok(None) => RxEvent::Fin,
+                Err(quinn::ReadError::Reset(code)) => RxEvent::PeerClose(reason_from_code(code)),
+                Err(quinn::ReadError::ConnectionLost(e)) => {
+                    RxEvent::Gone(tunnel.gone_reason(&e), e.to_string())
+                }
+                Err(e) => RxEvent::Gone(CloseReason::TunnelLost, e.to_string()),
+            },
         }
     }
 
@@ -228,6 +311,10 @@ impl StreamRx {
     fn gone(&self) -> Pin<Box<dyn Future<Output = (CloseReason, String)> + Send>> {
         match self {
             Self::Mux(_) => Box::pin(std::future::pending()),
+            Self::Quic { tunnel, .. } => {
+                let tunnel = tunnel.clone();
+                Box::pin(async move { tunnel.closed().await })
+            }
         }
     }
 }
@@ -323,6 +410,7 @@ impl Relay<'_> {
                 sent = self.tx.send(&mut self.outgoing), if self.outgoing.is_some() => match sent {
                     Ok(()) => Step::Continue,
                     Err(TxError::Gone) => self.wait_gone().await,
+                    Err(TxError::Ended(reason, message)) => Step::Done(reason, message),
                 },
                 ready = self.sock.writable(), if !self.pending.is_empty() => match ready {
                     Ok(()) => self.write_socket().await,
@@ -338,6 +426,13 @@ impl Relay<'_> {
         if reason != CloseReason::ClientClosed && reason != CloseReason::TargetClosed {
             // An aborted stream ends with a reset, so the socket's peer can tell it was cut short.
             let _ = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO));
+            // QUIC: make sure both directions of the stream end too (a no-op if already done).
+            if let StreamTx::Quic { send, .. } = &mut self.tx {
+                let _ = send.reset(code_of(reason));
+            }
+            if let StreamRx::Quic { recv, .. } = &mut self.rx {
+                let _ = recv.stop(code_of(reason));
+            }
         }
         (reason, message)
     }
@@ -500,13 +595,15 @@ impl Relay<'_> {
     }
 
     fn stream_id(&self) -> u32 {
-        match &self.tx {
-            StreamTx::Mux { id, .. } => *id,
-        }
+        self.tx.id()
     }
 
     /// The tunnel refused a send: it is closing; the receiving half says why.
     async fn wait_gone(&mut self) -> Step {
+        if let StreamRx::Quic { .. } = &self.rx {
+            let (reason, message) = self.rx.gone().await;
+            return Step::Done(reason, message);
+        }
         loop {
             match self.rx.recv().await {
                 RxEvent::Gone(reason, message) => return Step::Done(reason, message),

@@ -7,6 +7,8 @@ use serde::Serialize;
 pub struct HubStatus {
     pub running: bool,
     pub tunnel_port: u16,
+    /// Whether QUIC is served (UDP, same port number).
+    pub quic: bool,
     pub hub_id: String,
     pub fingerprint: String,
     pub edges: Vec<HubEdgeStatus>,

@@ -4,6 +4,7 @@
 use crate::mux::MuxHandle;
 use crate::protocol::{EdgeConfig, GoAwayReason, StreamOpen, UdpCloseReason};
 use crate::relay::TunnelStream;
+use crate::transport::quic::QuicHandle;
 use bytes::Bytes;
 
 /// Why a tunnel ended.
@@ -63,6 +64,7 @@ pub trait UdpInbound: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub enum Tunnel {
     Mux(MuxHandle),
+    Quic(QuicHandle),
 }
 
 impl Tunnel {
@@ -70,6 +72,7 @@ impl Tunnel {
     pub fn transport(&self) -> &'static str {
         match self {
             Self::Mux(_) => "tcpTls",
+            Self::Quic(_) => "quic",
         }
     }
 
@@ -77,6 +80,7 @@ impl Tunnel {
     pub async fn open(&self, open: StreamOpen) -> Result<TunnelStream, TunnelClosed> {
         match self {
             Self::Mux(mux) => mux.open(open).await.map(TunnelStream::from_mux),
+            Self::Quic(quic) => quic.open(open).await,
         }
     }
 
@@ -84,6 +88,7 @@ impl Tunnel {
     pub fn push_config(&self, config: EdgeConfig) -> Result<(), TunnelClosed> {
         match self {
             Self::Mux(mux) => mux.push_config(config),
+            Self::Quic(quic) => quic.push_config(config),
         }
     }
 
@@ -92,12 +97,14 @@ impl Tunnel {
     pub fn shutdown(&self, goaway: Option<(GoAwayReason, String)>) {
         match self {
             Self::Mux(mux) => mux.shutdown(goaway),
+            Self::Quic(quic) => quic.shutdown(goaway),
         }
     }
 
     pub fn active_streams(&self) -> usize {
         match self {
             Self::Mux(mux) => mux.active_streams(),
+            Self::Quic(quic) => quic.active_streams(),
         }
     }
 
@@ -105,6 +112,7 @@ impl Tunnel {
     pub fn udp_open(&self, session_id: u32, open: StreamOpen) -> Result<(), TunnelClosed> {
         match self {
             Self::Mux(mux) => mux.udp_open(session_id, open),
+            Self::Quic(quic) => quic.udp_open(session_id, open),
         }
     }
 
@@ -112,6 +120,7 @@ impl Tunnel {
     pub fn udp_close(&self, session_id: u32, reason: UdpCloseReason) {
         match self {
             Self::Mux(mux) => mux.udp_close(session_id, reason),
+            Self::Quic(quic) => quic.udp_close(session_id, reason),
         }
     }
 
@@ -119,6 +128,7 @@ impl Tunnel {
     pub fn udp_datagram(&self, session_id: u32, data: &[u8]) -> UdpSend {
         match self {
             Self::Mux(mux) => mux.udp_datagram(session_id, data),
+            Self::Quic(quic) => quic.udp_datagram(session_id, data),
         }
     }
 }

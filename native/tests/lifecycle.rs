@@ -1,5 +1,6 @@
 //! Tunnel lifecycle: auth, pinning, hot reload, revoke, supersede, stop, reconnect, liveness and
-//! misbehaving peers.
+//! misbehaving peers. Scenarios with a real edge run over every transport (`every_transport!`);
+//! the hand-driven ones speak the TLS framing.
 mod common;
 
 use bytes::BytesMut;
@@ -118,8 +119,7 @@ fn wrong_secret_and_unknown_edge_are_rejected_alike() {
     });
 }
 
-#[test]
-fn fingerprint_mismatch_and_unpinned() {
+fn fingerprint_mismatch_and_unpinned(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let hub = start_hub(
@@ -130,7 +130,13 @@ fn fingerprint_mismatch_and_unpinned() {
         )
         .await;
         let other = identity();
-        let pinned_wrong = start_edge(hub.port, "e1", "s", Some(&other.fingerprint), json!({}));
+        let pinned_wrong = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&other.fingerprint),
+            transport_extra(transport),
+        );
         let rejected = pinned_wrong.events.wait_type("tunnel.rejected").await;
         assert_eq!(rejected["reason"], "fingerprintMismatch");
         assert!(rejected["message"]
@@ -139,7 +145,7 @@ fn fingerprint_mismatch_and_unpinned() {
             .contains(&id.fingerprint));
         pinned_wrong.edge.stop().await;
 
-        let unpinned = start_edge(hub.port, "e1", "s", None, json!({}));
+        let unpinned = start_edge(hub.port, "e1", "s", None, transport_extra(transport));
         let connected = unpinned.events.wait_type("tunnel.connected").await;
         assert_eq!(connected["pinned"], false);
         let warn = unpinned.events.wait_type("tunnel.unpinned").await;
@@ -149,8 +155,7 @@ fn fingerprint_mismatch_and_unpinned() {
     });
 }
 
-#[test]
-fn hot_reload_adds_and_removes_ports_without_dropping_live_streams() {
+fn hot_reload_adds_and_removes_ports_without_dropping_live_streams(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
@@ -163,7 +168,13 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
 
         // A live stream on port A.
@@ -198,8 +209,7 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams() {
     });
 }
 
-#[test]
-fn revoked_edge_is_dropped_then_rejected() {
+fn revoked_edge_is_dropped_then_rejected(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let hub = start_hub(
@@ -209,7 +219,13 @@ fn revoked_edge_is_dropped_then_rejected() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("tunnel.connected").await;
         hub.hub.update_edges(Vec::new()).unwrap();
         let gone = hub.events.wait_type("edge.disconnected").await;
@@ -248,8 +264,7 @@ fn new_session_supersedes_the_old_one() {
     });
 }
 
-#[test]
-fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub() {
+fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
@@ -257,7 +272,13 @@ fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub() {
         let entries = vec![edge_entry("e1", "s", &[edge_port], Some(target))];
         let hub = start_hub(id.clone(), 0, entries.clone(), json!({})).await;
         let hub_port = hub.port;
-        let edge = start_edge(hub_port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub_port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
         let mut live = TcpStream::connect(("127.0.0.1", edge_port)).await.unwrap();
         live.write_all(b"x").await.unwrap();
@@ -441,3 +462,10 @@ fn busy_tunnel_port_is_a_coded_error() {
         assert!(err.to_string().starts_with("EADDRINUSE: "), "{err}");
     });
 }
+
+every_transport!(
+    fingerprint_mismatch_and_unpinned,
+    hot_reload_adds_and_removes_ports_without_dropping_live_streams,
+    revoked_edge_is_dropped_then_rejected,
+    hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub
+);

@@ -1,4 +1,5 @@
-//! End-to-end: a hub and an edge on loopback relaying real TCP connections.
+//! End-to-end: a hub and an edge on loopback relaying real TCP connections. Every scenario runs
+//! over every transport (`every_transport!`).
 mod common;
 
 use common::*;
@@ -9,8 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[test]
-fn echo_with_proxy_v1_and_events() {
+fn echo_with_proxy_v1_and_events(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let (target, mut lines) = echo_target().await;
@@ -22,7 +22,13 @@ fn echo_with_proxy_v1_and_events() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
 
         let reply = round_trip(edge_port, b"hello portway").await.unwrap();
@@ -44,11 +50,13 @@ fn echo_with_proxy_v1_and_events() {
         assert_eq!(closed["bytesIn"], 13);
 
         let connected = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["transport"], transport);
         assert_eq!(connected["pinned"], true);
         assert_eq!(connected["hubFingerprint"], id.fingerprint.as_str());
         assert!(edge.events.of_type("tunnel.unpinned").is_empty());
         let status: serde_json::Value = serde_json::to_value(hub.hub.status()).unwrap();
         assert_eq!(status["edges"][0]["edgeId"], "e1");
+        assert_eq!(status["edges"][0]["transport"], transport);
         assert_eq!(status["edges"][0]["bytesIn"], 13);
 
         edge.edge.stop().await;
@@ -56,15 +64,15 @@ fn echo_with_proxy_v1_and_events() {
         hub.hub.stop().await;
         hub.events.wait_type("hub.stopped").await;
         assert_eq!(hub.events.of_type("hub.stopped").len(), 1);
+        // The edge's connect burst (connecting, connected, ports.assigned, …) shares batches.
         assert!(
-            hub.events.batches() < hub.events.all().len(),
+            edge.events.batches() < edge.events.all().len(),
             "events should arrive batched"
         );
     });
 }
 
-#[test]
-fn half_close_keeps_the_other_direction_open() {
+fn half_close_keeps_the_other_direction_open(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         // Target: read everything until EOF, then answer with the byte count, then close.
@@ -88,7 +96,13 @@ fn half_close_keeps_the_other_direction_open() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
         let reply = round_trip(edge_port, &vec![7u8; 300_000]).await.unwrap();
         assert_eq!(reply, b"got 300000");
@@ -99,8 +113,7 @@ fn half_close_keeps_the_other_direction_open() {
     });
 }
 
-#[test]
-fn bulk_data_both_directions_many_streams() {
+fn bulk_data_both_directions_many_streams(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
@@ -112,7 +125,13 @@ fn bulk_data_both_directions_many_streams() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
         let mut tasks = Vec::new();
         for i in 0..8 {
@@ -134,8 +153,7 @@ fn bulk_data_both_directions_many_streams() {
     });
 }
 
-#[test]
-fn slow_reader_does_not_stall_other_streams() {
+fn slow_reader_does_not_stall_other_streams(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         // Port A's target floods; port B's target echoes.
@@ -159,7 +177,7 @@ fn slow_reader_does_not_stall_other_streams() {
         let mut entry = edge_entry("e1", "s", &[port_a, port_b], None);
         entry["targets"] = json!({ port_a.to_string(): format!("127.0.0.1:{flood_port}"), port_b.to_string(): format!("127.0.0.1:{echo_port}") });
         let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), transport_extra(transport));
         edge.events.wait_type("ports.assigned").await;
 
         // Open the flood stream and do not read from it.
@@ -189,8 +207,7 @@ fn slow_reader_does_not_stall_other_streams() {
     });
 }
 
-#[test]
-fn target_refused_closes_the_client() {
+fn target_refused_closes_the_client(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let dead_target = free_port().await;
@@ -202,7 +219,13 @@ fn target_refused_closes_the_client() {
             json!({}),
         )
         .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            transport_extra(transport),
+        );
         edge.events.wait_type("ports.assigned").await;
         // Closed (EOF or reset), never hanging. The reset can be so quick that it already shows as
         // the result of connect() itself.
@@ -224,3 +247,11 @@ fn target_refused_closes_the_client() {
         hub.hub.stop().await;
     });
 }
+
+every_transport!(
+    echo_with_proxy_v1_and_events,
+    half_close_keeps_the_other_direction_open,
+    bulk_data_both_directions_many_streams,
+    slow_reader_does_not_stall_other_streams,
+    target_refused_closes_the_client
+);

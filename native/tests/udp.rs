@@ -1,4 +1,5 @@
-//! End-to-end UDP: clients → edge UDP port → tunnel → hub → UDP target, over every transport.
+//! End-to-end UDP: clients → edge UDP port → tunnel → hub → UDP target. Every scenario runs over
+//! every transport (`every_transport!`).
 mod common;
 
 use common::*;
@@ -8,9 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
-
-/// Every transport the edge can use; each UDP scenario runs over all of them.
-const TRANSPORTS: &[&str] = &["tcpTls"];
 
 fn edge_extra(transport: &str) -> Value {
     json!({ "transportMode": transport })
@@ -24,159 +22,166 @@ fn status_of(hub: &TestHub) -> Value {
     serde_json::to_value(hub.hub.status()).unwrap()
 }
 
-#[test]
-fn udp_echo_with_proxy_v2_over_every_transport() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, mut seen) = udp_echo_target(true).await;
-            let port = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-                json!({}),
-            )
+fn udp_echo_with_proxy_v2(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, mut seen) = udp_echo_target(true).await;
+        let port = free_udp_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+
+        let a = client().await;
+        let b = client().await;
+        assert_eq!(
+            udp_ask_retry(&a, port, b"hello from a").await,
+            b"hello from a"
+        );
+        assert_eq!(
+            udp_ask_retry(&b, port, b"hello from b").await,
+            b"hello from b"
+        );
+        for i in 0..20u32 {
+            let msg = format!("a-{i}");
+            assert_eq!(
+                udp_ask_retry(&a, port, msg.as_bytes()).await,
+                msg.as_bytes()
+            );
+        }
+        let mut sessions = HashMap::new();
+        for _ in 0..2 {
+            let peer = tokio::time::timeout(WAIT, seen.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let header = peer
+                .header
+                .clone()
+                .unwrap_or_else(|| panic!("first datagram is not a PROXY v2 header: {peer:?}"));
+            assert_eq!(header.family_transport, 0x12, "AF_INET + DGRAM");
+            assert_eq!(header.dst.port(), port);
+            sessions.insert(header.src, peer);
+        }
+        let a_addr = a.local_addr().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        assert_eq!(sessions[&a_addr].first_payload, b"hello from a");
+        assert_eq!(sessions[&b_addr].first_payload, b"hello from b");
+        assert_ne!(
+            sessions[&a_addr].upstream, sessions[&b_addr].upstream,
+            "one upstream socket per session"
+        );
+
+        let opened = hub
+            .events
+            .wait("udp.opened", |e| e["clientAddr"] == a_addr.to_string())
             .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
+        assert_eq!(opened["edgeId"], "e1");
+        assert_eq!(opened["edgePort"], port);
+        assert_eq!(opened["target"], format!("127.0.0.1:{target}"));
+        assert!(opened["udpSessionId"].as_u64().unwrap() > 0);
+        let edge_opened = edge
+            .events
+            .wait("udp.opened", |e| e["clientAddr"] == a_addr.to_string())
+            .await;
+        assert_eq!(edge_opened["udpSessionId"], opened["udpSessionId"]);
+        assert!(edge_opened.get("target").is_none());
+        let connected = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["transport"], transport);
 
-            let a = client().await;
-            let b = client().await;
-            assert_eq!(
-                udp_ask_retry(&a, port, b"hello from a").await,
-                b"hello from a"
-            );
-            assert_eq!(
-                udp_ask_retry(&b, port, b"hello from b").await,
-                b"hello from b"
-            );
-            for i in 0..20u32 {
-                let msg = format!("a-{i}");
-                assert_eq!(
-                    udp_ask_retry(&a, port, msg.as_bytes()).await,
-                    msg.as_bytes()
-                );
-            }
-            let mut sessions = HashMap::new();
-            for _ in 0..2 {
-                let peer = tokio::time::timeout(WAIT, seen.recv())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                let header = peer
-                    .header
-                    .clone()
-                    .unwrap_or_else(|| panic!("first datagram is not a PROXY v2 header: {peer:?}"));
-                assert_eq!(header.family_transport, 0x12, "AF_INET + DGRAM");
-                assert_eq!(header.dst.port(), port);
-                sessions.insert(header.src, peer);
-            }
-            let a_addr = a.local_addr().unwrap();
-            let b_addr = b.local_addr().unwrap();
-            assert_eq!(sessions[&a_addr].first_payload, b"hello from a");
-            assert_eq!(sessions[&b_addr].first_payload, b"hello from b");
-            assert_ne!(
-                sessions[&a_addr].upstream, sessions[&b_addr].upstream,
-                "one upstream socket per session"
-            );
+        let status = status_of(&hub);
+        assert_eq!(status["edges"][0]["udpSessions"], 2);
+        assert_eq!(status["edges"][0]["transport"], transport);
+        let edge_status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(edge_status["udpSessions"], 2);
+        assert_eq!(edge_status["transport"], transport);
 
-            let opened = hub
-                .events
-                .wait("udp.opened", |e| e["clientAddr"] == a_addr.to_string())
-                .await;
-            assert_eq!(opened["edgeId"], "e1");
-            assert_eq!(opened["edgePort"], port);
-            assert_eq!(opened["target"], format!("127.0.0.1:{target}"));
-            assert!(opened["udpSessionId"].as_u64().unwrap() > 0);
-            let edge_opened = edge
-                .events
-                .wait("udp.opened", |e| e["clientAddr"] == a_addr.to_string())
-                .await;
-            assert_eq!(edge_opened["udpSessionId"], opened["udpSessionId"]);
-            assert!(edge_opened.get("target").is_none());
-            let connected = edge.events.wait_type("tunnel.connected").await;
-            assert_eq!(connected["transport"], *transport);
-
-            let status = status_of(&hub);
-            assert_eq!(status["edges"][0]["udpSessions"], 2);
-            assert_eq!(status["edges"][0]["transport"], *transport);
-            let edge_status = serde_json::to_value(edge.edge.status()).unwrap();
-            assert_eq!(edge_status["udpSessions"], 2);
-            assert_eq!(edge_status["transport"], *transport);
-
-            edge.edge.stop().await;
-            // Stopping ends the sessions on both sides with counts.
-            let closed = hub
-                .events
-                .wait("udp.closed", |e| e["clientAddr"] == a_addr.to_string())
-                .await;
-            assert_eq!(closed["packetsIn"], 21);
-            assert_eq!(closed["packetsOut"], 21);
-            assert_eq!(closed["bytesIn"], 12 + 10 * 3 + 10 * 4);
-            let closed = edge
-                .events
-                .wait("udp.closed", |e| e["clientAddr"] == a_addr.to_string())
-                .await;
-            assert_eq!(closed["packetsIn"], 21);
-            hub.hub.stop().await;
-        });
-    }
+        edge.edge.stop().await;
+        // Stopping ends the sessions on both sides with counts.
+        let closed = hub
+            .events
+            .wait("udp.closed", |e| e["clientAddr"] == a_addr.to_string())
+            .await;
+        assert_eq!(closed["packetsIn"], 21);
+        assert_eq!(closed["packetsOut"], 21);
+        assert_eq!(closed["bytesIn"], 12 + 10 * 3 + 10 * 4);
+        let closed = edge
+            .events
+            .wait("udp.closed", |e| e["clientAddr"] == a_addr.to_string())
+            .await;
+        assert_eq!(closed["packetsIn"], 21);
+        hub.hub.stop().await;
+    });
 }
 
-#[test]
-fn udp_none_mode_sends_payload_only() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, mut seen) = udp_echo_target(false).await;
-            let port = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-                json!({ "proxyProtocolUdp": "none" }),
-            )
-            .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
-            let c = client().await;
-            assert_eq!(
-                udp_ask_retry(&c, port, b"\x12\x34 query").await,
-                b"\x12\x34 query"
-            );
-            let peer = seen.recv().await.unwrap();
-            assert_eq!(
-                peer.first_payload, b"\x12\x34 query",
-                "no header before the payload"
-            );
-            // A large datagram is carried whole.
-            let big = random_bytes(60_000);
+fn udp_none_mode_sends_payload_only(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, mut seen) = udp_echo_target(false).await;
+        let port = free_udp_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
+            json!({ "proxyProtocolUdp": "none" }),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        let c = client().await;
+        assert_eq!(
+            udp_ask_retry(&c, port, b"\x12\x34 query").await,
+            b"\x12\x34 query"
+        );
+        let peer = seen.recv().await.unwrap();
+        assert_eq!(
+            peer.first_payload, b"\x12\x34 query",
+            "no header before the payload"
+        );
+        let big = random_bytes(60_000);
+        if transport == "tcpTls" {
+            // Frames carry any UDP payload whole.
             assert_eq!(udp_ask_retry(&c, port, &big).await, big);
-            edge.edge.stop().await;
-            hub.hub.stop().await;
-        });
-    }
+        } else {
+            // A QUIC datagram must fit one packet: too large is dropped, counted and reported,
+            // never truncated.
+            assert_eq!(udp_ask(&c, port, &big).await, None);
+            let oversized = edge.events.wait_type("udp.oversized").await;
+            assert_eq!(oversized["size"], 60_000);
+            let max = oversized["maxSize"].as_u64().expect("maxSize");
+            assert!((1000..60_000).contains(&max), "{max}");
+            let status = serde_json::to_value(edge.edge.status()).unwrap();
+            assert_eq!(status["udpOversized"], 1);
+            // What fits still flows.
+            let fits = random_bytes(max as usize);
+            assert_eq!(udp_ask_retry(&c, port, &fits).await, fits);
+        }
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
 }
 
-#[test]
-fn many_concurrent_sessions_with_sequence_numbers() {
+fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
     const SESSIONS: usize = 200;
     const PACKETS: u32 = 25;
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
+    runtime().block_on(async {
             let id = Arc::new(identity());
             let (target, _seen) = udp_echo_target(true).await;
             let port = free_udp_port().await;
@@ -199,6 +204,17 @@ fn many_concurrent_sessions_with_sequence_numbers() {
                     udp_ask_retry(&sock, port, hello.as_bytes()).await;
                     let mut got = vec![false; PACKETS as usize];
                     let mut buf = vec![0u8; 2048];
+                    // Records one echo; returns its sequence number.
+                    let mut record = |n: usize, buf: &[u8]| {
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let mut parts = text.split(':');
+                        assert_eq!(parts.next(), Some(s.to_string().as_str()), "cross-talk");
+                        let seq = parts.next().and_then(|p| p.parse::<usize>().ok())?;
+                        if let Some(slot) = got.get_mut(seq) {
+                            *slot = true;
+                        }
+                        Some(seq)
+                    };
                     for seq in 0..PACKETS {
                         let msg = format!("{s}:{seq}:{}", "x".repeat(100));
                         sock.send_to(msg.as_bytes(), ("127.0.0.1", port)).await.unwrap();
@@ -206,18 +222,16 @@ fn many_concurrent_sessions_with_sequence_numbers() {
                         while let Ok(Ok(n)) =
                             tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf)).await
                         {
-                            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                            let mut parts = text.split(':');
-                            assert_eq!(parts.next(), Some(s.to_string().as_str()), "cross-talk");
-                            if let Some(Ok(n)) = parts.next().map(str::parse::<usize>) {
-                                if n < got.len() {
-                                    got[n] = true;
-                                }
-                                if n == seq as usize {
-                                    break;
-                                }
+                            if record(n, &buf) == Some(seq as usize) {
+                                break;
                             }
                         }
+                    }
+                    // Late echoes (a busy machine) are delivered, not lost: collect them too.
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await
+                    {
+                        record(n, &buf);
                     }
                     got.iter().filter(|g| **g).count()
                 }));
@@ -236,7 +250,11 @@ fn many_concurrent_sessions_with_sequence_numbers() {
                 edge_status["udpDropped"],
                 hub_edge["udpDropped"]
             );
-            assert!(loss < 0.01, "loss {loss}");
+            // Frames over TLS are reliable: loss can only be drops, which are counted. QUIC datagrams
+            // are unreliable by design: a loaded machine (other tests flood in parallel) may lose a
+            // few packets of the tunnel itself.
+            let limit = if transport == "tcpTls" { 0.01 } else { 0.03 };
+            assert!(loss < limit, "loss {loss}");
             // Every session expires after the idle timeout, on both sides, with its counts. (A client
             // starved of CPU for longer than the timeout may have had its session expire and reopen.)
             wait_until(|| {
@@ -262,235 +280,230 @@ fn many_concurrent_sessions_with_sequence_numbers() {
             edge.edge.stop().await;
             hub.hub.stop().await;
         });
-    }
 }
 
-#[test]
-fn idle_sessions_expire_and_new_ones_open() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, _seen) = udp_echo_target(true).await;
-            let port = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-                json!({ "udpIdleTimeoutMs": 300 }),
-            )
-            .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
+fn idle_sessions_expire_and_new_ones_open(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _seen) = udp_echo_target(true).await;
+        let port = free_udp_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
+            json!({ "udpIdleTimeoutMs": 300 }),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        let c = client().await;
+        udp_ask_retry(&c, port, b"one").await;
+        udp_ask_retry(&c, port, b"two").await;
+        let expired = hub.events.wait_type("udp.expired").await;
+        assert_eq!(expired["reason"], "idle");
+        assert_eq!(expired["packetsIn"], 2);
+        assert_eq!(expired["packetsOut"], 2);
+        assert_eq!(expired["bytesIn"], 6);
+        assert!(expired["durationMs"].as_u64().unwrap() >= 300);
+        let edge_expired = edge.events.wait_type("udp.expired").await;
+        assert_eq!(edge_expired["udpSessionId"], expired["udpSessionId"]);
+        assert!(hub.events.of_type("udp.closed").is_empty());
+        // The same client again is a new session.
+        udp_ask_retry(&c, port, b"three").await;
+        let reopened = hub.events.wait_nth("udp.opened", 1, |_| true).await;
+        assert_ne!(reopened["udpSessionId"], expired["udpSessionId"]);
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+fn session_cap_refuses_new_clients_and_keeps_old_ones(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _seen) = udp_echo_target(true).await;
+        let port = free_udp_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
+            json!({ "maxUdpSessionsPerEdge": 3 }),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        let mut clients = Vec::new();
+        for i in 0..3 {
             let c = client().await;
-            udp_ask_retry(&c, port, b"one").await;
-            udp_ask_retry(&c, port, b"two").await;
-            let expired = hub.events.wait_type("udp.expired").await;
-            assert_eq!(expired["reason"], "idle");
-            assert_eq!(expired["packetsIn"], 2);
-            assert_eq!(expired["packetsOut"], 2);
-            assert_eq!(expired["bytesIn"], 6);
-            assert!(expired["durationMs"].as_u64().unwrap() >= 300);
-            let edge_expired = edge.events.wait_type("udp.expired").await;
-            assert_eq!(edge_expired["udpSessionId"], expired["udpSessionId"]);
-            assert!(hub.events.of_type("udp.closed").is_empty());
-            // The same client again is a new session.
-            udp_ask_retry(&c, port, b"three").await;
-            let reopened = hub.events.wait_nth("udp.opened", 1, |_| true).await;
-            assert_ne!(reopened["udpSessionId"], expired["udpSessionId"]);
-            edge.edge.stop().await;
-            hub.hub.stop().await;
-        });
-    }
-}
-
-#[test]
-fn session_cap_refuses_new_clients_and_keeps_old_ones() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, _seen) = udp_echo_target(true).await;
-            let port = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-                json!({ "maxUdpSessionsPerEdge": 3 }),
-            )
-            .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
-            let mut clients = Vec::new();
-            for i in 0..3 {
-                let c = client().await;
-                udp_ask_retry(&c, port, format!("c{i}").as_bytes()).await;
-                clients.push(c);
-            }
-            let mut extras = Vec::new();
-            for _ in 0..5 {
-                let extra = client().await;
-                extra
-                    .send_to(b"let me in", ("127.0.0.1", port))
-                    .await
-                    .unwrap();
-                extras.push(extra);
-            }
-            let refused = edge.events.wait_type("udp.refused").await;
-            assert_eq!(refused["reason"], "sessionCap");
-            assert_eq!(refused["edgePort"], port);
-            assert_eq!(refused["count"], 1);
-            wait_until(|| {
-                let status = serde_json::to_value(edge.edge.status()).unwrap();
-                status["udpRefused"] == 5
-            })
-            .await;
-            // Rate-limited: five refusals within a second make one event.
-            assert_eq!(edge.events.of_type("udp.refused").len(), 1);
-            assert_eq!(udp_ask(&extras[0], port, b"again").await, None);
-            let status = serde_json::to_value(edge.edge.status()).unwrap();
-            assert_eq!(status["udpSessions"], 3);
-            assert_eq!(status_of(&hub)["edges"][0]["udpSessions"], 3);
-            for (i, c) in clients.iter().enumerate() {
-                let msg = format!("still c{i}");
-                assert_eq!(udp_ask_retry(c, port, msg.as_bytes()).await, msg.as_bytes());
-            }
-            edge.edge.stop().await;
-            hub.hub.stop().await;
-        });
-    }
-}
-
-#[test]
-fn hot_reload_adds_and_removes_udp_ports() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, _seen) = udp_echo_target(true).await;
-            let port_a = free_udp_port().await;
-            let port_b = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port_a], Some(target))],
-                json!({}),
-            )
-            .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
-            let c = client().await;
-            udp_ask_retry(&c, port_a, b"a1").await;
-
-            // Add B: A's session is undisturbed, B works.
-            let edges = vec![edge_entry_udp(
-                "e1",
-                "s",
-                &[],
-                &[port_a, port_b],
-                Some(target),
-            )];
-            let parsed =
-                portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
-            hub.hub.update_edges(parsed).unwrap();
-            let updated = edge.events.wait_type("ports.updated").await;
-            assert_eq!(
-                updated["listenPortsUdp"],
-                json!([port_a.min(port_b), port_a.max(port_b)])
-            );
-            let d = client().await;
-            assert_eq!(udp_ask_retry(&d, port_b, b"b1").await, b"b1");
-            assert_eq!(udp_ask_retry(&c, port_a, b"a2").await, b"a2");
-            hub.events.wait_nth("udp.opened", 1, |_| true).await;
-
-            // Remove A: its session ends with portClosed, B keeps working.
-            let edges = vec![edge_entry_udp("e1", "s", &[], &[port_b], Some(target))];
-            let parsed =
-                portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
-            hub.hub.update_edges(parsed).unwrap();
-            let closed = edge.events.wait_type("udp.closed").await;
-            assert_eq!(closed["reason"], "portClosed");
-            assert_eq!(closed["edgePort"], port_a);
-            let closed = hub.events.wait_type("udp.closed").await;
-            assert_eq!(closed["reason"], "portClosed");
-            assert_eq!(udp_ask_retry(&d, port_b, b"b2").await, b"b2");
-            assert_eq!(udp_ask(&c, port_a, b"a3").await, None);
-            edge.edge.stop().await;
-            hub.hub.stop().await;
-        });
-    }
-}
-
-#[test]
-fn udp_and_tcp_share_the_tunnel_without_blocking_each_other() {
-    for transport in TRANSPORTS {
-        runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (udp_target, _seen) = udp_echo_target(false).await;
-            let (tcp_target, _lines) = echo_target().await;
-            let udp_port = free_udp_port().await;
-            let tcp_port = free_port().await;
-            let mut entry = edge_entry_udp("e1", "s", &[tcp_port], &[udp_port], None);
-            entry["targets"] = json!({
-                tcp_port.to_string(): format!("127.0.0.1:{tcp_target}"),
-                udp_port.to_string(): format!("127.0.0.1:{udp_target}"),
-            });
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![entry],
-                json!({ "proxyProtocolUdp": "none" }),
-            )
-            .await;
-            let edge = start_edge(
-                hub.port,
-                "e1",
-                "s",
-                Some(&id.fingerprint),
-                edge_extra(transport),
-            );
-            edge.events.wait_type("ports.assigned").await;
-            // A UDP flood (no pacing, nobody reads the replies) while a bulk TCP echo runs.
-            let flood = tokio::spawn(async move {
-                let sock = client().await;
-                let payload = vec![7u8; 1200];
-                let until = tokio::time::Instant::now() + Duration::from_millis(800);
-                let mut sent = 0u64;
-                while tokio::time::Instant::now() < until {
-                    for _ in 0..64 {
-                        let _ = sock.send_to(&payload, ("127.0.0.1", udp_port)).await;
-                        sent += 1;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                sent
-            });
-            let data = random_bytes(4_000_000);
-            let reply = tokio::time::timeout(Duration::from_secs(20), round_trip(tcp_port, &data))
+            udp_ask_retry(&c, port, format!("c{i}").as_bytes()).await;
+            clients.push(c);
+        }
+        let mut extras = Vec::new();
+        for _ in 0..5 {
+            let extra = client().await;
+            extra
+                .send_to(b"let me in", ("127.0.0.1", port))
                 .await
-                .expect("TCP stalled behind UDP")
                 .unwrap();
-            assert!(reply == data);
-            let sent = flood.await.unwrap();
+            extras.push(extra);
+        }
+        let refused = edge.events.wait_type("udp.refused").await;
+        assert_eq!(refused["reason"], "sessionCap");
+        assert_eq!(refused["edgePort"], port);
+        assert_eq!(refused["count"], 1);
+        wait_until(|| {
             let status = serde_json::to_value(edge.edge.status()).unwrap();
-            eprintln!("{transport}: flood sent {sent}, edge status {status}");
-            edge.edge.stop().await;
-            hub.hub.stop().await;
-        });
-    }
+            status["udpRefused"] == 5
+        })
+        .await;
+        // Rate-limited: five refusals within a second make one event.
+        assert_eq!(edge.events.of_type("udp.refused").len(), 1);
+        assert_eq!(udp_ask(&extras[0], port, b"again").await, None);
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(status["udpSessions"], 3);
+        assert_eq!(status_of(&hub)["edges"][0]["udpSessions"], 3);
+        for (i, c) in clients.iter().enumerate() {
+            let msg = format!("still c{i}");
+            assert_eq!(udp_ask_retry(c, port, msg.as_bytes()).await, msg.as_bytes());
+        }
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
 }
+
+fn hot_reload_adds_and_removes_udp_ports(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _seen) = udp_echo_target(true).await;
+        let port_a = free_udp_port().await;
+        let port_b = free_udp_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry_udp("e1", "s", &[], &[port_a], Some(target))],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        let c = client().await;
+        udp_ask_retry(&c, port_a, b"a1").await;
+
+        // Add B: A's session is undisturbed, B works.
+        let edges = vec![edge_entry_udp(
+            "e1",
+            "s",
+            &[],
+            &[port_a, port_b],
+            Some(target),
+        )];
+        let parsed = portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
+        hub.hub.update_edges(parsed).unwrap();
+        let updated = edge.events.wait_type("ports.updated").await;
+        assert_eq!(
+            updated["listenPortsUdp"],
+            json!([port_a.min(port_b), port_a.max(port_b)])
+        );
+        let d = client().await;
+        assert_eq!(udp_ask_retry(&d, port_b, b"b1").await, b"b1");
+        assert_eq!(udp_ask_retry(&c, port_a, b"a2").await, b"a2");
+        hub.events.wait_nth("udp.opened", 1, |_| true).await;
+
+        // Remove A: its session ends with portClosed, B keeps working.
+        let edges = vec![edge_entry_udp("e1", "s", &[], &[port_b], Some(target))];
+        let parsed = portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
+        hub.hub.update_edges(parsed).unwrap();
+        let closed = edge.events.wait_type("udp.closed").await;
+        assert_eq!(closed["reason"], "portClosed");
+        assert_eq!(closed["edgePort"], port_a);
+        let closed = hub.events.wait_type("udp.closed").await;
+        assert_eq!(closed["reason"], "portClosed");
+        assert_eq!(udp_ask_retry(&d, port_b, b"b2").await, b"b2");
+        assert_eq!(udp_ask(&c, port_a, b"a3").await, None);
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+fn udp_and_tcp_share_the_tunnel_without_blocking_each_other(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (udp_target, _seen) = udp_echo_target(false).await;
+        let (tcp_target, _lines) = echo_target().await;
+        let udp_port = free_udp_port().await;
+        let tcp_port = free_port().await;
+        let mut entry = edge_entry_udp("e1", "s", &[tcp_port], &[udp_port], None);
+        entry["targets"] = json!({
+            tcp_port.to_string(): format!("127.0.0.1:{tcp_target}"),
+            udp_port.to_string(): format!("127.0.0.1:{udp_target}"),
+        });
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![entry],
+            json!({ "proxyProtocolUdp": "none" }),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            edge_extra(transport),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        // A UDP flood (no pacing, nobody reads the replies) while a bulk TCP echo runs.
+        let flood = tokio::spawn(async move {
+            let sock = client().await;
+            let payload = vec![7u8; 1200];
+            let until = tokio::time::Instant::now() + Duration::from_millis(800);
+            let mut sent = 0u64;
+            while tokio::time::Instant::now() < until {
+                for _ in 0..64 {
+                    let _ = sock.send_to(&payload, ("127.0.0.1", udp_port)).await;
+                    sent += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            sent
+        });
+        let data = random_bytes(4_000_000);
+        let reply = tokio::time::timeout(Duration::from_secs(20), round_trip(tcp_port, &data))
+            .await
+            .expect("TCP stalled behind UDP")
+            .unwrap();
+        assert!(reply == data);
+        let sent = flood.await.unwrap();
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        eprintln!("{transport}: flood sent {sent}, edge status {status}");
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+every_transport!(
+    udp_echo_with_proxy_v2,
+    udp_none_mode_sends_payload_only,
+    many_concurrent_sessions_with_sequence_numbers,
+    idle_sessions_expire_and_new_ones_open,
+    session_cap_refuses_new_clients_and_keeps_old_ones,
+    hot_reload_adds_and_removes_udp_ports,
+    udp_and_tcp_share_the_tunnel_without_blocking_each_other
+);

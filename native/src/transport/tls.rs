@@ -159,10 +159,23 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), AddonError> 
 
 /// The hub's rustls server config (TLS 1.3 and 1.2, ALPN `portway/1`).
 pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, AddonError> {
+    build_server_config(cert_pem, key_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// The hub's rustls server config for QUIC: the same identity, provider and ALPN, TLS 1.3 only.
+pub fn quic_server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, AddonError> {
+    build_server_config(cert_pem, key_pem, &[&rustls::version::TLS13])
+}
+
+fn build_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ServerConfig>, AddonError> {
     let certs = parse_certs(cert_pem)?;
     let key = parse_key(key_pem)?;
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(tls_err)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -272,6 +285,22 @@ pub fn client_config(
     pin: Option<&str>,
     ca_pem: Option<&str>,
 ) -> Result<Arc<ClientConfig>, AddonError> {
+    build_client_config(pin, ca_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// The edge's rustls client config for QUIC: the same verifier (pin / CA), TLS 1.3 only.
+pub fn quic_client_config(
+    pin: Option<&str>,
+    ca_pem: Option<&str>,
+) -> Result<Arc<ClientConfig>, AddonError> {
+    build_client_config(pin, ca_pem, &[&rustls::version::TLS13])
+}
+
+fn build_client_config(
+    pin: Option<&str>,
+    ca_pem: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, AddonError> {
     let provider = provider();
     let ca = match ca_pem.filter(|p| !p.trim().is_empty()) {
         Some(pem) => {
@@ -295,7 +324,7 @@ pub fn client_config(
         provider: provider.clone(),
     };
     let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(tls_err)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -309,6 +338,23 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, AddonError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(bare.to_string())
         .map_err(|e| AddonError::InvalidConfig(format!("server name {host:?}: {e}")))
+}
+
+/// The `FingerprintMismatch` inside a QUIC handshake error. quinn reports the rustls error as text
+/// (with our error in its `Debug` form), so it is read back from there.
+pub fn fingerprint_mismatch_text(err: &str) -> Option<FingerprintMismatch> {
+    let field = |name: &str| {
+        let start = err.find(&format!("{name}: \""))? + name.len() + 3;
+        let len = err[start..].find('"')?;
+        Some(err[start..start + len].to_string())
+    };
+    if !err.contains("FingerprintMismatch") {
+        return None;
+    }
+    Some(FingerprintMismatch {
+        expected: field("expected")?,
+        actual: field("actual")?,
+    })
 }
 
 /// Fingerprint of the certificate the peer presented on an established connection.
@@ -349,6 +395,16 @@ mod tests {
             .to_string()
             .starts_with("ETLS: "));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fingerprint_mismatch_is_read_back_from_quic_error_text() {
+        let text = "the cryptographic handshake failed: error 46: invalid peer certificate: \
+            Other(OtherError(FingerprintMismatch { expected: \"aa\", actual: \"bb\" }))";
+        let mismatch = fingerprint_mismatch_text(text).expect("mismatch");
+        assert_eq!(mismatch.expected, "aa");
+        assert_eq!(mismatch.actual, "bb");
+        assert!(fingerprint_mismatch_text("timed out").is_none());
     }
 
     #[test]

@@ -413,3 +413,28 @@ pub async fn wait_until(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Edge config selecting a transport (`"tcpTls"` | `"quic"` | `"quicWithFallback"`).
+pub fn transport_extra(transport: &str) -> Value {
+    json!({ "transportMode": transport })
+}
+
+/// Generates one test per transport for each scenario function `fn name(transport: &str)`:
+/// `name::tcp_tls` and `name::quic`.
+#[macro_export]
+macro_rules! every_transport {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn tcp_tls() {
+                    super::$name("tcpTls")
+                }
+                #[test]
+                fn quic() {
+                    super::$name("quic")
+                }
+            }
+        )*
+    };
+}

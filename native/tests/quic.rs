@@ -1,0 +1,227 @@
+//! QUIC specifics: fallback to TLS when the hub's QUIC side is off, QUIC preferred when it is on,
+//! and pinning / auth rejections that are final (no fallback). The shared scenarios (echo, bulk,
+//! half-close, flow control, hot reload, revoke, hub restart, UDP) run over QUIC in `tunnel.rs`,
+//! `lifecycle.rs` and `udp.rs`.
+mod common;
+
+use common::*;
+use portway_native::runtime::runtime;
+use serde_json::json;
+use std::sync::Arc;
+
+#[test]
+fn fallback_to_tls_when_the_hub_serves_no_quic() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let edge_port = free_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
+            json!({ "quic": false }),
+        )
+        .await;
+        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        assert_eq!(status["quic"], false);
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            json!({ "transportMode": "quicWithFallback", "quicFallbackTimeoutMs": 300 }),
+        );
+        let fallback = edge.events.wait_type("tunnel.fallback").await;
+        assert_eq!(fallback["from"], "quic");
+        assert_eq!(fallback["to"], "tcpTls");
+        assert_eq!(fallback["hub"], format!("127.0.0.1:{}", hub.port));
+        assert!(fallback["reason"].is_string());
+        let connected = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["transport"], "tcpTls");
+        edge.events.wait_type("ports.assigned").await;
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(status["transport"], "tcpTls");
+        assert_eq!(round_trip(edge_port, b"via tls").await.unwrap(), b"via tls");
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn quic_with_fallback_prefers_quic() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            json!({ "transportMode": "quicWithFallback" }),
+        );
+        let connected = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["transport"], "quic");
+        assert!(edge.events.of_type("tunnel.fallback").is_empty());
+        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        assert_eq!(status["quic"], true);
+        assert_eq!(status["edges"][0]["transport"], "quic");
+        edge.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+#[test]
+fn quic_pinning_and_auth_fail_like_tls_and_do_not_fall_back() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+        let other = identity();
+        let mismatch = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&other.fingerprint),
+            json!({ "transportMode": "quicWithFallback" }),
+        );
+        let rejected = mismatch.events.wait_type("tunnel.rejected").await;
+        assert_eq!(rejected["reason"], "fingerprintMismatch", "{rejected}");
+        assert!(rejected["message"]
+            .as_str()
+            .unwrap()
+            .contains(&id.fingerprint));
+        let wrong = start_edge(
+            hub.port,
+            "e1",
+            "wrong",
+            Some(&id.fingerprint),
+            json!({ "transportMode": "quicWithFallback" }),
+        );
+        let rejected = wrong.events.wait_type("tunnel.rejected").await;
+        assert_eq!(rejected["reason"], "authFailed");
+        let failed = hub
+            .events
+            .wait("edge.authFailed", |e| e["reason"] == "authFailed")
+            .await;
+        assert_eq!(failed["claimedEdgeId"], "e1");
+        assert!(
+            mismatch.events.of_type("tunnel.fallback").is_empty(),
+            "{:?}",
+            mismatch.events.of_type("tunnel.fallback")
+        );
+        assert!(wrong.events.of_type("tunnel.fallback").is_empty());
+        mismatch.edge.stop().await;
+        wrong.edge.stop().await;
+        hub.hub.stop().await;
+    });
+}
+
+/// A hand-driven QUIC edge: handshake on the control stream, returns the connection.
+async fn fake_quic_edge(
+    hub_port: u16,
+    fp: &str,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    use bytes::BytesMut;
+    use portway_native::protocol::handshake::{capability, decode_reply, encode_hello};
+    use portway_native::protocol::{Hello, HelloReply, PROTOCOL_VERSION};
+    use std::time::Duration;
+    let config = portway_native::transport::quic::client_config(
+        Some(fp),
+        None,
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint
+        .connect(([127, 0, 0, 1], hub_port).into(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out = BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        edge_id: "e1".into(),
+        secret: "s".into(),
+        capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+    };
+    encode_hello(&hello, &mut out);
+    send.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(reply) = decode_reply(&mut buf).unwrap() {
+            assert!(matches!(reply, HelloReply::Accepted(_)));
+            break;
+        }
+        let chunk = recv.read_chunk(4096, true).await.unwrap().expect("reply");
+        buf.extend_from_slice(&chunk.bytes);
+    }
+    (endpoint, conn, send, recv)
+}
+
+#[test]
+fn malformed_quic_input_is_a_protocol_error() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[], None)],
+            json!({}),
+        )
+        .await;
+
+        // A datagram too short to hold a session id.
+        let (_endpoint, conn, _send, _recv) = fake_quic_edge(hub.port, &id.fingerprint).await;
+        conn.send_datagram(bytes::Bytes::from_static(b"\x01"))
+            .unwrap();
+        let gone = hub.events.wait_nth("edge.disconnected", 0, |_| true).await;
+        assert_eq!(gone["reason"], "protocolError", "{gone}");
+        assert!(
+            gone["message"].as_str().unwrap().contains("QuicDatagram"),
+            "{gone}"
+        );
+        let closed = conn.closed().await;
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+            "{closed}"
+        );
+
+        // A stream that does not start with OPEN.
+        let (_endpoint, conn, _send, _recv) = fake_quic_edge(hub.port, &id.fingerprint).await;
+        let (mut send, _recv2) = conn.open_bi().await.unwrap();
+        send.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let gone = hub.events.wait_nth("edge.disconnected", 1, |_| true).await;
+        assert_eq!(gone["reason"], "protocolError", "{gone}");
+        assert!(gone["message"].as_str().unwrap().contains("OPEN"), "{gone}");
+
+        // A data frame on the control stream.
+        let (_endpoint, conn, mut control, _recv) = fake_quic_edge(hub.port, &id.fingerprint).await;
+        control
+            .write_all(&[0x02, 0, 0, 0, 1, 0, 0, 0, 1, b'x'])
+            .await
+            .unwrap();
+        let gone = hub.events.wait_nth("edge.disconnected", 2, |_| true).await;
+        assert_eq!(gone["reason"], "protocolError", "{gone}");
+        drop(conn);
+        hub.hub.stop().await;
+    });
+}
