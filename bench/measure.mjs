@@ -31,6 +31,19 @@ const connectOnce = (port) =>
     socket.once("connect", () => resolve(socket));
   });
 
+/** The first data on `socket`; rejects if it closes or errors first, or after `ms` (a stuck stream is a failure, not a hang). */
+const firstReply = (socket, ms = 10_000) =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no reply within ${ms} ms`)), ms);
+    const done = (fn) => (value) => {
+      clearTimeout(timer);
+      fn(value);
+    };
+    socket.once("data", done(resolve));
+    socket.once("error", done(reject));
+    socket.once("close", done(() => reject(new Error("closed without a reply"))));
+  });
+
 /** Opens `total` connections (at most `concurrency` at a time), each doing one 1-byte echo, then closing. */
 export const connectionRate = async ({ port, total, concurrency }) => {
   let started = 0;
@@ -40,10 +53,13 @@ export const connectionRate = async ({ port, total, concurrency }) => {
       started++;
       try {
         const socket = await connectOnce(port);
-        const reply = once(socket, "data");
-        socket.write("x");
-        await reply;
-        socket.destroy();
+        try {
+          const reply = firstReply(socket);
+          socket.write("x");
+          await reply;
+        } finally {
+          socket.destroy();
+        }
       } catch {
         failed++;
       }
@@ -122,7 +138,7 @@ export const openIdle = async ({ port, count, concurrency = 1 }) => {
       const socket = await connectOnce(port);
       socket.on("error", () => undefined);
       // One echo round trip proves the stream reached the target before it is counted as open.
-      const reply = once(socket, "data");
+      const reply = firstReply(socket);
       socket.write("x");
       await reply;
       sockets.push(socket);
