@@ -199,6 +199,14 @@ export const createEdgeActorSystem = (options: EdgeActorSystemOptions): EdgeActo
         loseStreams(event.atMs);
         tunnel.send(event);
         return;
+      // UDP sessions and transport fallback are not tunnel-machine events (reported by the edge service).
+      case "tunnel.fallback":
+      case "udp.opened":
+      case "udp.expired":
+      case "udp.closed":
+      case "udp.refused":
+      case "udp.oversized":
+        return;
       default:
         tunnel.send(event);
     }

@@ -4,7 +4,7 @@ import { Effect, Exit, Fiber, Scope, Stream } from "effect";
 import type { EdgeOptions } from "../config/edge.js";
 import { AlreadyRunningError, NotRunningError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
-import type { ListenerProtocol, NativeEdgeEvent, StreamCloseReason } from "../native/events.js";
+import type { ListenerProtocol, NativeEdgeEvent, StreamCloseReason, TunnelTransport } from "../native/events.js";
 import type { NativeEdgeStatus, NativeListenerError } from "../native/status.js";
 import { Edge, type EdgeEvent, type EdgeService } from "../edge/service.js";
 import { runToPromise } from "./run.js";
@@ -36,6 +36,16 @@ export interface RemoteIngressEdgeStatus {
   readonly listenerErrors?: ReadonlyArray<NativeListenerError>;
   /** The most recent connection error, if any. */
   readonly lastError?: string | null;
+  /** Transport of the current tunnel (`tcpTls` | `quic`); null while disconnected. */
+  readonly transport?: TunnelTransport | null;
+  /** UDP sessions open now. */
+  readonly udpSessions?: number;
+  /** UDP datagrams dropped / too large / sessions refused, over the edge's lifetime. */
+  readonly udpDropped?: number;
+  readonly udpOversized?: number;
+  readonly udpRefused?: number;
+  /** Public port discovered by STUN; null until then. */
+  readonly publicPort?: number | null;
 }
 
 /** `tunnelConnected`: the tunnel to a hub is up. */
@@ -48,6 +58,36 @@ export interface TunnelConnectedEvent {
   readonly hubFingerprint: string;
   /** False when the edge connected without pinning or CA verification (a warning is logged once). */
   readonly pinned: boolean;
+  /** `tcpTls` | `quic` (left out by older addons). */
+  readonly transport?: TunnelTransport;
+}
+
+/** `transportFallback`: quicWithFallback could not use QUIC; this attempt uses TLS over TCP. */
+export interface TransportFallbackEvent {
+  readonly hub: string;
+  readonly from: string;
+  readonly to: string;
+  /** `timeout` | `connectFailed` | `tlsError` | `protocolError` | `ioError` | `hubClosed` */
+  readonly reason: string;
+  readonly message: string;
+}
+
+/** `udpSessionOpened`: a UDP client's first datagram opened a session on a public UDP port. */
+export interface EdgeUdpSessionOpenedEvent {
+  readonly udpSessionId: number;
+  readonly sessionId: string;
+  readonly edgePort: number;
+  readonly clientAddr: string;
+}
+
+/** `udpSessionClosed`: a UDP session expired (`reason: "idle"`) or closed. */
+export interface EdgeUdpSessionClosedEvent extends EdgeUdpSessionOpenedEvent {
+  readonly packetsIn: number;
+  readonly packetsOut: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly durationMs: number;
+  readonly reason: string;
 }
 
 /** `tunnelDisconnected`: the tunnel went down; the edge reconnects after `retryInMs` (null: it will not). */
@@ -120,6 +160,9 @@ export interface RemoteIngressEdgeEvents {
   publicIpDiscovered: [PublicIpDiscoveredEvent];
   streamOpened: [EdgeStreamOpenedEvent];
   streamClosed: [EdgeStreamClosedEvent];
+  transportFallback: [TransportFallbackEvent];
+  udpSessionOpened: [EdgeUdpSessionOpenedEvent];
+  udpSessionClosed: [EdgeUdpSessionClosedEvent];
   /** Every native event, unmapped. */
   nativeEvent: [NativeEdgeEvent];
   /** The native event stream lost or garbled events. */
@@ -142,6 +185,39 @@ export const toEdgeApiEvent = (event: EdgeEvent): EdgeApiEvent | undefined => {
           sessionId: event.sessionId,
           hubFingerprint: event.hubFingerprint,
           pinned: event.pinned,
+          ...(event.transport === undefined ? {} : { transport: event.transport }),
+        },
+      ];
+    case "tunnel.fallback":
+      return [
+        "transportFallback",
+        { hub: event.hub, from: event.from, to: event.to, reason: event.reason, message: event.message },
+      ];
+    case "udp.opened":
+      return [
+        "udpSessionOpened",
+        {
+          udpSessionId: event.udpSessionId,
+          sessionId: event.sessionId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+        },
+      ];
+    case "udp.expired":
+    case "udp.closed":
+      return [
+        "udpSessionClosed",
+        {
+          udpSessionId: event.udpSessionId,
+          sessionId: event.sessionId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          packetsIn: event.packetsIn,
+          packetsOut: event.packetsOut,
+          bytesIn: event.bytesIn,
+          bytesOut: event.bytesOut,
+          durationMs: event.durationMs,
+          reason: event.reason,
         },
       ];
     case "tunnel.disconnected":
@@ -206,6 +282,12 @@ const toStatus = (s: NativeEdgeStatus): RemoteIngressEdgeStatus => ({
   sessionId: s.sessionId,
   listenerErrors: s.listenerErrors,
   lastError: s.lastError,
+  transport: s.transport,
+  udpSessions: s.udpSessions,
+  udpDropped: s.udpDropped,
+  udpOversized: s.udpOversized,
+  udpRefused: s.udpRefused,
+  publicPort: s.publicPort,
 });
 
 const STOPPED_STATUS: RemoteIngressEdgeStatus = {

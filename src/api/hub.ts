@@ -30,11 +30,20 @@ export interface ConnectedEdgeStatus {
   readonly bytesIn: number;
   /** Target → client bytes over this session. */
   readonly bytesOut: number;
+  /** `tcpTls` | `quic`. */
+  readonly transport?: string;
+  /** UDP sessions open now, and this session's dropped / oversized datagrams and refused sessions. */
+  readonly udpSessions?: number;
+  readonly udpDropped?: number;
+  readonly udpOversized?: number;
+  readonly udpRefused?: number;
 }
 
 export interface RemoteIngressHubStatus {
   readonly running: boolean;
   readonly tunnelPort: number;
+  /** Whether QUIC is also served at the tunnel port. */
+  readonly quic?: boolean;
   readonly connectedEdges: ReadonlyArray<ConnectedEdgeStatus>;
   readonly hubId?: string;
   /** sha256 of the hub certificate, lowercase hex: what edges pin. */
@@ -90,6 +99,26 @@ export interface HubStreamClosedEvent extends HubStreamOpenedEvent {
   readonly durationMs: number;
 }
 
+/** `udpSessionOpened`: a UDP session from a client on an edge port was opened toward its target. */
+export interface HubUdpSessionOpenedEvent {
+  readonly edgeId: string;
+  readonly sessionId: string;
+  readonly udpSessionId: number;
+  readonly edgePort: number;
+  readonly clientAddr: string;
+  readonly target: string;
+}
+
+/** `udpSessionClosed`: a UDP session expired (`reason: "idle"`) or closed. */
+export interface HubUdpSessionClosedEvent extends HubUdpSessionOpenedEvent {
+  readonly packetsIn: number;
+  readonly packetsOut: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly durationMs: number;
+  readonly reason: string;
+}
+
 /** Events a `RemoteIngressHub` emits, with their payloads. */
 export interface RemoteIngressHubEvents {
   /** An edge connected and authenticated. */
@@ -102,6 +131,10 @@ export interface RemoteIngressHubEvents {
   streamOpened: [HubStreamOpenedEvent];
   /** A client stream ended, with byte counts and the reason. */
   streamClosed: [HubStreamClosedEvent];
+  /** A UDP session started. */
+  udpSessionOpened: [HubUdpSessionOpenedEvent];
+  /** A UDP session expired or closed, with counts and the reason. */
+  udpSessionClosed: [HubUdpSessionClosedEvent];
   /** Every native event, unmapped (for logging and tools). */
   nativeEvent: [NativeHubEvent];
   /** The native event stream lost or garbled events (a seq gap or an undecodable event). */
@@ -152,6 +185,37 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
           durationMs: event.durationMs,
         },
       ];
+    case "udp.opened":
+      return [
+        "udpSessionOpened",
+        {
+          edgeId: event.edgeId,
+          sessionId: event.sessionId,
+          udpSessionId: event.udpSessionId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          target: event.target,
+        },
+      ];
+    case "udp.expired":
+    case "udp.closed":
+      return [
+        "udpSessionClosed",
+        {
+          edgeId: event.edgeId,
+          sessionId: event.sessionId,
+          udpSessionId: event.udpSessionId,
+          edgePort: event.edgePort,
+          clientAddr: event.clientAddr,
+          target: event.target,
+          packetsIn: event.packetsIn,
+          packetsOut: event.packetsOut,
+          bytesIn: event.bytesIn,
+          bytesOut: event.bytesOut,
+          durationMs: event.durationMs,
+          reason: event.reason,
+        },
+      ];
     case "events.gap":
     case "events.invalid":
       return ["eventStreamProblem", event];
@@ -163,6 +227,7 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
 const toStatus = (status: NativeHubStatus, fingerprint: string, events: HubEventsStatusOrOff): RemoteIngressHubStatus => ({
   running: status.running,
   tunnelPort: status.tunnelPort,
+  quic: status.quic,
   hubId: status.hubId,
   hubFingerprint: status.fingerprint === "" ? fingerprint : status.fingerprint,
   connectedEdges: status.edges.map((e) => ({
@@ -173,6 +238,11 @@ const toStatus = (status: NativeHubStatus, fingerprint: string, events: HubEvent
     remoteAddr: e.remoteAddr,
     bytesIn: e.bytesIn,
     bytesOut: e.bytesOut,
+    transport: e.transport,
+    udpSessions: e.udpSessions,
+    udpDropped: e.udpDropped,
+    udpOversized: e.udpOversized,
+    udpRefused: e.udpRefused,
   })),
   events,
 });

@@ -17,6 +17,12 @@ import {
   type SourcedConfig,
 } from "./sources.js";
 
+/** How an edge carries its tunnel (docs/architecture.md, "Edge config"). */
+export const TransportMode = Schema.Literal("tcpTls", "quic", "quicWithFallback").annotations({
+  message: () => '"tcpTls", "quic" or "quicWithFallback"',
+});
+export type TransportMode = typeof TransportMode.Type;
+
 export const HubAddressSchema = Schema.Struct({ host: Host, port: Port });
 
 export const EdgeOptionsSchema = Schema.Struct({
@@ -48,6 +54,12 @@ export const EdgeOptionsSchema = Schema.Struct({
   reconnectInitialMs: Schema.optionalWith(Milliseconds(10, 600_000), { default: () => 250 }),
   /** Longest reconnect delay. Default 30000. */
   reconnectMaxMs: Schema.optionalWith(Milliseconds(10, 3_600_000), { default: () => 30_000 }),
+  /** How the tunnel is carried: TLS over TCP, QUIC, or QUIC falling back to TLS. Default "tcpTls". */
+  transportMode: Schema.optional(TransportMode),
+  /** quicWithFallback gives QUIC this long per attempt. Default: the addon's (5000). */
+  quicFallbackTimeoutMs: Schema.optional(Milliseconds(100, 600_000)),
+  /** STUN servers ("host:port") for public address discovery. Default none (off). */
+  stunServers: Schema.optional(Schema.Array(NonEmptyString)),
 });
 
 /** Edge options as given: `{ token }`, or `{ hubHost, hubPort, edgeId, secret }`, plus optional extras. */
@@ -66,6 +78,10 @@ export interface EdgeConfig {
   readonly idleTimeoutMs: number;
   readonly reconnectInitialMs: number;
   readonly reconnectMaxMs: number;
+  /** Left out when not given: the addon then uses "tcpTls". */
+  readonly transportMode?: TransportMode;
+  readonly quicFallbackTimeoutMs?: number;
+  readonly stunServers?: ReadonlyArray<string>;
 }
 
 /** Env variables and flags for `portway edge`. */
@@ -83,6 +99,9 @@ export const edgeFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_EDGE_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "reconnect after this much silence (default 15000)" },
   { path: ["reconnectInitialMs"], flag: "reconnect-initial-ms", env: "PORTWAY_EDGE_RECONNECT_INITIAL_MS", kind: "integer", placeholder: "MS", description: "first reconnect delay (default 250)" },
   { path: ["reconnectMaxMs"], flag: "reconnect-max-ms", env: "PORTWAY_EDGE_RECONNECT_MAX_MS", kind: "integer", placeholder: "MS", description: "longest reconnect delay (default 30000)" },
+  { path: ["transportMode"], flag: "transport", env: "PORTWAY_EDGE_TRANSPORT", kind: "string", placeholder: "tcpTls|quic|quicWithFallback", description: 'tunnel transport (default "tcpTls")' },
+  { path: ["quicFallbackTimeoutMs"], flag: "quic-fallback-timeout-ms", env: "PORTWAY_EDGE_QUIC_FALLBACK_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "quicWithFallback: time QUIC gets per attempt (default 5000)" },
+  { path: ["stunServers"], flag: "stun-servers", env: "PORTWAY_EDGE_STUN_SERVERS", kind: "list", placeholder: "HOST:PORT,…", description: "STUN servers for public address discovery (default none)" },
 ];
 
 const readCa = (path: string, source: string | undefined): Effect.Effect<string, ConfigError> =>
@@ -173,6 +192,9 @@ export const decodeEdgeConfig = (sourced: SourcedConfig): Effect.Effect<EdgeConf
       idleTimeoutMs: o.idleTimeoutMs,
       reconnectInitialMs: o.reconnectInitialMs,
       reconnectMaxMs: o.reconnectMaxMs,
+      ...(o.transportMode === undefined ? {} : { transportMode: o.transportMode }),
+      ...(o.quicFallbackTimeoutMs === undefined ? {} : { quicFallbackTimeoutMs: o.quicFallbackTimeoutMs }),
+      ...(o.stunServers === undefined ? {} : { stunServers: o.stunServers }),
     };
   });
 

@@ -171,6 +171,12 @@ export const HubOptionsSchema = Schema.Struct({
   handshakeTimeoutMs: Schema.optionalWith(Milliseconds(100, 600_000), { default: () => 5000 }),
   /** Connecting to a target gives up after this. Default 5000. */
   targetConnectTimeoutMs: Schema.optionalWith(Milliseconds(100, 600_000), { default: () => 5000 }),
+  /** A UDP session idle this long expires. Default: the addon's (60000). */
+  udpIdleTimeoutMs: Schema.optional(Milliseconds(100, 86_400_000)),
+  /** Further UDP sessions of one edge are refused beyond this. Default: the addon's (1024). */
+  maxUdpSessionsPerEdge: Schema.optional(Schema.Int.pipe(Schema.between(1, 1_000_000))),
+  /** Also serve QUIC (UDP) at the tunnel port; `false`: TLS over TCP only. Default: the addon's (true). */
+  quic: Schema.optional(Schema.Boolean),
   /** Edges allowed to connect. Default none (can be set later with `updateAllowedEdges`). */
   edges: Schema.optionalWith(AllowedEdgesSchema, { default: () => [] }),
   /**
@@ -203,7 +209,10 @@ export const hubFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_HUB_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "close a silent tunnel after this (default 15000)" },
   { path: ["handshakeTimeoutMs"], flag: "handshake-timeout-ms", env: "PORTWAY_HUB_HANDSHAKE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "TLS + hello deadline for edges (default 5000)" },
   { path: ["targetConnectTimeoutMs"], flag: "target-connect-timeout-ms", env: "PORTWAY_HUB_TARGET_CONNECT_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "target connect deadline (default 5000)" },
-  { path: ["edges"], flag: "edge", kind: "edgeSpec", placeholder: "ID:PORTS:SECRET", description: "allow an edge, e.g. e1:80,443:s3cret (repeatable; replaces the file's edges)" },
+  { path: ["udpIdleTimeoutMs"], flag: "udp-idle-timeout-ms", env: "PORTWAY_HUB_UDP_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "expire a UDP session idle this long (default 60000)" },
+  { path: ["maxUdpSessionsPerEdge"], flag: "max-udp-sessions-per-edge", env: "PORTWAY_HUB_MAX_UDP_SESSIONS_PER_EDGE", kind: "integer", placeholder: "N", description: "refuse further UDP sessions of an edge beyond this (default 1024)" },
+  { path: ["quic"], flag: "no-quic", env: "PORTWAY_HUB_QUIC", kind: "boolean", negatedFlag: true, placeholder: "", description: "do not serve QUIC at the tunnel port, TLS over TCP only (env: PORTWAY_HUB_QUIC=false)" },
+  { path: ["edges"], flag: "edge", kind: "edgeSpec", placeholder: "ID:PORTS:SECRET", description: "allow an edge, e.g. e1:80,443,53/udp:s3cret (repeatable; replaces the file's edges; /udp marks UDP ports)" },
   { path: ["edges"], env: "PORTWAY_HUB_EDGES", kind: "json", placeholder: "JSON", description: 'allowed edges as JSON, e.g. [{"id":"e1","secret":"…","listenPorts":[80]}]' },
   { path: ["nats"], flag: "nats", env: "PORTWAY_NATS", kind: "string", placeholder: "URLS", description: "NATS servers for the event log, e.g. nats://a:4222,nats://b:4222 (default: an embedded nats-server in the data dir)" },
   { path: ["events", "enabled"], flag: "no-events", env: "PORTWAY_EVENTS", kind: "boolean", negatedFlag: true, placeholder: "", description: "do not record lifecycle events (env: PORTWAY_EVENTS=false)" },

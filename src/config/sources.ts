@@ -114,14 +114,22 @@ const parseEdgeSpec = (text: string, field: string, source: string): Effect.Effe
   const ports = text.slice(first + 1, second);
   const secret = text.slice(second + 1);
   const listenPorts: number[] = [];
-  for (const part of ports.split(",").map((p) => p.trim())) {
-    if (part === "") continue;
+  const listenPortsUdp: number[] = [];
+  for (const raw of ports.split(",").map((p) => p.trim())) {
+    if (raw === "") continue;
+    // "53/udp" is a UDP port; "80" and "80/tcp" are TCP ports.
+    const slash = raw.lastIndexOf("/");
+    const part = slash < 0 ? raw : raw.slice(0, slash).trim();
+    const protocol = slash < 0 ? "tcp" : raw.slice(slash + 1).trim().toLowerCase();
+    if (protocol !== "tcp" && protocol !== "udp") {
+      return Effect.fail(new ConfigError({ field, source, reason: `edge ${id}: port "${raw}" must end in /tcp or /udp, if anything` }));
+    }
     if (!INTEGER.test(part)) {
       return Effect.fail(new ConfigError({ field, source, reason: `edge ${id}: port "${part}" is not a whole number` }));
     }
-    listenPorts.push(Number(part));
+    (protocol === "udp" ? listenPortsUdp : listenPorts).push(Number(part));
   }
-  return Effect.succeed({ id, secret, listenPorts });
+  return Effect.succeed(listenPortsUdp.length === 0 ? { id, secret, listenPorts } : { id, secret, listenPorts, listenPortsUdp });
 };
 
 /** Turns one env/flag string into a config value of the field's kind. */

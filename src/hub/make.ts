@@ -45,6 +45,9 @@ export const nativeHubConfig = (config: HubConfig, identity: Pick<HubIdentity, "
   idleTimeoutMs: config.idleTimeoutMs,
   handshakeTimeoutMs: config.handshakeTimeoutMs,
   targetConnectTimeoutMs: config.targetConnectTimeoutMs,
+  ...(config.udpIdleTimeoutMs === undefined ? {} : { udpIdleTimeoutMs: config.udpIdleTimeoutMs }),
+  ...(config.maxUdpSessionsPerEdge === undefined ? {} : { maxUdpSessionsPerEdge: config.maxUdpSessionsPerEdge }),
+  ...(config.quic === undefined ? {} : { quic: config.quic }),
   edges: config.edges,
 });
 

@@ -53,6 +53,47 @@ export type StreamCloseReason = typeof StreamCloseReason.Type;
 export const ListenerProtocol = Schema.Literal("tcp", "udp");
 export type ListenerProtocol = typeof ListenerProtocol.Type;
 
+/** Which transport carries a tunnel session. */
+export const TunnelTransport = Schema.Literal("tcpTls", "quic");
+export type TunnelTransport = typeof TunnelTransport.Type;
+
+/** Why a UDP session expired or closed (`idle` for udp.expired). Free text is tolerated for forward compatibility. */
+export const NativeUdpCloseReason = Schema.String;
+
+/** Why a UDP session was refused (`sessionCap` | `portClosed`). */
+export const NativeUdpRefusedReason = Schema.String;
+
+const udpCommon = {
+  edgeId: Schema.optional(Schema.String),
+  sessionId: Schema.String,
+  udpSessionId: Schema.Int,
+  edgePort: Port,
+  clientAddr: Schema.String,
+};
+const udpTotals = {
+  packetsIn: Count,
+  packetsOut: Count,
+  bytesIn: Count,
+  bytesOut: Count,
+  durationMs: Count,
+  reason: NativeUdpCloseReason,
+};
+const UdpRefused = event("udp.refused", {
+  edgeId: Schema.optional(Schema.String),
+  edgePort: Port,
+  clientAddr: Schema.String,
+  reason: NativeUdpRefusedReason,
+  count: Count,
+});
+const UdpOversized = event("udp.oversized", {
+  edgeId: Schema.optional(Schema.String),
+  edgePort: Port,
+  clientAddr: Schema.String,
+  size: Count,
+  maxSize: Schema.optionalWith(Schema.NullOr(Count), { default: () => null }),
+  count: Count,
+});
+
 // ---- hub events ------------------------------------------------------------------------------------------
 
 export const HubListening = event("hub.listening", { port: Port });
@@ -107,6 +148,17 @@ export const TunnelProtocolError = event("tunnel.protocolError", {
   message: Message,
 });
 
+export const HubUdpOpened = event("udp.opened", { ...udpCommon, edgeId: Schema.String, target: Schema.String });
+export const HubUdpExpired = event("udp.expired", {
+  ...udpCommon,
+  edgeId: Schema.String,
+  target: Schema.String,
+  ...udpTotals,
+});
+export const HubUdpClosed = event("udp.closed", { ...udpCommon, edgeId: Schema.String, target: Schema.String, ...udpTotals });
+export const HubUdpRefused = UdpRefused;
+export const HubUdpOversized = UdpOversized;
+
 const hubEventSchemas = {
   "hub.listening": HubListening,
   "hub.stopped": HubStopped,
@@ -117,6 +169,11 @@ const hubEventSchemas = {
   "stream.opened": HubStreamOpened,
   "stream.closed": HubStreamClosed,
   "tunnel.protocolError": TunnelProtocolError,
+  "udp.opened": HubUdpOpened,
+  "udp.expired": HubUdpExpired,
+  "udp.closed": HubUdpClosed,
+  "udp.refused": HubUdpRefused,
+  "udp.oversized": HubUdpOversized,
 } as const;
 
 /** Every event the native hub emits, discriminated by `type`. */
@@ -137,6 +194,15 @@ export const TunnelConnected = event("tunnel.connected", {
   sessionId: Schema.String,
   hubFingerprint: Schema.String,
   pinned: Schema.Boolean,
+  /** Older addons do not send it; they only speak TLS over TCP. */
+  transport: Schema.optional(TunnelTransport),
+});
+export const TunnelFallback = event("tunnel.fallback", {
+  hub: HubAddress,
+  from: Schema.String,
+  to: Schema.String,
+  reason: Schema.String,
+  message: Message,
 });
 export const TunnelUnpinned = event("tunnel.unpinned", { hub: HubAddress, hubFingerprint: Schema.String });
 export const TunnelDisconnected = event("tunnel.disconnected", {
@@ -187,6 +253,12 @@ export const EdgeStreamClosed = event("stream.closed", {
   message: Message,
 });
 
+export const EdgeUdpOpened = event("udp.opened", udpCommon);
+export const EdgeUdpExpired = event("udp.expired", { ...udpCommon, ...udpTotals });
+export const EdgeUdpClosed = event("udp.closed", { ...udpCommon, ...udpTotals });
+export const EdgeUdpRefused = UdpRefused;
+export const EdgeUdpOversized = UdpOversized;
+
 const edgeEventSchemas = {
   "tunnel.connecting": TunnelConnecting,
   "tunnel.connected": TunnelConnected,
@@ -198,6 +270,12 @@ const edgeEventSchemas = {
   "listener.error": ListenerError,
   "stream.opened": EdgeStreamOpened,
   "stream.closed": EdgeStreamClosed,
+  "tunnel.fallback": TunnelFallback,
+  "udp.opened": EdgeUdpOpened,
+  "udp.expired": EdgeUdpExpired,
+  "udp.closed": EdgeUdpClosed,
+  "udp.refused": EdgeUdpRefused,
+  "udp.oversized": EdgeUdpOversized,
 } as const;
 
 /** Every event the native edge emits, discriminated by `type`. */

@@ -1,6 +1,6 @@
 /** Status snapshots returned by the addon (`hubStatus`, `edgeStatus`), per docs/architecture.md "Status JSON". */
 import { Either, ParseResult, Schema } from "effect";
-import { ListenerProtocol } from "./events.js";
+import { ListenerProtocol, TunnelTransport } from "./events.js";
 
 const Port = Schema.Int.pipe(Schema.between(0, 65535));
 const Count = Schema.Number.pipe(Schema.nonNegative());
@@ -15,12 +15,19 @@ export const NativeHubEdgeStatus = Schema.Struct({
   activeStreams: Count,
   bytesIn: Schema.optionalWith(Count, { default: () => 0 }),
   bytesOut: Schema.optionalWith(Count, { default: () => 0 }),
+  /** Older addons leave these out (TLS only, no UDP). */
+  transport: Schema.optionalWith(TunnelTransport, { default: () => "tcpTls" as const }),
+  udpSessions: Schema.optionalWith(Count, { default: () => 0 }),
+  udpDropped: Schema.optionalWith(Count, { default: () => 0 }),
+  udpOversized: Schema.optionalWith(Count, { default: () => 0 }),
+  udpRefused: Schema.optionalWith(Count, { default: () => 0 }),
 });
 export type NativeHubEdgeStatus = typeof NativeHubEdgeStatus.Type;
 
 export const NativeHubStatus = Schema.Struct({
   running: Schema.Boolean,
   tunnelPort: Port,
+  quic: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   hubId: Schema.String,
   fingerprint: Schema.String,
   edges: Schema.Array(NativeHubEdgeStatus),
@@ -44,7 +51,13 @@ export const NativeEdgeStatus = Schema.Struct({
   hubFingerprint: NullableString,
   pinned: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => false }),
   publicIp: NullableString,
+  publicPort: Schema.optionalWith(Schema.NullOr(Port), { default: () => null }),
+  transport: Schema.optionalWith(Schema.NullOr(TunnelTransport), { default: () => null }),
   activeStreams: Count,
+  udpSessions: Schema.optionalWith(Count, { default: () => 0 }),
+  udpDropped: Schema.optionalWith(Count, { default: () => 0 }),
+  udpOversized: Schema.optionalWith(Count, { default: () => 0 }),
+  udpRefused: Schema.optionalWith(Count, { default: () => 0 }),
   listenPorts: Schema.Array(Port),
   listenPortsUdp: Schema.optionalWith(Schema.Array(Port), { default: () => [] }),
   listenerErrors: Schema.optionalWith(Schema.Array(NativeListenerError), { default: () => [] }),
