@@ -1,0 +1,107 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { afterEach, describe, expect, it } from "vitest";
+import { startDnsmasq, startUdpProxyEcho, startUdpTunnel, udpClient, udpRequest } from "./helpers/udp.js";
+import { waitFor } from "./helpers/wait.js";
+
+const run = promisify(execFile);
+const TRANSPORTS = ["tcpTls", "quic"] as const;
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+describe("UDP through the tunnel", () => {
+  it.each(TRANSPORTS)("answers a real DNS query (dig → edge → %s → dnsmasq)", async (transportMode) => {
+    const dns = await startDnsmasq();
+    cleanups.push(() => dns.stop());
+    const tunnel = await startUdpTunnel({
+      target: `127.0.0.1:${dns.port}`,
+      proxyUdp: "none",
+      edgeExtra: { transportMode },
+    });
+    cleanups.push(() => tunnel.stop());
+    expect((await tunnel.edge.getStatus()).transport).toBe(transportMode);
+
+    const { stdout } = await run("dig", [
+      "@127.0.0.1",
+      "-p",
+      String(tunnel.udpPort),
+      "portway.test",
+      "+short",
+      "+time=2",
+      "+tries=2",
+    ]);
+    expect(stdout.trim()).toBe("10.1.2.3");
+    await waitFor(async () => ((await tunnel.edge.getStatus()).udpSessions ?? 0) >= 1, {
+      timeoutMs: 5000,
+      what: "edge status counting the UDP session",
+    });
+  });
+
+  it.each(TRANSPORTS)("sends a PROXY v2 DGRAM header with the client's address first (%s)", async (transportMode) => {
+    const echo = await startUdpProxyEcho();
+    cleanups.push(() => echo.close());
+    const tunnel = await startUdpTunnel({
+      target: `127.0.0.1:${echo.port}`,
+      proxyUdp: "v2",
+      edgeExtra: { transportMode },
+    });
+    cleanups.push(() => tunnel.stop());
+
+    const clients = [await udpClient(), await udpClient()];
+    for (const c of clients) cleanups.push(() => void c.close());
+    for (const [i, client] of clients.entries()) {
+      const payload = Buffer.from(`hello ${transportMode} ${i}`);
+      const reply = await udpRequest(client, tunnel.udpPort, payload);
+      expect(reply.toString()).toBe(payload.toString());
+    }
+
+    expect(echo.errors).toEqual([]);
+    expect(echo.headers).toHaveLength(2);
+    for (const [i, client] of clients.entries()) {
+      const header = echo.headers[i];
+      expect(header?.version).toBe(2);
+      expect(header?.protocol).toBe("UDP4");
+      expect(header?.sourceAddress).toBe("127.0.0.1");
+      expect(header?.sourcePort).toBe(client.address().port);
+      expect(header?.destinationPort).toBe(tunnel.udpPort);
+    }
+  });
+
+  it("quicWithFallback against a hub without QUIC ends up on tcpTls and carries traffic", async () => {
+    const echo = await startUdpProxyEcho();
+    cleanups.push(() => echo.close());
+    const fallbacks: unknown[] = [];
+    const natives: string[] = [];
+    const tunnel = await startUdpTunnel({
+      target: `127.0.0.1:${echo.port}`,
+      proxyUdp: "v2",
+      hubExtra: { quic: false },
+      edgeExtra: { transportMode: "quicWithFallback", quicFallbackTimeoutMs: 1000 },
+      beforeEdgeStart: (edge) => {
+        edge.on("transportFallback", (e) => fallbacks.push(e));
+        edge.on("nativeEvent", (e) => natives.push(e.type));
+        edge.on("eventStreamProblem", (e) => natives.push(JSON.stringify(e)));
+      },
+    });
+    cleanups.push(() => tunnel.stop());
+
+    expect((await tunnel.edge.getStatus()).transport).toBe("tcpTls");
+    const hubStatus = await tunnel.hub.getStatus();
+    expect(hubStatus.quic).toBe(false);
+    expect(hubStatus.connectedEdges[0]?.transport).toBe("tcpTls");
+    // Events arrive in batches, possibly just after status already shows the tunnel up.
+    await waitFor(() => fallbacks.length >= 1, { timeoutMs: 5000, what: "a transportFallback event" });
+    expect(natives).toContain("tunnel.fallback");
+    expect(natives.filter((t) => t.startsWith("{"))).toEqual([]);
+    expect(fallbacks[0]).toMatchObject({ from: "quic", to: "tcpTls" });
+
+    const client = await udpClient();
+    cleanups.push(() => void client.close());
+    const reply = await udpRequest(client, tunnel.udpPort, Buffer.from("after fallback"));
+    expect(reply.toString()).toBe("after fallback");
+    expect(echo.headers[0]?.sourcePort).toBe(client.address().port);
+  });
+});
