@@ -43,10 +43,16 @@ describe("UDP through the tunnel", () => {
   it.each(TRANSPORTS)("sends a PROXY v2 DGRAM header with the client's address first (%s)", async (transportMode) => {
     const echo = await startUdpProxyEcho();
     cleanups.push(() => echo.close());
+    const edgeOpened: Array<{ clientAddr: string }> = [];
+    const hubOpened: Array<{ clientAddr: string; target: string }> = [];
     const tunnel = await startUdpTunnel({
       target: `127.0.0.1:${echo.port}`,
       proxyUdp: "v2",
       edgeExtra: { transportMode },
+      beforeEdgeStart: (edge, hub) => {
+        edge.on("udpSessionOpened", (e) => edgeOpened.push(e));
+        hub.on("udpSessionOpened", (e) => hubOpened.push(e));
+      },
     });
     cleanups.push(() => tunnel.stop());
 
@@ -68,6 +74,11 @@ describe("UDP through the tunnel", () => {
       expect(header?.sourcePort).toBe(client.address().port);
       expect(header?.destinationPort).toBe(tunnel.udpPort);
     }
+    const clientAddrs = clients.map((c) => `127.0.0.1:${c.address().port}`).sort();
+    await waitFor(() => edgeOpened.length >= 2 && hubOpened.length >= 2, { timeoutMs: 5000, what: "udpSessionOpened events" });
+    expect(edgeOpened.map((e) => e.clientAddr).sort()).toEqual(clientAddrs);
+    expect(hubOpened.map((e) => e.clientAddr).sort()).toEqual(clientAddrs);
+    expect(hubOpened[0]?.target).toBe(`127.0.0.1:${echo.port}`);
   });
 
   it("quicWithFallback against a hub without QUIC ends up on tcpTls and carries traffic", async () => {

@@ -46,7 +46,7 @@ export const runEdge = (
             : config.caPem !== null
               ? "verifying against the given CA"
               : "NOT verifying the hub certificate";
-        log.line("info", source, `connecting to ${hubs} (${trust}); listeners bind ${config.bindAddress}`);
+        log.line("info", source, `connecting to ${hubs} over ${config.transportMode ?? "tcpTls"} (${trust}); listeners bind ${config.bindAddress}`);
         yield* Effect.addFinalizer(() => Effect.sync(() => log.line("info", source, "stopping")));
         return yield* Effect.never;
       }),

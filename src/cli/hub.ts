@@ -13,7 +13,7 @@ const extras = commonFlags("PORTWAY_HUB_CONFIG");
 
 export const hubHelp = renderHelp(
   "portway hub [flags]",
-  "Runs a hub: accepts edges over TLS on the tunnel port and forwards their clients to targets with a PROXY header.\n" +
+  "Runs a hub: accepts edges over TLS (TCP) and QUIC (UDP, unless --no-quic) on the tunnel port and forwards their clients to targets with a PROXY header.\n" +
     "Prints its certificate fingerprint at start (edges pin it; `portway token` puts it in tokens).\n" +
     "SIGHUP re-reads the config file and applies its `edges` list without a restart.",
   hubFieldSpecs,
@@ -25,7 +25,9 @@ export const hubHelp = renderHelp(
     "    - id: e1",
     "      secret: change-me",
     "      listenPorts: [80, 443]",
-    '      targets: { "443": "10.0.0.5:8443" }',
+    "      listenPortsUdp: [53]",
+    '      targets: { "443": "10.0.0.5:8443", "53": "10.0.0.53:53" }',
+    "On the command line, --edge e1:80,443,53/udp:change-me gives UDP ports a /udp suffix.",
   ].join("\n"),
 );
 
