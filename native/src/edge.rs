@@ -22,6 +22,7 @@ use crate::protocol::{
 use crate::relay::{relay, ByteCounters, SocketSide};
 use crate::runtime::{until_set, TaskGroup};
 use crate::status::{close_reason_name, goaway_reason_name, EdgeStatus, ListenerErrorStatus};
+use crate::stun::StunClient;
 use crate::transport::buffered::ReadBuffered;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tls;
@@ -64,10 +65,13 @@ struct EdgeInner {
     stopping: watch::Sender<bool>,
     stop_started: AtomicBool,
     stopped: watch::Sender<bool>,
+    /// The hub's `stunIntervalSecs` (0 until a hub said, or when it turns STUN off).
+    stun_interval: watch::Sender<u32>,
 }
 
 #[derive(Default)]
 struct EdgeState {
+    public_addr: Option<SocketAddr>,
     tunnel: Option<TunnelRef>,
     hub: Option<String>,
     hub_id: Option<String>,
@@ -150,8 +154,12 @@ impl Edge {
             stopping: watch::channel(false).0,
             stop_started: AtomicBool::new(false),
             stopped: watch::channel(false).0,
+            stun_interval: watch::channel(0).0,
         });
         inner.tasks.spawn(connect_loop(inner.clone()));
+        if !inner.settings.raw.stun_servers.is_empty() {
+            inner.tasks.spawn(stun_loop(inner.clone()));
+        }
         Ok(Edge { inner })
     }
 
@@ -169,8 +177,8 @@ impl Edge {
             hub_fingerprint: state.hub_fingerprint.clone(),
             pinned: inner.settings.fingerprint.is_some(),
             transport: state.tunnel.as_ref().map(|t| t.tunnel.transport()),
-            public_ip: None,
-            public_port: None,
+            public_ip: state.public_addr.map(|a| a.ip().to_string()),
+            public_port: state.public_addr.map(|a| a.port()),
             active_streams: inner.active_streams.load(Ordering::Relaxed),
             udp_sessions: inner.udp.counters.sessions.load(Ordering::Relaxed),
             udp_dropped: inner.udp.counters.dropped.load(Ordering::Relaxed),
@@ -626,6 +634,7 @@ async fn run_tunnel(
         });
     }
     let config = &accepted.config;
+    inner.stun_interval.send_replace(config.stun_interval_secs);
     // Bind first, then report: whoever reacts to `ports.assigned` can connect straight away.
     apply_ports(inner, config).await;
     inner.events.emit(Event::PortsAssigned {
@@ -643,6 +652,7 @@ async fn run_tunnel(
             }
             event = tunnel_events.recv() => match event {
                 Some(TunnelEvent::Config(config)) => {
+                    inner.stun_interval.send_replace(config.stun_interval_secs);
                     let (added, removed) = apply_ports(inner, &config).await;
                     inner.events.emit(Event::PortsUpdated {
                         listen_ports: sorted_unique(&config.listen_ports),
@@ -867,4 +877,63 @@ async fn serve_client(
         reason: close_reason_name(outcome.reason),
         message: outcome.message,
     });
+}
+
+/// How soon a failed STUN round is retried (or the interval, if shorter).
+const STUN_RETRY: Duration = Duration::from_secs(30);
+
+/// Asks the STUN servers (in order, first answer wins) for the public address every
+/// `stunIntervalSecs` (from the hub); reports `publicIp.discovered` when it changes.
+async fn stun_loop(inner: Arc<EdgeInner>) {
+    let mut interval = inner.stun_interval.subscribe();
+    let mut stopping = inner.stopping.subscribe();
+    let mut client = StunClient::default();
+    loop {
+        let secs = *interval.borrow_and_update();
+        if secs == 0 {
+            tokio::select! {
+                _ = until_set(&mut stopping) => return,
+                changed = interval.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        let round = async {
+            for server in &inner.settings.raw.stun_servers {
+                if let Ok(addr) = client.query(server).await {
+                    return Some((addr, server.clone()));
+                }
+            }
+            None
+        };
+        let found = tokio::select! {
+            _ = until_set(&mut stopping) => return,
+            found = round => found,
+        };
+        let every = Duration::from_secs(u64::from(secs));
+        let wait = match found {
+            Some((addr, server)) => {
+                let changed = {
+                    let mut state = inner.state();
+                    let changed = state.public_addr != Some(addr);
+                    state.public_addr = Some(addr);
+                    changed
+                };
+                if changed {
+                    inner.events.emit(Event::PublicIpDiscovered {
+                        ip: addr.ip().to_string(),
+                        port: addr.port(),
+                        server,
+                    });
+                }
+                every
+            }
+            None => every.min(STUN_RETRY),
+        };
+        tokio::select! {
+            _ = until_set(&mut stopping) => return,
+            // A new interval from the hub: ask again now.
+            changed = interval.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -98,6 +98,13 @@ pub enum Event {
         reason: &'static str,
         message: String,
     },
+    /// STUN: the edge's public address (as a STUN server sees it) is new or changed.
+    #[serde(rename = "publicIp.discovered")]
+    PublicIpDiscovered {
+        ip: String,
+        port: u16,
+        server: String,
+    },
     #[serde(rename = "tunnel.unpinned")]
     TunnelUnpinned {
         hub: String,

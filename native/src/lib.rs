@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod relay;
 pub mod runtime;
 pub mod status;
+pub mod stun;
 pub mod transport;
 pub mod tunnel;
 pub mod udp;

@@ -7,6 +7,7 @@ pub mod datagram;
 pub mod frame;
 pub mod handshake;
 pub mod proxy_header;
+pub mod stun;
 
 pub use frame::{
     data_header, encode_data_header, encode_frame, try_encode_frame, CloseReason, EdgeConfig,
