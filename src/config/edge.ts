@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { Effect, Either, Schema } from "effect";
 import { ConfigError, TokenError } from "../errors.js";
 import { decodeConnectionToken, type HubAddress } from "../token.js";
-import { BindHost, Fingerprint, Host, Milliseconds, NonEmptyString, Identifier, Port } from "./fields.js";
+import { BindHost, expecting, Fingerprint, Host, Milliseconds, NonEmptyString, Identifier, Port } from "./fields.js";
 import type { ConfigInputs } from "./hub.js";
 import {
   configErrorFromParse,
@@ -18,9 +18,10 @@ import {
 } from "./sources.js";
 
 /** How an edge carries its tunnel (docs/architecture.md, "Edge config"). */
-export const TransportMode = Schema.Literal("tcpTls", "quic", "quicWithFallback").annotations({
-  message: () => '"tcpTls", "quic" or "quicWithFallback"',
-});
+export const TransportMode = expecting(
+  Schema.Literal("tcpTls", "quic", "quicWithFallback"),
+  '"tcpTls", "quic" or "quicWithFallback"',
+);
 export type TransportMode = typeof TransportMode.Type;
 
 export const HubAddressSchema = Schema.Struct({ host: Host, port: Port });
