@@ -115,4 +115,38 @@ describe("UDP through the tunnel", () => {
     expect(reply.toString()).toBe("after fallback");
     expect(echo.headers[0]?.sourcePort).toBe(client.address().port);
   });
+
+  it("hub udpIdleTimeoutMs and maxUdpSessionsPerEdge reach the addon: idle sessions expire, the cap refuses", async () => {
+    const echo = await startUdpProxyEcho();
+    cleanups.push(() => echo.close());
+    const closed: Array<{ reason: string; packetsIn: number }> = [];
+    const tunnel = await startUdpTunnel({
+      target: `127.0.0.1:${echo.port}`,
+      proxyUdp: "v2",
+      hubExtra: { udpIdleTimeoutMs: 2000, maxUdpSessionsPerEdge: 1 },
+      beforeEdgeStart: (_edge, hub) => hub.on("udpSessionClosed", (e) => closed.push(e)),
+    });
+    cleanups.push(() => tunnel.stop());
+
+    const first = await udpClient();
+    const second = await udpClient();
+    cleanups.push(() => void first.close(), () => void second.close());
+    expect((await udpRequest(first, tunnel.udpPort, Buffer.from("one"))).toString()).toBe("one");
+    // The only session slot is taken: the second client gets no answer and is counted as refused.
+    await expect(udpRequest(second, tunnel.udpPort, Buffer.from("two"), 600, 200)).rejects.toThrow(/no UDP reply/);
+    await waitFor(
+      async () => {
+        const hub = (await tunnel.hub.getStatus()).connectedEdges[0];
+        const edge = await tunnel.edge.getStatus();
+        return (hub?.udpRefused ?? 0) + (edge.udpRefused ?? 0) >= 1;
+      },
+      { timeoutMs: 5000, what: "a refused UDP session in status" },
+    );
+
+    await waitFor(() => closed.length >= 1, { timeoutMs: 5000, what: "the idle UDP session to expire" });
+    expect(closed[0]).toMatchObject({ reason: "idle" });
+    expect(closed[0]?.packetsIn).toBeGreaterThanOrEqual(1);
+    // With the slot free again, the second client gets through.
+    expect((await udpRequest(second, tunnel.udpPort, Buffer.from("two again"))).toString()).toBe("two again");
+  });
 });
