@@ -201,6 +201,7 @@ export const createEdgeActorSystem = (options: EdgeActorSystemOptions): EdgeActo
         return;
       // UDP sessions and transport fallback are not tunnel-machine events (reported by the edge service).
       case "tunnel.fallback":
+      case "publicIp.discovered":
       case "udp.opened":
       case "udp.expired":
       case "udp.closed":

@@ -156,7 +156,7 @@ export interface RemoteIngressEdgeEvents {
   portsAssigned: [PortsAssignedEvent];
   portsUpdated: [PortsUpdatedEvent];
   listenerError: [ListenerErrorEvent];
-  /** Not emitted until STUN discovery lands in the addon. */
+  /** STUN found the edge's public address (first sighting and changes). */
   publicIpDiscovered: [PublicIpDiscoveredEvent];
   streamOpened: [EdgeStreamOpenedEvent];
   streamClosed: [EdgeStreamClosedEvent];
@@ -366,6 +366,7 @@ export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
     if (event.type !== "events.gap" && event.type !== "events.invalid") this.emit("nativeEvent", event);
     const mapped = toEdgeApiEvent(event);
     if (mapped !== undefined) (this.emit as (name: string, payload: unknown) => boolean)(mapped[0], mapped[1]);
+    if (event.type === "publicIp.discovered") this.#notePublicIp(event.ip);
     if (event.type === "tunnel.connected" && this.#running !== undefined) {
       const status = Effect.runSyncExit(this.#running.edge.status);
       if (Exit.isSuccess(status)) this.#notePublicIp(status.value.publicIp);

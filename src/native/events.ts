@@ -253,6 +253,12 @@ export const EdgeStreamClosed = event("stream.closed", {
   message: Message,
 });
 
+/** STUN: the edge's public address as `server` saw it (new or changed). */
+export const PublicIpDiscovered = event("publicIp.discovered", {
+  ip: Schema.String,
+  port: Schema.optionalWith(Schema.NullOr(Port), { default: () => null }),
+  server: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
+});
 export const EdgeUdpOpened = event("udp.opened", udpCommon);
 export const EdgeUdpExpired = event("udp.expired", { ...udpCommon, ...udpTotals });
 export const EdgeUdpClosed = event("udp.closed", { ...udpCommon, ...udpTotals });
@@ -271,6 +277,7 @@ const edgeEventSchemas = {
   "stream.opened": EdgeStreamOpened,
   "stream.closed": EdgeStreamClosed,
   "tunnel.fallback": TunnelFallback,
+  "publicIp.discovered": PublicIpDiscovered,
   "udp.opened": EdgeUdpOpened,
   "udp.expired": EdgeUdpExpired,
   "udp.closed": EdgeUdpClosed,
