@@ -181,7 +181,11 @@ impl Edge {
             public_port: state.public_addr.map(|a| a.port()),
             active_streams: inner.active_streams.load(Ordering::Relaxed),
             udp_sessions: inner.udp.counters.sessions.load(Ordering::Relaxed),
-            udp_dropped: inner.udp.counters.dropped.load(Ordering::Relaxed),
+            udp_dropped: inner.udp.counters.dropped.load(Ordering::Relaxed)
+                + state
+                    .tunnel
+                    .as_ref()
+                    .map_or(0, |t| t.tunnel.udp_receive_drops()),
             udp_oversized: inner.udp.counters.oversized.load(Ordering::Relaxed),
             udp_refused: inner.udp.counters.refused.load(Ordering::Relaxed),
             listen_ports: state.listen_ports.clone(),
@@ -438,7 +442,7 @@ async fn connect_quic(inner: &EdgeInner, host: &str, port: u16) -> Result<Connec
     } else {
         ([0u16; 8], 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(local)
+    let mut endpoint = quic::endpoint(local, None)
         .map_err(|e| failed("connectFailed")(format!("cannot bind a UDP socket: {e}")))?;
     endpoint.set_default_client_config(inner.quic_config.clone());
     let name = inner.settings.raw.server_name.as_deref().unwrap_or(host);
@@ -668,6 +672,12 @@ async fn run_tunnel(
         }
     };
     inner.state().tunnel = None;
+    // Keep the transport's own receive drops once the tunnel is gone.
+    inner
+        .udp
+        .counters
+        .dropped
+        .fetch_add(tunnel.udp_receive_drops(), Ordering::Relaxed);
     if stop_requested {
         inner.events.emit(Event::TunnelDisconnected {
             hub: hub_name.to_string(),

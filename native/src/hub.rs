@@ -207,7 +207,7 @@ impl Hub {
                 bytes_in: s.counters.bytes_in.load(Ordering::Relaxed),
                 bytes_out: s.counters.bytes_out.load(Ordering::Relaxed),
                 udp_sessions: s.udp.sessions.load(Ordering::Relaxed),
-                udp_dropped: s.udp.dropped.load(Ordering::Relaxed),
+                udp_dropped: s.udp.dropped.load(Ordering::Relaxed) + s.tunnel.udp_receive_drops(),
                 udp_oversized: s.udp.oversized.load(Ordering::Relaxed),
                 udp_refused: s.udp.refused.load(Ordering::Relaxed),
             })
@@ -280,7 +280,7 @@ async fn bind_tunnel_port(
             .map_err(|e| AddonError::Io(e.to_string()))?
             .port();
         let udp_addr = SocketAddr::new(addr.ip(), port);
-        match quinn::Endpoint::server(config, udp_addr) {
+        match quic::endpoint(udp_addr, Some(config)) {
             Ok(endpoint) => return Ok((listener, Some(endpoint))),
             Err(e) => {
                 last_error = Some(AddonError::from_bind(

@@ -124,6 +124,14 @@ impl Tunnel {
         }
     }
 
+    /// Datagrams the transport itself dropped on receipt (QUIC: its receive buffer overflowed).
+    pub fn udp_receive_drops(&self) -> u64 {
+        match self {
+            Self::Mux(_) => 0,
+            Self::Quic(quic) => quic.udp_receive_drops(),
+        }
+    }
+
     /// Sends one datagram of a session. Never waits.
     pub fn udp_datagram(&self, session_id: u32, data: &[u8]) -> UdpSend {
         match self {

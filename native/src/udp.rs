@@ -49,6 +49,16 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const RECV_BUF: usize = MAX_UDP_DATAGRAM + 1;
 /// Datagrams handled per socket wake-up before giving other tasks a turn.
 const RECV_BATCH: usize = 64;
+/// Socket buffers (capped by the kernel at net.core.[rw]mem_max): an edge port's socket carries all
+/// its clients; a hub upstream socket one session.
+const LISTENER_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+const UPSTREAM_SOCKET_BUFFER: usize = 1024 * 1024;
+
+fn size_buffers(sock: &UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(sock);
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -521,6 +531,7 @@ async fn connect_upstream(target: &str) -> Result<UdpSocket, String> {
     let sock = UdpSocket::bind(local)
         .await
         .map_err(|e| format!("cannot bind a UDP socket for {target}: {e}"))?;
+    size_buffers(&sock, UPSTREAM_SOCKET_BUFFER);
     sock.connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {target}: {e}"))?;
@@ -750,6 +761,7 @@ impl EdgeUdp {
         for port in to_bind {
             match UdpSocket::bind((host.as_str(), port)).await {
                 Ok(sock) => {
+                    size_buffers(&sock, LISTENER_SOCKET_BUFFER);
                     let sock = Arc::new(sock);
                     let task = self
                         .tasks

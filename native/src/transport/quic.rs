@@ -25,7 +25,7 @@ use crate::tunnel::{TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend};
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -38,8 +38,10 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 8192;
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection-wide receive window: bounds the memory one tunnel's streams can hold.
 pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
-/// Datagrams buffered by quinn, each direction.
-const DATAGRAM_BUFFER: usize = 1024 * 1024;
+/// Datagrams buffered by quinn: received ones waiting for the reader (beyond it quinn drops the
+/// oldest; counted, see `udp_receive_drops`), and outgoing ones waiting for the congestion window.
+const DATAGRAM_RECV_BUFFER: usize = 4 * 1024 * 1024;
+const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;
 /// How long a new stream may take to deliver its `Open` header.
 const OPEN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing tunnel may take to deliver its GoAway before it is cut.
@@ -48,6 +50,34 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// Application close code when no GoAway reason applies.
 const CLOSE_PLAIN: u32 = 0;
+/// Socket buffers of a QUIC endpoint (the kernel caps them at net.core.[rw]mem_max): bursts of
+/// datagrams should queue, not be dropped by the kernel.
+const ENDPOINT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on `addr` with large socket buffers: a server (hub) when `server` is given, a
+/// client (edge) otherwise. Needs to run inside the tokio runtime.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the system allows it, like `Endpoint::client`.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(ENDPOINT_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(ENDPOINT_SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        runtime,
+    )
+}
 
 /// Keep-alive and idle timeout: QUIC PINGs every `ping_interval` keep NAT bindings fresh and the
 /// path known to be alive; with no packet at all for `idle_timeout` (negotiated: the smaller of both
@@ -66,8 +96,8 @@ fn transport_config(
     t.keep_alive_interval(Some(ping_interval));
     // Bounded by config validation (at most a day), far inside QUIC's limit.
     t.max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok());
-    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
-    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
+    t.datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     Arc::new(t)
 }
 
@@ -155,6 +185,8 @@ struct Shared {
     shutdown_tx: Mutex<Option<oneshot::Sender<ShutdownRequest>>>,
     next_stream_id: AtomicU32,
     active_streams: AtomicUsize,
+    /// QUIC datagrams handed to the UDP handler.
+    datagrams_read: AtomicU64,
     /// Why streams end once the connection is gone (set before it is closed locally).
     gone: OnceLock<CloseReason>,
 }
@@ -279,6 +311,14 @@ impl QuicHandle {
         }
     }
 
+    /// Datagrams that arrived but that quinn dropped before the reader took them (its receive
+    /// buffer was full): DATAGRAM frames received minus datagrams read. Includes the few still
+    /// queued at this instant.
+    pub fn udp_receive_drops(&self) -> u64 {
+        let received = self.shared.conn.stats().frame_rx.datagram;
+        received.saturating_sub(self.shared.datagrams_read.load(Ordering::Relaxed))
+    }
+
     /// Why a stream ends when the connection is gone with `err`.
     pub fn gone_reason(&self, err: &ConnectionError) -> CloseReason {
         if let Some(reason) = self.shared.gone.get() {
@@ -323,6 +363,7 @@ pub fn spawn(
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             next_stream_id: AtomicU32::new(1),
             active_streams: AtomicUsize::new(0),
+            datagrams_read: AtomicU64::new(0),
             gone: OnceLock::new(),
         }),
     };
@@ -381,7 +422,7 @@ async fn supervise(
     let mut read_task = tokio::spawn(reader.run(control_recv, initial, options.idle_timeout));
     let mut write_task = tokio::spawn(control_writer(control_send, ctrl_rx, options.ping_interval));
     let datagram_task = tokio::spawn(read_datagrams(
-        conn.clone(),
+        handle.clone(),
         options.udp.clone(),
         fail_tx.clone(),
     ));
@@ -622,14 +663,16 @@ impl ControlReader {
 /// Reads QUIC datagrams and hands them to the UDP handler. Reports a protocol error and returns;
 /// returns quietly when the connection ends (the supervisor sees that itself).
 async fn read_datagrams(
-    conn: quinn::Connection,
+    handle: QuicHandle,
     udp: Option<Arc<dyn UdpInbound>>,
     fail: mpsc::UnboundedSender<TunnelEnd>,
 ) {
+    let conn = handle.shared.conn.clone();
     loop {
         let Ok(datagram) = conn.read_datagram().await else {
             return;
         };
+        handle.shared.datagrams_read.fetch_add(1, Ordering::Relaxed);
         let Some(udp) = &udp else {
             let _ = fail.send(TunnelEnd::Protocol(
                 "QUIC datagram, but UDP was not agreed".into(),
