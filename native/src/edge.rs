@@ -567,9 +567,13 @@ async fn run_tunnel(
     let idle_timeout =
         from_hub(accepted.idle_timeout_ms, inner.settings.idle_timeout).max(ping_interval * 2);
     // UDP only if the hub relays it (it says so in the handshake).
+    let needed = match link {
+        Link::Tls { .. } => capability::UDP_FRAMES,
+        Link::Quic { .. } => capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+    };
     let udp_settings = accepted
         .udp
-        .filter(|u| u.capabilities & capability::UDP_FRAMES != 0 && u.max_sessions > 0);
+        .filter(|u| u.capabilities & needed == needed && u.max_sessions > 0);
     let (generation, udp_inbound) = inner.udp.inbound();
     let udp_inbound = udp_settings.map(|_| udp_inbound);
     let (tunnel, mut tunnel_events) = match link {

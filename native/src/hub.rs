@@ -563,9 +563,14 @@ fn new_hub_udp(
     inner: &Arc<HubInner>,
     hello: &Hello,
     accepted: &HelloAccepted,
-    early_datagrams: bool,
+    quic: bool,
 ) -> Option<Arc<HubUdp>> {
-    if hello.capabilities & capability::UDP_FRAMES == 0 {
+    // UDP frames always (UdpOpen/UdpClose); over QUIC also the datagrams.
+    let needed = match quic {
+        true => capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+        false => capability::UDP_FRAMES,
+    };
+    if hello.capabilities & needed != needed {
         return None;
     }
     let weak: Weak<HubInner> = Arc::downgrade(inner);
@@ -586,7 +591,7 @@ fn new_hub_udp(
         idle_timeout: inner.settings.udp_idle_timeout,
         connect_timeout: inner.settings.target_connect_timeout,
         max_sessions: inner.settings.raw.max_udp_sessions_per_edge as usize,
-        early_datagrams,
+        early_datagrams: quic,
     };
     Some(HubUdp::new(
         settings,

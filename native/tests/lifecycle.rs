@@ -287,7 +287,7 @@ fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub(transport: &str) {
 
         hub.hub.stop().await;
         let closed = hub.events.wait_type("stream.closed").await;
-        assert_eq!(closed["reason"], "hubShutdown");
+        assert_eq!(closed["reason"], "hubShutdown", "{closed}");
         let gone = hub.events.wait_type("edge.disconnected").await;
         assert_eq!(gone["reason"], "hubShutdown");
         assert_eq!(hub.events.all().last().unwrap()["type"], "hub.stopped");

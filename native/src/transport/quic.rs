@@ -271,9 +271,17 @@ impl QuicHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(sender) = sender {
-            let _ = sender.send(goaway);
-        }
+        let Some(sender) = sender else {
+            return;
+        };
+        // Streams end for the reason we are closing, even if the peer closes the connection first
+        // (it does as soon as it reads the GoAway).
+        let reason = match &goaway {
+            Some((GoAwayReason::HubShutdown, _)) => CloseReason::HubShutdown,
+            _ => CloseReason::TunnelLost,
+        };
+        let _ = self.shared.gone.set(reason);
+        let _ = sender.send(goaway);
     }
 
     pub fn active_streams(&self) -> usize {
