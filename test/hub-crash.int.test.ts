@@ -103,6 +103,9 @@ const waitForEdge = (edge: RemoteIngressEdge, port: number) =>
   }, { what: "the edge connected and listening", timeoutMs: 20_000 });
 
 /** One complete echo exchange (64 bytes each way, then FIN); returns the client's address as the hub logs it. */
+/** How long an ended stream may take, under CI load, to reach JetStream or the hub's disk outbox. */
+const DURABLE_WITHIN_MS = 2_000;
+
 async function echoOnce(port: number): Promise<string> {
   const socket = await connectTcp(port);
   const clientAddr = `127.0.0.1:${socket.localPort}`;
@@ -214,22 +217,27 @@ describe("hub killed with SIGKILL and restarted", () => {
     const oldServer = Number(readFileSync(pidFile, "utf8"));
     const held = await Promise.all(Array.from({ length: 3 }, () => holdOpen(fx.edgePort)));
 
-    // Traffic goes on while the hub is killed.
-    let completed = 0;
+    // Traffic goes on while the hub is killed. Each finished exchange is kept with the time it ended.
+    const finished: { clientAddr: string; at: number }[] = [];
     let stop = false;
     const traffic = Promise.all(
       Array.from({ length: 4 }, async () => {
         while (!stop) {
           try {
-            await echoOnce(fx.edgePort);
-            completed += 1;
+            const clientAddr = await echoOnce(fx.edgePort);
+            finished.push({ clientAddr, at: Date.now() });
           } catch {
             // After the kill: refused or cut; the log is what is checked.
           }
         }
       }),
     );
-    await waitFor(() => completed >= 100, { what: "100 exchanges before the kill" });
+    const trafficStarted = Date.now();
+    await waitFor(() => finished.length >= 100 && Date.now() - trafficStarted >= DURABLE_WITHIN_MS + 1_000, {
+      what: "100 exchanges and some seconds of traffic before the kill",
+      timeoutMs: 20_000,
+    });
+    const killedAt = Date.now();
     await fx.hub.kill("SIGKILL");
     await waitFor(async () => !(await fx.edge.getStatus()).connected, { what: "the edge seeing the hub die" });
     stop = true;
@@ -253,7 +261,10 @@ describe("hub killed with SIGKILL and restarted", () => {
     });
     const closes = expectCompleteHistory(await storedEvents(server.url));
     for (const h of held) expect(closes.get(h.clientAddr)?.data.reason).toBe("hubRestarted");
-    // Only the last few milliseconds of events (the open batch, unacknowledged publishes) die with the process.
-    expect(closes.size).toBeGreaterThanOrEqual(completed - 10);
+    // SIGKILL loses only what had not reached the outbox or JetStream yet: the last moments before the kill.
+    // Every exchange that ended DURABLE_WITHIN_MS before the kill must be in the log, closed normally.
+    const settled = finished.filter((f) => f.at <= killedAt - DURABLE_WITHIN_MS);
+    expect(settled.length).toBeGreaterThanOrEqual(50);
+    for (const f of settled) expect(closes.get(f.clientAddr)?.data.reason).toMatch(/^(clientClosed|targetClosed)$/);
   });
 });

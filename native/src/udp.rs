@@ -37,12 +37,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Datagrams held for a hub session while its upstream socket is being set up.
+/// Datagrams held for a hub session while its upstream socket is being set up (count and bytes).
 const CONNECTING_QUEUE: usize = 64;
+const CONNECTING_QUEUE_BYTES: usize = 128 * 1024;
 /// QUIC only: datagrams that arrived before their session's `UdpOpen` (which travels on the control
 /// stream), held this long at most, this many at most.
 const EARLY_HOLD: Duration = Duration::from_secs(2);
 const EARLY_MAX: usize = 256;
+const EARLY_MAX_BYTES: usize = 256 * 1024;
 /// Rate limit of `udp.refused` / `udp.oversized` events.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Large enough for any UDP datagram, so none is ever truncated on receive.
@@ -301,9 +303,29 @@ struct HubSession {
 }
 
 enum Upstream {
-    Connecting(Vec<Bytes>),
+    Connecting(Pending),
     Ready(Arc<UdpSocket>),
     Gone,
+}
+
+/// Datagrams waiting for a session's upstream socket, bounded in count and bytes.
+#[derive(Default)]
+struct Pending {
+    queue: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Pending {
+    /// Queues `data`; false (dropped) when full.
+    fn push(&mut self, data: Bytes) -> bool {
+        if self.queue.len() >= CONNECTING_QUEUE || self.bytes + data.len() > CONNECTING_QUEUE_BYTES
+        {
+            return false;
+        }
+        self.bytes += data.len();
+        self.queue.push(data);
+        true
+    }
 }
 
 impl HubUdp {
@@ -369,8 +391,12 @@ impl HubUdp {
         session.stats.count_in(data.len());
         let mut upstream = lock(&session.upstream);
         match &mut *upstream {
-            Upstream::Connecting(queue) if queue.len() < CONNECTING_QUEUE => queue.push(data),
-            Upstream::Connecting(_) | Upstream::Gone => self.counters.drop_one(),
+            Upstream::Connecting(queue) => {
+                if !queue.push(data) {
+                    self.counters.drop_one();
+                }
+            }
+            Upstream::Gone => self.counters.drop_one(),
             Upstream::Ready(sock) => match sock.try_send(&data) {
                 Ok(_) => {}
                 Err(e) if is_msg_size(&e) => self.oversized(session, data.len(), None),
@@ -427,12 +453,14 @@ impl UdpInbound for HubUdp {
                 target,
                 stats: Stats::new(),
                 close: CloseSignal::default(),
-                upstream: Mutex::new(Upstream::Connecting(Vec::new())),
+                upstream: Mutex::new(Upstream::Connecting(Pending::default())),
             });
             for data in early {
                 session.stats.count_in(data.len());
                 if let Upstream::Connecting(queue) = &mut *lock(&session.upstream) {
-                    queue.push(data);
+                    if !queue.push(data) {
+                        self.counters.drop_one();
+                    }
                 }
             }
             table.sessions.insert(session_id, session.clone());
@@ -474,7 +502,8 @@ impl UdpInbound for HubUdp {
                         table.early.pop_front();
                         self.counters.drop_one();
                     }
-                    if table.early.len() >= EARLY_MAX {
+                    let bytes: usize = table.early.iter().map(|(_, _, d)| d.len()).sum();
+                    if table.early.len() >= EARLY_MAX || bytes + data.len() > EARLY_MAX_BYTES {
                         self.counters.drop_one();
                     } else {
                         table.early.push_back((now, session_id, data));
@@ -569,7 +598,7 @@ async fn run_hub_session(udp: Arc<HubUdp>, session: Arc<HubSession>) {
     let queued = {
         let mut upstream = lock(&session.upstream);
         match std::mem::replace(&mut *upstream, Upstream::Ready(sock.clone())) {
-            Upstream::Connecting(queued) => queued,
+            Upstream::Connecting(pending) => pending.queue,
             _ => Vec::new(),
         }
     };
@@ -1075,5 +1104,65 @@ impl UdpInbound for EdgeInbound {
         {
             session.close.close(reason, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_reports_once_per_period_with_the_count() {
+        let limiter = Limiter::default();
+        assert_eq!(limiter.hit(), Some(1));
+        assert_eq!(limiter.hit(), None);
+        assert_eq!(limiter.hit(), None);
+        // Pretend the period passed: the next report carries what was suppressed.
+        lock(&limiter.state).0 = Some(Instant::now() - REPORT_EVERY);
+        assert_eq!(limiter.hit(), Some(3));
+    }
+
+    #[test]
+    fn pending_is_bounded_by_count_and_bytes() {
+        let mut pending = Pending::default();
+        for _ in 0..CONNECTING_QUEUE {
+            assert!(pending.push(Bytes::from_static(b"x")));
+        }
+        assert!(!pending.push(Bytes::from_static(b"x")));
+        let mut pending = Pending::default();
+        assert!(pending.push(Bytes::from(vec![0; CONNECTING_QUEUE_BYTES - 10])));
+        assert!(!pending.push(Bytes::from(vec![0; 11])));
+        assert!(pending.push(Bytes::from(vec![0; 10])));
+    }
+
+    #[test]
+    fn close_signal_keeps_the_first_reason() {
+        crate::runtime::runtime().block_on(async {
+            let signal = CloseSignal::default();
+            signal.close(UdpCloseReason::Idle, true);
+            signal.close(UdpCloseReason::TunnelLost, false);
+            assert_eq!(signal.closed().await, (UdpCloseReason::Idle, true));
+        });
+    }
+
+    #[test]
+    fn idle_deadline_follows_activity() {
+        crate::runtime::runtime().block_on(async {
+            let stats = Stats::new();
+            let signal = CloseSignal::default();
+            let idle = Duration::from_millis(60);
+            let started = Instant::now();
+            let toucher = async {
+                for _ in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    stats.count_in(1);
+                }
+            };
+            let (reason, _) = tokio::join!(idle_or_closed(&stats, &signal, idle), toucher).0;
+            assert_eq!(reason, UdpCloseReason::Idle);
+            // Three touches 30 ms apart push expiry past 90 + 60 ms.
+            assert!(started.elapsed() >= Duration::from_millis(140));
+            assert_eq!(stats.packets_in.load(Ordering::Relaxed), 3);
+        });
     }
 }
