@@ -1,0 +1,128 @@
+import { describe, expect, it } from "vitest";
+import {
+  decideAdmission,
+  decideAfterRenewalConflict,
+  decideAfterWait,
+  fenceMarginMs,
+  leaseExpired,
+  mustFence,
+  parseOwnerEntry,
+  type OwnerEntry,
+} from "../src/cluster/lease.js";
+
+const me = { hubId: "hub-a", runId: "run-a" };
+const entry = (over: Partial<OwnerEntry> = {}): OwnerEntry => ({
+  v: 1,
+  edgeId: "e1",
+  hubId: "hub-b",
+  runId: "run-b",
+  sessionId: "s-b",
+  since: 1_000,
+  renewedAt: 10_000,
+  leaseMs: 2_000,
+  ...over,
+});
+
+describe("decideAdmission", () => {
+  it("creates when there is no owner", () => {
+    expect(decideAdmission({ me, owner: null, ownerHub: null, nowMs: 5, mayWaitUntilMs: 100 })).toEqual({ kind: "create" });
+  });
+
+  it("claims its own entry (any run or session of this hub) with an update at the read revision", () => {
+    const own = entry({ hubId: "hub-a", runId: "older-run", sessionId: "s-old" });
+    expect(decideAdmission({ me, owner: { entry: own, revision: 7 }, ownerHub: null, nowMs: 10_100, mayWaitUntilMs: null })).toEqual({
+      kind: "claim",
+      revision: 7,
+    });
+  });
+
+  it("takes over an expired lease, not one that is merely at its limit", () => {
+    const owner = { entry: entry(), revision: 3 };
+    expect(decideAdmission({ me, owner, ownerHub: null, nowMs: 12_000, mayWaitUntilMs: null }).kind).toBe("refuse");
+    const d = decideAdmission({ me, owner, ownerHub: null, nowMs: 12_001, mayWaitUntilMs: null });
+    expect(d).toMatchObject({ kind: "takeover", revision: 3, cause: "leaseExpired", previous: { hubId: "hub-b" } });
+  });
+
+  it("takes over at once when the owner hub runs under another run id (it restarted)", () => {
+    const d = decideAdmission({
+      me,
+      owner: { entry: entry(), revision: 3 },
+      ownerHub: { hubId: "hub-b", runId: "run-b2", heartbeatAt: 10_400 },
+      nowMs: 10_500,
+      mayWaitUntilMs: null,
+    });
+    expect(d).toMatchObject({ kind: "takeover", cause: "hubRestarted" });
+  });
+
+  it("does not take over a live lease because the owner's heartbeat is stale (it may be partitioned)", () => {
+    const d = decideAdmission({
+      me,
+      owner: { entry: entry(), revision: 3 },
+      ownerHub: { hubId: "hub-b", runId: "run-b", heartbeatAt: 1 },
+      nowMs: 11_000,
+      mayWaitUntilMs: null,
+    });
+    expect(d).toMatchObject({ kind: "refuse", reason: "notOwner" });
+  });
+
+  it("waits for a live lease to run out when the wait fits, else refuses", () => {
+    const owner = { entry: entry(), revision: 3 };
+    expect(decideAdmission({ me, owner, ownerHub: null, nowMs: 10_500, mayWaitUntilMs: 15_000 })).toEqual({
+      kind: "wait",
+      untilMs: 12_050,
+      revision: 3,
+    });
+    expect(decideAdmission({ me, owner, ownerHub: null, nowMs: 10_500, mayWaitUntilMs: 12_000 }).kind).toBe("refuse");
+  });
+
+  it("after the wait: a renewed lease refuses, an unchanged one is taken over, a deleted one is created", () => {
+    const renewed = { entry: entry({ renewedAt: 11_800 }), revision: 4 };
+    expect(decideAfterWait({ me, owner: renewed, ownerHub: null, nowMs: 12_050 })).toMatchObject({ kind: "refuse" });
+    expect(decideAfterWait({ me, owner: { entry: entry(), revision: 3 }, ownerHub: null, nowMs: 12_050 })).toMatchObject({
+      kind: "takeover",
+      revision: 3,
+    });
+    expect(decideAfterWait({ me, owner: null, ownerHub: null, nowMs: 12_050 })).toEqual({ kind: "create" });
+  });
+});
+
+describe("fencing", () => {
+  it("the owner fences a margin before anyone may take over", () => {
+    expect(fenceMarginMs(2_000)).toBe(250);
+    expect(fenceMarginMs(400)).toBe(100);
+    for (const leaseMs of [400, 1_000, 2_000, 10_000]) {
+      const renewedAt = 50_000;
+      // The first instant another hub may take over…
+      let t = renewedAt;
+      while (!leaseExpired({ renewedAt, leaseMs }, t)) t += 1;
+      // …comes strictly after the owner has fenced itself.
+      expect(mustFence(renewedAt, leaseMs, t - fenceMarginMs(leaseMs))).toBe(true);
+      expect(mustFence(renewedAt, leaseMs, renewedAt + leaseMs / 2)).toBe(false);
+    }
+  });
+});
+
+describe("decideAfterRenewalConflict", () => {
+  const mine = { hubId: "hub-a", runId: "run-a", sessionId: "s1" };
+  it("adopts a newer revision of its own entry (a renewal whose ack was lost)", () => {
+    const own = entry({ hubId: "hub-a", runId: "run-a", sessionId: "s1", renewedAt: 123 });
+    expect(decideAfterRenewalConflict(mine, { entry: own, revision: 9 })).toEqual({ kind: "adopt", revision: 9, renewedAt: 123 });
+  });
+  it("is lost when another hub, another run or another session holds it, or it is gone", () => {
+    expect(decideAfterRenewalConflict(mine, null)).toEqual({ kind: "lost", holder: null });
+    expect(decideAfterRenewalConflict(mine, { entry: entry(), revision: 9 }).kind).toBe("lost");
+    expect(decideAfterRenewalConflict(mine, { entry: entry({ hubId: "hub-a", runId: "run-x", sessionId: "s1" }), revision: 9 }).kind).toBe("lost");
+    expect(decideAfterRenewalConflict(mine, { entry: entry({ hubId: "hub-a", runId: "run-a", sessionId: "s2" }), revision: 9 }).kind).toBe("lost");
+  });
+});
+
+describe("parseOwnerEntry", () => {
+  it("accepts the documented shape and rejects anything else", () => {
+    expect(parseOwnerEntry(entry())).toEqual(entry());
+    expect(parseOwnerEntry({ ...entry(), v: 2 })).toBeNull();
+    expect(parseOwnerEntry({ ...entry(), hubId: "" })).toBeNull();
+    expect(parseOwnerEntry({ ...entry(), renewedAt: -1 })).toBeNull();
+    expect(parseOwnerEntry("x")).toBeNull();
+    expect(parseOwnerEntry(null)).toBeNull();
+  });
+});
