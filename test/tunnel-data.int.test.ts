@@ -1,12 +1,14 @@
 // Issue 2, data path: many concurrent streams with integrity checks, half-close in both directions,
-// and a slow reader that must not make the tunnel buffer without bound.
+// and a slow reader that must not make the tunnel buffer without bound. Issue 4: the same suite runs over
+// every tunnel transport (TLS over TCP and QUIC); `startTunnel({ transport })` checks that the tunnel really
+// uses the transport under test.
 import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { connectTcp, hashExchange, readUntilEnd } from "./helpers/client.js";
 import { rssKiB } from "./helpers/rss.js";
 import { startEndFirstTarget, startHashTarget, startReplyAfterEndTarget } from "./helpers/targets.js";
 import { useTeardown } from "./helpers/teardown.js";
-import { startTunnel } from "./helpers/tunnel.js";
+import { startTunnel, TRANSPORTS } from "./helpers/tunnel.js";
 import { recordEvents, waitFor } from "./helpers/wait.js";
 
 const teardown = useTeardown();
@@ -25,10 +27,10 @@ interface StreamClosed {
   reason: string;
 }
 
-describe("tunnel data path", () => {
+describe.each(TRANSPORTS)("tunnel data path over %s", (transport) => {
   it("relays 200 concurrent streams of varied sizes intact in both directions", async () => {
     const target = teardown.track(await startHashTarget("v1"));
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
     const [port] = tunnel.listenPorts as [number];
     const closed = recordEvents<StreamClosed>(tunnel.hub, "streamClosed");
     teardown.add(closed.stop);
@@ -65,7 +67,7 @@ describe("tunnel data path", () => {
 
   it("half-close: the client ends its write side and still receives the target's reply", async () => {
     const target = teardown.track(await startReplyAfterEndTarget("v1"));
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
     const payload = randomBytes(3 * MiB + 17);
     const socket = await connectTcp(tunnel.listenPorts[0] as number);
     teardown.add(() => socket.destroy());
@@ -78,7 +80,7 @@ describe("tunnel data path", () => {
 
   it("half-close: the target ends its write side and still receives the client's data", async () => {
     const target = teardown.track(await startEndFirstTarget("v1", "hello\n"));
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
     const socket = await connectTcp(tunnel.listenPorts[0] as number);
     teardown.add(() => socket.destroy());
     // The target's FIN reaches the client while the client's side is still open…
@@ -97,7 +99,7 @@ describe("tunnel data path", () => {
 
   it("a client that does not read holds back its target without unbounded buffering, and other streams keep flowing", async () => {
     const target = teardown.track(await startHashTarget("v1"));
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }] }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
     const port = tunnel.listenPorts[0] as number;
     const SLOW_TOTAL = 200 * MiB;
 

@@ -1,6 +1,9 @@
 // Issue 2, hostile input on the tunnel port: garbage over raw TCP and after a real TLS handshake. The hub must
-// close such connections promptly, keep its tunnels and streams up, and still accept a good edge.
+// close such connections promptly, keep its tunnels and streams up, and still accept a good edge. Issue 4: the
+// hub serves QUIC on the same port number over UDP, so junk datagrams (random, QUIC-looking Initial, unknown
+// version, short header) are thrown at it too; every test runs with the edge's tunnel over each transport.
 import { randomBytes } from "node:crypto";
+import { createSocket } from "node:dgram";
 import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect as connectRaw, type Socket } from "node:net";
@@ -12,7 +15,7 @@ import { RemoteIngressEdge, RemoteIngressHub } from "../src/index.js";
 import { connectTcp, echoRoundTrip } from "./helpers/client.js";
 import { startEchoTarget } from "./helpers/targets.js";
 import { useTeardown } from "./helpers/teardown.js";
-import { startTunnel, waitForEdgeReady } from "./helpers/tunnel.js";
+import { expectTransport, startTunnel, TRANSPORTS, waitForEdgeReady } from "./helpers/tunnel.js";
 
 const teardown = useTeardown();
 
@@ -72,10 +75,45 @@ const sendAfterTls = async (port: number, payload: Buffer, label: string, expect
   await closedByHub(socket, `TLS + ${label}`);
 };
 
-describe("tunnel port under hostile input", () => {
-  it("closes garbage connections (raw TCP and after TLS) and keeps serving good edges and live streams", async () => {
+/** A long-header QUIC packet of `version` with random connection ids and a random (undecryptable) body, 1200 bytes. */
+const quicLongHeader = (version: number): Buffer => {
+  const head = Buffer.concat([Buffer.from([0xc3]), Buffer.alloc(4), Buffer.from([8]), randomBytes(8), Buffer.from([8]), randomBytes(8), Buffer.from([0, 0x44, 0xa0])]);
+  head.writeUInt32BE(version, 1);
+  return Buffer.concat([head, randomBytes(1200 - head.length)]);
+};
+
+/** Junk for the hub's QUIC endpoint (the tunnel port number, over UDP). */
+const DATAGRAMS: Buffer[] = [
+  Buffer.alloc(0),
+  randomBytes(1),
+  randomBytes(100),
+  randomBytes(1200),
+  randomBytes(1472),
+  quicLongHeader(0x00000001), // version 1 Initial whose body cannot be decrypted
+  quicLongHeader(0x1a2a3a4a), // unknown version: at most a version negotiation reply
+  Buffer.concat([Buffer.from([0x40]), randomBytes(40)]), // short header for a connection that does not exist
+];
+
+/** Sends every junk datagram `rounds` times from one socket to 127.0.0.1:`port` (UDP). */
+const sendUdpJunk = async (port: number, rounds: number): Promise<void> => {
+  const socket = createSocket("udp4");
+  socket.on("error", () => undefined);
+  await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
+  try {
+    for (let i = 0; i < rounds; i++) {
+      for (const datagram of DATAGRAMS) {
+        await new Promise<void>((resolve) => socket.send(datagram, port, "127.0.0.1", () => resolve()));
+      }
+    }
+  } finally {
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
+  }
+};
+
+describe.each(TRANSPORTS)("tunnel port under hostile input, tunnel over %s", (transport) => {
+  it("closes garbage connections (raw TCP, after TLS, junk UDP) and keeps serving good edges and live streams", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport, hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     const port = tunnel.listenPorts[0] as number;
     const live = await connectTcp(port);
     teardown.add(() => live.destroy());
@@ -87,6 +125,8 @@ describe("tunnel port under hostile input", () => {
     ]);
     // A burst of simultaneous junk connections on top.
     for (let i = 0; i < 50; i++) attacks.push(sendRaw(tunnel.tunnelPort, randomBytes(512), "burst").then(() => "burst"));
+    // And junk datagrams at the QUIC side of the same port number.
+    for (let i = 0; i < 4; i++) attacks.push(sendUdpJunk(tunnel.tunnelPort, 25).then(() => "udp junk"));
     const outcomes = await Promise.allSettled(attacks);
     expect(outcomes.flatMap((o) => (o.status === "rejected" ? [(o.reason as Error).message] : []))).toEqual([]);
 
@@ -102,8 +142,9 @@ describe("tunnel port under hostile input", () => {
     await tunnel.edge.stop();
     const edge = new RemoteIngressEdge();
     teardown.add(() => edge.stop());
-    await edge.start({ hubHost: "127.0.0.1", hubPort: tunnel.tunnelPort, edgeId: tunnel.edgeId, secret: tunnel.secret, bindAddress: "127.0.0.1", hubCertFingerprint: tunnel.fingerprint });
+    await edge.start({ hubHost: "127.0.0.1", hubPort: tunnel.tunnelPort, edgeId: tunnel.edgeId, secret: tunnel.secret, bindAddress: "127.0.0.1", hubCertFingerprint: tunnel.fingerprint, transportMode: transport });
     await waitForEdgeReady(tunnel.hub, edge, tunnel.edgeId, [port]);
+    await expectTransport(tunnel.hub, edge, tunnel.edgeId, transport);
     const again = await connectTcp(port);
     teardown.add(() => again.destroy());
     await echoRoundTrip(again);
@@ -112,7 +153,7 @@ describe("tunnel port under hostile input", () => {
 
   it("drops a TLS client that sends a valid-looking but unauthenticated stream of frames", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport, hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     // Well-formed DATA frame headers with small payloads, before any hello: must not be treated as a session.
     const frames = Buffer.concat(
       Array.from({ length: 1000 }, (_, i) => {
@@ -134,7 +175,7 @@ describe("tunnel port under hostile input", () => {
 
   it("refuses to start a second hub on a port that is in use, with a clear error", async () => {
     const target = teardown.track(await startEchoTarget());
-    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport, hubExtra: { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS } }));
     const dataDir = await mkdtemp(join(tmpdir(), "portway-hub-"));
     teardown.add(() => rm(dataDir, { recursive: true, force: true }));
     const second = new RemoteIngressHub();

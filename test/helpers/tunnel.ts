@@ -11,6 +11,22 @@ export type HubStartOptions = Parameters<RemoteIngressHub["start"]>[0];
 export type EdgeStartOptions = Parameters<RemoteIngressEdge["start"]>[0];
 export type AllowedEdge = Parameters<RemoteIngressHub["updateAllowedEdges"]>[0][number];
 
+/** The tunnel transports a test suite runs over (`describe.each(TRANSPORTS)`). */
+export const TRANSPORTS = ["tcpTls", "quic"] as const;
+export type Transport = (typeof TRANSPORTS)[number];
+
+/**
+ * Throws unless the edge's current tunnel, and the hub's view of it, use `transport`: a QUIC case must really
+ * run over QUIC (a silent fallback or a default `tcpTls` would make it test TLS twice).
+ */
+export const expectTransport = async (hub: RemoteIngressHub, edge: RemoteIngressEdge, edgeId: string, transport: Transport): Promise<void> => {
+  const edgeTransport = (await edge.getStatus()).transport;
+  const hubTransport = (await hub.getStatus()).connectedEdges.find((e) => e.edgeId === edgeId)?.transport;
+  if (edgeTransport !== transport || hubTransport !== transport) {
+    throw new Error(`tunnel of ${edgeId} runs over edge=${String(edgeTransport)} / hub=${String(hubTransport)}, expected ${transport}`);
+  }
+};
+
 /** One public port on the edge and where the hub forwards it. */
 export interface Route {
   /** `host:port` of the target behind the hub. */
@@ -99,6 +115,7 @@ export interface TunnelFixture {
   readonly fingerprint: string;
   readonly edgeId: string;
   readonly secret: string;
+  readonly transport: Transport;
   /** Edge listen ports, in the order of the routes. */
   readonly listenPorts: number[];
   /** The allowed-edge entry given to the hub (for `updateAllowedEdges` in hot-reload tests). */
@@ -112,6 +129,8 @@ export interface TunnelFixture {
  */
 export const startTunnel = async (options: {
   routes: Route[];
+  /** Transport the edge dials with (`transportMode`); checked once connected (edge and hub status). Default tcpTls. */
+  transport?: Transport;
   proxyTcp?: ProxyTcp;
   hubExtra?: Partial<HubStartOptions>;
   edgeExtra?: Partial<EdgeStartOptions>;
@@ -147,9 +166,11 @@ export const startTunnel = async (options: {
       secret,
       bindAddress: "127.0.0.1",
       hubCertFingerprint: hubFixture.fingerprint,
+      ...(options.transport === undefined ? {} : { transportMode: options.transport }),
       ...options.edgeExtra,
     } as EdgeStartOptions);
     await waitForEdgeReady(hubFixture.hub, edge, edgeId, options.readyPorts ?? listenPorts);
+    if (options.transport !== undefined) await expectTransport(hubFixture.hub, edge, edgeId, options.transport);
   } catch (error) {
     await stop();
     throw error;
@@ -163,6 +184,7 @@ export const startTunnel = async (options: {
     fingerprint: hubFixture.fingerprint,
     edgeId,
     secret,
+    transport: options.transport ?? "tcpTls",
     listenPorts,
     allowedEdge,
     stop,
