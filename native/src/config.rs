@@ -1,5 +1,6 @@
 //! Config JSON from TypeScript (see docs/architecture.md), parsed and validated once at the boundary.
 use crate::error::AddonError;
+use crate::protocol::Credential;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,12 +64,19 @@ pub struct HubConfig {
     pub edges: Vec<EdgeEntry>,
 }
 
-/// One allowed edge (`NativeEdge`).
+/// One allowed edge (`NativeEdge`): exactly one of `secret` (clear) or `secretVerifier`
+/// (`v1:<salt hex>:<hmac hex>`, see `protocol::credential`).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EdgeEntry {
     pub id: String,
-    pub secret: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_verifier: Option<String>,
+    /// Built from `secret` or `secretVerifier` by validation.
+    #[serde(skip)]
+    pub credential: Option<Credential>,
     #[serde(default)]
     pub listen_ports: Vec<u16>,
     #[serde(default)]
@@ -85,7 +93,11 @@ impl std::fmt::Debug for EdgeEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EdgeEntry")
             .field("id", &self.id)
-            .field("secret", &"***")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field(
+                "secret_verifier",
+                &self.secret_verifier.as_ref().map(|_| "***"),
+            )
             .field("listen_ports", &self.listen_ports)
             .field("listen_ports_udp", &self.listen_ports_udp)
             .field("targets", &self.targets)
@@ -230,20 +242,33 @@ fn check_target(port_key: &str, target: &str) -> Result<(), AddonError> {
 }
 
 impl EdgeEntry {
-    fn validate(&self) -> Result<(), AddonError> {
+    /// Checks the entry and builds its credential.
+    fn validate(&mut self) -> Result<(), AddonError> {
         if self.id.is_empty() || self.id.len() > crate::protocol::handshake::MAX_EDGE_ID_LEN {
             return Err(invalid(format!(
                 "edge id {:?} must have 1..=128 bytes",
                 self.id
             )));
         }
-        if self.secret.is_empty() || self.secret.len() > crate::protocol::handshake::MAX_SECRET_LEN
-        {
-            return Err(invalid(format!(
-                "edge {:?}: secret must have 1..=512 bytes",
-                self.id
-            )));
-        }
+        self.credential = Some(match (&self.secret, &self.secret_verifier) {
+            (Some(secret), None) => {
+                if secret.is_empty() || secret.len() > crate::protocol::handshake::MAX_SECRET_LEN {
+                    return Err(invalid(format!(
+                        "edge {:?}: secret must have 1..=512 bytes",
+                        self.id
+                    )));
+                }
+                Credential::from_secret(secret)
+            }
+            (None, Some(verifier)) => Credential::parse_verifier(verifier)
+                .map_err(|what| invalid(format!("edge {:?}: secretVerifier: {what}", self.id)))?,
+            _ => {
+                return Err(invalid(format!(
+                    "edge {:?}: exactly one of secret or secretVerifier is required",
+                    self.id
+                )))
+            }
+        });
         check_ports(
             &format!("edge {:?} listenPorts", self.id),
             &self.listen_ports,
@@ -262,6 +287,11 @@ impl EdgeEntry {
             check_target(key, target)?;
         }
         Ok(())
+    }
+
+    /// Whether `other` authenticates the edge differently (a changed secret drops the session).
+    pub fn credential_changed(&self, other: &EdgeEntry) -> bool {
+        self.secret != other.secret || self.secret_verifier != other.secret_verifier
     }
 
     /// Where a stream or UDP session arriving on `edge_port` goes.
@@ -291,14 +321,14 @@ pub fn sorted_unique(ports: &[u16]) -> Vec<u16> {
 
 /// Parses and validates the `edges` list (also used by `hubUpdateEdges`).
 pub fn parse_edges(json: &str) -> Result<Vec<EdgeEntry>, AddonError> {
-    let edges: Vec<EdgeEntry> = serde_json::from_str(json).map_err(invalid)?;
-    validate_edges(&edges)?;
+    let mut edges: Vec<EdgeEntry> = serde_json::from_str(json).map_err(invalid)?;
+    validate_edges(&mut edges)?;
     Ok(edges)
 }
 
-fn validate_edges(edges: &[EdgeEntry]) -> Result<(), AddonError> {
+fn validate_edges(edges: &mut [EdgeEntry]) -> Result<(), AddonError> {
     let mut seen = std::collections::HashSet::new();
-    for e in edges {
+    for e in edges.iter_mut() {
         e.validate()?;
         if !seen.insert(e.id.as_str()) {
             return Err(invalid(format!("edge id {:?} appears twice", e.id)));
@@ -319,14 +349,14 @@ pub struct HubSettings {
 }
 
 pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
-    let raw: HubConfig = serde_json::from_str(json).map_err(invalid)?;
+    let mut raw: HubConfig = serde_json::from_str(json).map_err(invalid)?;
     if raw.hub_id.is_empty() {
         return Err(invalid("hubId must not be empty"));
     }
     if raw.proxy_protocol_udp == ProxyProtocol::V1 {
         return Err(invalid("proxyProtocolUdp must be \"v2\" or \"none\""));
     }
-    validate_edges(&raw.edges)?;
+    validate_edges(&mut raw.edges)?;
     let ping_interval = check_ms("pingIntervalMs", raw.ping_interval_ms)?;
     let idle_timeout = check_ms("idleTimeoutMs", raw.idle_timeout_ms)?;
     if idle_timeout <= ping_interval {
@@ -450,6 +480,35 @@ mod tests {
             "{{\"tunnelPort\":0,{CERT},\"edges\":[{{\"id\":\"e\",\"secret\":\"s\",\"targets\":{{\"80\":\"nope\"}}}}]}}"
         );
         assert!(parse_hub_config(&bad_target).is_err());
+    }
+
+    #[test]
+    fn edge_needs_exactly_one_credential() {
+        let verifier = "v1:000102030405060708090a0b0c0d0e0f:db9d9b81ba204c066b3a124ca7e56a999b63d1885072ff2f115b7a4b8a5daed9";
+        let ok = parse_edges(&format!(
+            r#"[{{"id":"a","secretVerifier":"{verifier}"}},{{"id":"b","secret":"s"}}]"#
+        ))
+        .unwrap();
+        let check = crate::protocol::SecretVerifier::new();
+        assert!(check.verify(ok[0].credential.as_ref(), "s3cret"));
+        assert!(check.verify(ok[1].credential.as_ref(), "s"));
+        assert!(!format!("{:?}", ok[0]).contains("db9d9b"));
+        for bad in [
+            r#"[{"id":"a"}]"#.to_string(),
+            format!(r#"[{{"id":"a","secret":"s","secretVerifier":"{verifier}"}}]"#),
+            r#"[{"id":"a","secretVerifier":"v1:00:11"}]"#.to_string(),
+            r#"[{"id":"a","secret":""}]"#.to_string(),
+        ] {
+            let err = parse_edges(&bad).expect_err(&bad);
+            assert!(err.to_string().starts_with("EINVALIDCONFIG: "), "{err}");
+        }
+        let malformed = parse_edges(r#"[{"id":"a","secretVerifier":"v1:zz"}]"#).unwrap_err();
+        assert!(
+            malformed.to_string().contains("secretVerifier"),
+            "{malformed}"
+        );
+        assert!(ok[0].credential_changed(&ok[1]));
+        assert!(!ok[0].credential_changed(&ok[0].clone()));
     }
 
     #[test]

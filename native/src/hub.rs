@@ -167,7 +167,9 @@ impl Hub {
         for (edge_id, session) in sessions.iter_mut() {
             let revoked = match (new_map.get(edge_id), old_map.get(edge_id)) {
                 (None, _) => Some("edge removed from the allowed list"),
-                (Some(new), Some(old)) if new.secret != old.secret => Some("edge secret changed"),
+                (Some(new), Some(old)) if new.credential_changed(old) => {
+                    Some("edge secret changed")
+                }
                 _ => None,
             };
             if let Some(message) = revoked {
@@ -511,10 +513,10 @@ async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_else(|p| p.into_inner())
         .get(&hello.edge_id)
         .cloned();
-    if !inner
-        .verifier
-        .verify(entry.as_ref().map(|e| e.secret.as_str()), &hello.secret)
-    {
+    if !inner.verifier.verify(
+        entry.as_ref().and_then(|e| e.credential.as_ref()),
+        &hello.secret,
+    ) {
         reject(tls, RejectCode::AuthFailed, "authentication failed").await;
         return Err(fail("authFailed", claimed));
     }

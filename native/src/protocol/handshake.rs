@@ -1,4 +1,4 @@
-//! Handshake messages: `Hello` (edge → hub) and `HelloReply` (hub → edge), and secret verification.
+//! Handshake messages: `Hello` (edge → hub) and `HelloReply` (hub → edge). Secret checks: `credential.rs`.
 //!
 //! Every message is an envelope — magic `PWAY`, version u16, kind u8, body length u32 — followed by a
 //! body whose known fields come first and whose tail is a list of TLV extensions that a reader skips if it
@@ -6,9 +6,6 @@
 use super::frame::{malformed, take_u16, take_u32, take_u8, EdgeConfig, ProtocolError};
 use super::PROTOCOL_VERSION;
 use bytes::{Buf, BufMut, BytesMut};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// Limits on handshake fields (checked when decoding).
 pub const MAX_EDGE_ID_LEN: usize = 128;
@@ -382,38 +379,6 @@ fn take_extension<'a>(
     Ok((ext_type, value))
 }
 
-/// Verifies presented secrets in constant time. For an unknown edge, call `verify(None, presented)`:
-/// it does the same work against a dummy value and returns false.
-pub struct SecretVerifier {
-    dummy: [u8; 32],
-}
-
-impl SecretVerifier {
-    pub fn new() -> Self {
-        let mut dummy = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut dummy);
-        Self { dummy }
-    }
-    pub fn verify(&self, expected: Option<&str>, presented: &str) -> bool {
-        // Hashing first makes the comparison length-independent; the dummy keeps an unknown edge on the
-        // same path as a wrong secret.
-        let expected_bytes = expected.map_or(&self.dummy[..], str::as_bytes);
-        let expected_hash = Sha256::digest(expected_bytes);
-        let presented_hash = Sha256::digest(presented.as_bytes());
-        let matches: bool = expected_hash
-            .as_slice()
-            .ct_eq(presented_hash.as_slice())
-            .into();
-        matches & expected.is_some()
-    }
-}
-
-impl Default for SecretVerifier {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,24 +669,6 @@ mod tests {
         let shown = format!("{:?}", hello());
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("edge-1"));
-    }
-
-    #[test]
-    fn verifier_accepts_only_the_right_secret() {
-        let verifier = SecretVerifier::new();
-        assert!(verifier.verify(Some("s3cret"), "s3cret"));
-        assert!(!verifier.verify(Some("s3cret"), "s3cret "));
-        assert!(!verifier.verify(Some("s3cret"), ""));
-        assert!(!verifier.verify(None, "s3cret"));
-        assert!(!verifier.verify(None, ""));
-        // Even presenting the dummy itself never passes for an unknown edge.
-        let dummy = String::from_utf8_lossy(&verifier.dummy).into_owned();
-        assert!(!verifier.verify(None, &dummy));
-        assert_ne!(
-            verifier.dummy,
-            SecretVerifier::new().dummy,
-            "dummy is random"
-        );
     }
 
     #[test]

@@ -3,19 +3,21 @@
 //! Inputs are byte buffers, outputs are frames or encoded bytes; the runtime (`mux.rs`, `hub.rs`,
 //! `edge.rs`) drives it.
 
+pub mod credential;
 pub mod datagram;
 pub mod frame;
 pub mod handshake;
 pub mod proxy_header;
 pub mod stun;
 
+pub use credential::{Credential, SecretVerifier};
 pub use frame::{
     data_header, encode_data_header, encode_frame, try_encode_frame, CloseReason, EdgeConfig,
     Frame, FrameDecoder, GoAwayReason, ProtocolError, StreamOpen, UdpCloseReason,
 };
 pub use handshake::{
     decode_hello, decode_reply, encode_hello, encode_reply, Hello, HelloAccepted, HelloReply,
-    RejectCode, SecretVerifier, UdpSettings,
+    RejectCode, UdpSettings,
 };
 pub use proxy_header::{proxy_v1_header, proxy_v2_header, ProxyTransport};
 
