@@ -109,8 +109,13 @@ export const describeEvent = (e: DomainEvent): string => {
       return `ports tcp ${e.data.listenPorts.join(",") || "-"} udp ${e.data.listenPortsUdp.join(",") || "-"}`;
     case "edge.superseded":
       return `by session ${short(e.data.bySessionId)}${e.data.remoteAddr === null ? "" : ` from ${e.data.remoteAddr}`}`;
+    case "edge.refused":
+      return `from ${e.data.remoteAddr}: ${e.data.reason}${e.data.message === "" ? "" : ` (${e.data.message})`}`;
     case "edge.failedOver":
-      return `from hub ${e.data.fromHubId} to hub ${e.data.toHubId}`;
+      return (
+        `from hub ${e.data.fromHubId} to hub ${e.data.toHubId}` +
+        `${e.data.toSessionId === null ? "" : ` (session ${short(e.data.toSessionId)})`}${e.data.gapMs === null ? "" : `, gap ${formatDuration(e.data.gapMs)}`}`
+      );
     case "edge.disconnected":
       return `${e.data.reason}${e.data.message === "" ? "" : ` (${e.data.message})`} after ${formatDuration(e.data.durationMs)}`;
     case "stream.opened":

@@ -25,6 +25,10 @@ export const EdgeDisconnectReason = Schema.Literal(
   "hubRestarted",
   /** The edge lost this hub and moved to another (HA). */
   "hubLost",
+  /** HA: this hub could not renew its ownership lease and dropped the edge (self-fencing). */
+  "leaseLost",
+  /** HA: another hub owns the edge; this hub dropped it. */
+  "notOwner",
 );
 export type EdgeDisconnectReason = typeof EdgeDisconnectReason.Type;
 
@@ -47,6 +51,8 @@ export const StreamCloseReason = Schema.Literal(
   "reset",
   "protocolError",
   "hubRestarted",
+  /** HA: the hub carrying it died; closed in the log by the hub that took the edge over. */
+  "hubLost",
 );
 export type StreamCloseReason = typeof StreamCloseReason.Type;
 
@@ -57,11 +63,23 @@ export const UdpCloseReason = Schema.Literal(
   "hubShutdown",
   "hubRestarted",
   "protocolError",
+  /** HA: the hub carrying it died; closed in the log by the hub that took the edge over. */
+  "hubLost",
 );
 export type UdpCloseReason = typeof UdpCloseReason.Type;
 
 export const HubStopReason = Schema.Literal("shutdown", "signal", "error");
 export type HubStopReason = typeof HubStopReason.Type;
+
+/** Why a hub refused an edge whose secret was right (HA admission, docs/cluster.md). */
+export const EdgeRefuseReason = Schema.Literal("notOwner", "ownershipUnavailable", "admissionTimeout");
+export type EdgeRefuseReason = typeof EdgeRefuseReason.Type;
+
+/**
+ * HA: set when a hub writes events about another hub's actors (closing a dead hub's leftovers after a
+ * takeover): the envelope names the hub the actor belonged to, `writtenBy` the hub that wrote the event.
+ */
+const WrittenBy = Schema.optional(Schema.String);
 
 export const EventsDroppedReason = Schema.Literal("outboxFull", "outboxWriteFailed");
 export type EventsDroppedReason = typeof EventsDroppedReason.Type;
@@ -122,10 +140,26 @@ export const EdgeSuperseded = Schema.Struct({
   remoteAddr: NullableString,
 });
 
-/** Reserved for HA: the edge's traffic moved from one hub to another. */
+/** HA: the edge could not be admitted by this hub (another hub owns it, or ownership cannot be decided). */
+export const EdgeRefused = Schema.Struct({
+  remoteAddr: Schema.String,
+  reason: EdgeRefuseReason,
+  message: Schema.String,
+});
+
+/**
+ * HA: the edge moved from a dead hub to another. Logged on the dead hub's session (envelope hubId = fromHubId,
+ * sessionId = fromSessionId), followed by its edge.disconnected(hubLost). v2 adds everything but the hub ids
+ * (null when upcast from v1). gapMs = takeover time − the previous owner's last lease renewal.
+ */
 export const EdgeFailedOver = Schema.Struct({
   fromHubId: Schema.String,
+  fromRunId: NullableString,
+  fromSessionId: NullableString,
   toHubId: Schema.String,
+  toSessionId: NullableString,
+  gapMs: Schema.NullOr(Count),
+  writtenBy: WrittenBy,
 });
 
 /** v2: adds `durationMs` (session length, null when unknown — e.g. upcast from v1). */
@@ -133,6 +167,7 @@ export const EdgeDisconnected = Schema.Struct({
   reason: EdgeDisconnectReason,
   message: Schema.String,
   durationMs: Schema.NullOr(Count),
+  writtenBy: WrittenBy,
 });
 
 // ---- TCP stream actor (streamId = stream id within the session) ----
@@ -153,6 +188,7 @@ export const StreamClosed = Schema.Struct({
   durationMs: Count,
   reason: StreamCloseReason,
   message: Schema.String,
+  writtenBy: WrittenBy,
 });
 
 // ---- UDP session actor (streamId = UDP session id within the tunnel session) ----
@@ -179,6 +215,7 @@ export const UdpClosed = Schema.Struct({
   durationMs: Count,
   reason: UdpCloseReason,
   message: Schema.String,
+  writtenBy: WrittenBy,
 });
 
 /** Current data schema of every event type. */
@@ -191,6 +228,7 @@ export const EventDataSchemas = {
   "edge.authFailed": EdgeAuthFailed,
   "edge.configPushed": EdgeConfigPushed,
   "edge.superseded": EdgeSuperseded,
+  "edge.refused": EdgeRefused,
   "edge.failedOver": EdgeFailedOver,
   "edge.disconnected": EdgeDisconnected,
   "stream.opened": StreamOpened,
@@ -217,7 +255,8 @@ export const CURRENT_VERSIONS: { readonly [T in EventType]: number } = {
   "edge.authFailed": 1,
   "edge.configPushed": 1,
   "edge.superseded": 1,
-  "edge.failedOver": 1,
+  "edge.refused": 1,
+  "edge.failedOver": 2,
   "edge.disconnected": 2,
   "stream.opened": 1,
   "stream.closed": 1,

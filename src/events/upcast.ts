@@ -34,6 +34,12 @@ export const EdgeDisconnectedV1 = Schema.Struct({
   message: Schema.String,
 });
 
+/** edge.failedOver v1: reserved before HA existed, only the hub ids. */
+export const EdgeFailedOverV1 = Schema.Struct({
+  fromHubId: Schema.String,
+  toHubId: Schema.String,
+});
+
 /** One step per (type, from-version): data at v → data at v+1. Checked against the old schema first. */
 interface Upcaster {
   readonly from: Schema.Schema.AnyNoContext;
@@ -45,6 +51,12 @@ const UPCASTERS: { readonly [T in EventType]?: { readonly [v: number]: Upcaster 
     1: {
       from: EdgeDisconnectedV1,
       up: (d) => ({ ...(d as typeof EdgeDisconnectedV1.Type), durationMs: null }),
+    },
+  },
+  "edge.failedOver": {
+    1: {
+      from: EdgeFailedOverV1,
+      up: (d) => ({ ...(d as typeof EdgeFailedOverV1.Type), fromRunId: null, fromSessionId: null, toSessionId: null, gapMs: null }),
     },
   },
 };
