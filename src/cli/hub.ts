@@ -1,6 +1,7 @@
 /** `portway hub`: runs a hub until SIGINT/SIGTERM; SIGHUP reloads the allowed edges from the config file. */
 import { Effect, Runtime, Stream } from "effect";
 import { hubFieldSpecs, loadHubConfig, type AllowedEdge } from "../config/hub.js";
+import type { ClusterError } from "../cluster/connection.js";
 import type { AddonLoadError, ConfigError, HubStartError } from "../errors.js";
 import type { EventLogStartError } from "../hub/event-log.js";
 import { Hub, type HubService } from "../hub/service.js";
@@ -89,7 +90,7 @@ export const describeEdge = (edge: AllowedEdge, targetHost: string): string => {
 export const runHub = (
   argv: ReadonlyArray<string>,
   env: Readonly<Record<string, string | undefined>>,
-): Effect.Effect<void, UsageError | ConfigError | HubStartError | AddonLoadError | EventLogStartError> =>
+): Effect.Effect<void, UsageError | ConfigError | HubStartError | AddonLoadError | EventLogStartError | ClusterError> =>
   Effect.gen(function* () {
     const flags = yield* parseCommandArgs("hub", argv, hubFieldSpecs, extras);
     if (flags["help"] === true) {
@@ -114,7 +115,15 @@ export const runHub = (
           if (edges.length === 0) log.line("warn", source, "no edges allowed yet: add `edges` to the config file (then SIGHUP) or use --edge");
           for (const edge of edges) log.line("info", source, describeEdge(edge, config.targetHost));
         };
-        showEdges(config.edges);
+        if (hub.cluster !== undefined) {
+          const c = hub.cluster;
+          log.line(
+            "info",
+            source,
+            `cluster ${c.name}: buckets ${c.names.edges}, ${c.names.hubs}, ${c.names.owners} (replicas ${c.config.replicas}); heartbeat ${c.config.heartbeatMs} ms, hub timeout ${c.config.hubTimeoutMs} ms`,
+          );
+          showEdges(yield* hub.allowedEdges);
+        } else showEdges(config.edges);
         yield* describeEventLog(hub, log, source, forkDraining);
 
         if (file !== undefined) {

@@ -143,6 +143,35 @@ export const EventsOptionsSchema = Schema.transform(
   },
 );
 
+/** Documented defaults of cluster mode (docs/cluster.md). */
+export const CLUSTER_DEFAULTS = {
+  replicas: 1,
+  heartbeatMs: 500,
+  hubTimeoutMs: 2000,
+  leaseMs: 2000,
+  /** Tunnel heartbeat/idle defaults in cluster mode (fast failure detection). */
+  pingIntervalMs: 1000,
+  idleTimeoutMs: 3000,
+} as const;
+
+/** Several hubs sharing one registry and edge ownership through JetStream KV (docs/cluster.md). */
+export const ClusterSettingsSchema = Schema.Struct({
+  /** Cluster name: part of the KV bucket names `pw_<name>_edges|hubs|owners`. */
+  name: expecting(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{1,32}$/)), "1 to 32 letters, digits, '_' or '-'"),
+  /** Replicas of the KV buckets (and, unless events.replicas is set, of the event stream). Default 1; 3 on a 3-node cluster. */
+  replicas: Schema.optionalWith(expecting(Schema.Int.pipe(Schema.between(1, 5)), "an integer 1..5"), {
+    default: () => CLUSTER_DEFAULTS.replicas,
+  }),
+  /** How often the hub rewrites its liveness entry. Default 500. */
+  heartbeatMs: Schema.optionalWith(Milliseconds(50, 60_000), { default: () => CLUSTER_DEFAULTS.heartbeatMs }),
+  /** A hub whose heartbeat is older than this is dead. Default 2000; must exceed heartbeatMs. */
+  hubTimeoutMs: Schema.optionalWith(Milliseconds(100, 600_000), { default: () => CLUSTER_DEFAULTS.hubTimeoutMs }),
+  /** Ownership lease of an edge (renewed every leaseMs/4). Default 2000. */
+  leaseMs: Schema.optionalWith(Milliseconds(200, 600_000), { default: () => CLUSTER_DEFAULTS.leaseMs }),
+});
+/** Cluster settings with defaults applied. */
+export type ClusterConfig = typeof ClusterSettingsSchema.Type;
+
 export const HubOptionsSchema = Schema.Struct({
   /** Names this hub in events and to edges. Default "hub". */
   hubId: Schema.optionalWith(Identifier, { default: () => "hub" }),
@@ -184,6 +213,11 @@ export const HubOptionsSchema = Schema.Struct({
    * in `<dataDir>/nats` (docs/adr/0005-nats-server-provisioning.md).
    */
   nats: Schema.optional(NatsServers),
+  /**
+   * Cluster mode: share the allowed-edge registry and edge ownership with the other hubs of `cluster.name`
+   * through JetStream KV on the `nats` servers (required). Default: off (a single hub).
+   */
+  cluster: Schema.optional(ClusterSettingsSchema),
   /** The JetStream event log: `false` turns it off; an object sets the stream's limits. Default on. */
   events: Schema.optionalWith(EventsOptionsSchema, { default: () => ({ ...EVENTS_DEFAULTS }) }),
 });
@@ -215,6 +249,11 @@ export const hubFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["edges"], flag: "edge", kind: "edgeSpec", placeholder: "ID:PORTS:SECRET", description: "allow an edge, e.g. e1:80,443,53/udp:s3cret (repeatable; replaces the file's edges; /udp marks UDP ports)" },
   { path: ["edges"], env: "PORTWAY_HUB_EDGES", kind: "json", placeholder: "JSON", description: 'allowed edges as JSON, e.g. [{"id":"e1","secret":"…","listenPorts":[80]}]' },
   { path: ["nats"], flag: "nats", env: "PORTWAY_NATS", kind: "string", placeholder: "URLS", description: "NATS servers for the event log, e.g. nats://a:4222,nats://b:4222 (default: an embedded nats-server in the data dir)" },
+  { path: ["cluster", "name"], flag: "cluster", env: "PORTWAY_CLUSTER", kind: "string", placeholder: "NAME", description: "join hub cluster NAME: shared edge registry and ownership in JetStream KV (needs --nats)" },
+  { path: ["cluster", "replicas"], flag: "cluster-replicas", env: "PORTWAY_CLUSTER_REPLICAS", kind: "integer", placeholder: "N", description: "replicas of the cluster's KV buckets and (unless --events-replicas) the event stream (default 1; 3 on 3 NATS nodes)" },
+  { path: ["cluster", "heartbeatMs"], flag: "cluster-heartbeat-ms", env: "PORTWAY_CLUSTER_HEARTBEAT_MS", kind: "integer", placeholder: "MS", description: "hub liveness heartbeat interval (default 500)" },
+  { path: ["cluster", "hubTimeoutMs"], flag: "cluster-hub-timeout-ms", env: "PORTWAY_CLUSTER_HUB_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "a hub silent this long is dead (default 2000)" },
+  { path: ["cluster", "leaseMs"], flag: "cluster-lease-ms", env: "PORTWAY_CLUSTER_LEASE_MS", kind: "integer", placeholder: "MS", description: "edge ownership lease (default 2000)" },
   { path: ["events", "enabled"], flag: "no-events", env: "PORTWAY_EVENTS", kind: "boolean", negatedFlag: true, placeholder: "", description: "do not record lifecycle events (env: PORTWAY_EVENTS=false)" },
   { path: ["events", "stream"], flag: "events-stream", env: "PORTWAY_EVENTS_STREAM", kind: "string", placeholder: "NAME", description: 'JetStream stream of the event log (default "PORTWAY_EVENTS")' },
   { path: ["events", "replicas"], flag: "events-replicas", env: "PORTWAY_EVENTS_REPLICAS", kind: "integer", placeholder: "N", description: "stream replicas: 1 for one server, 3 in a cluster (default 1)" },
@@ -253,6 +292,26 @@ const checkHubConfig = (config: HubConfig, sourced: Pick<SourcedConfig, "origins
   if (tls.certPem !== undefined && tls.certFile !== undefined) {
     return new ConfigError({ field: "tls.certFile", reason: "give either tls.certPem/keyPem or tls.certFile/keyFile, not both", source: origin("tls") });
   }
+  if (config.cluster !== undefined) {
+    const cluster = config.cluster;
+    if (config.nats === undefined || config.nats.length === 0) {
+      return new ConfigError({
+        field: "nats",
+        reason: `is required in cluster mode (cluster ${cluster.name}): give the NATS cluster's servers, e.g. --nats nats://n1:4222,nats://n2:4222,nats://n3:4222 (the embedded server serves one hub only)`,
+        source: origin("cluster.name") ?? origin("cluster"),
+      });
+    }
+    if (!config.events.enabled) {
+      return new ConfigError({ field: "events.enabled", reason: "cluster mode needs the event log (failover is recorded in it)", source: origin("events.enabled") ?? origin("events") });
+    }
+    if (cluster.hubTimeoutMs <= cluster.heartbeatMs) {
+      return new ConfigError({
+        field: "cluster.hubTimeoutMs",
+        reason: `must be greater than cluster.heartbeatMs (${cluster.heartbeatMs}), got ${cluster.hubTimeoutMs}`,
+        source: origin("cluster.hubTimeoutMs") ?? origin("cluster"),
+      });
+    }
+  }
   return allowedEdgesProblem(config.edges, "edges", origin("edges"));
 };
 
@@ -270,14 +329,31 @@ export const allowedEdgesProblem = (
   return undefined;
 };
 
+/**
+ * Cluster mode changes three defaults (values given explicitly are kept): tunnel ping/idle 1000/3000 ms, and
+ * the event stream's replicas follow `cluster.replicas`.
+ */
+const withClusterDefaults = (config: HubConfig, raw: SourcedConfig["value"]): HubConfig => {
+  if (config.cluster === undefined) return config;
+  const rawEvents = raw["events"];
+  const replicasGiven = typeof rawEvents === "object" && rawEvents !== null && (rawEvents as Record<string, unknown>)["replicas"] !== undefined;
+  return {
+    ...config,
+    pingIntervalMs: raw["pingIntervalMs"] === undefined ? CLUSTER_DEFAULTS.pingIntervalMs : config.pingIntervalMs,
+    idleTimeoutMs: raw["idleTimeoutMs"] === undefined ? CLUSTER_DEFAULTS.idleTimeoutMs : config.idleTimeoutMs,
+    events: replicasGiven ? config.events : { ...config.events, replicas: config.cluster.replicas },
+  };
+};
+
 /** Checks hub options (from code or merged sources) and applies defaults. */
 export const decodeHubConfig = (sourced: SourcedConfig): Effect.Effect<HubConfig, ConfigError> =>
   Effect.gen(function* () {
     const decoded = Schema.decodeUnknownEither(HubOptionsSchema, { onExcessProperty: "error" })(sourced.value);
     if (Either.isLeft(decoded)) return yield* Effect.fail(configErrorFromParse(decoded.left, sourced));
-    const problem = checkHubConfig(decoded.right, sourced);
+    const config = withClusterDefaults(decoded.right, sourced.value);
+    const problem = checkHubConfig(config, sourced);
     if (problem !== undefined) return yield* Effect.fail(problem);
-    return decoded.right;
+    return config;
   });
 
 /** Checks hub options passed in code. */

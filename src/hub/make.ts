@@ -1,3 +1,4 @@
+import { hostname } from "node:os";
 import { Deferred, Duration, Effect, Either, Exit, Fiber, type Queue, Ref, Runtime, Stream, type Scope } from "effect";
 import { feedHubActors } from "../actors/feed.js";
 import { createHubActorSystem, type HubActorSystem } from "../actors/hub-actor-system.js";
@@ -8,6 +9,9 @@ import {
   type HubConfig,
   type HubOptions,
 } from "../config/hub.js";
+import { openCluster, type ClusterConnection, type ClusterError } from "../cluster/connection.js";
+import { nativeEdgeOf, readRegistry, setRegistryEdge, watchRegistry, writeRegistry, type NativeVerifierEdge } from "../cluster/registry.js";
+import type { EdgeEntry } from "../cluster/buckets.js";
 import { ConfigError, HubStartError, NativeCallError, nativeErrorParts, type AddonLoadError } from "../errors.js";
 import type { DomainEvent } from "../events/envelope.js";
 import { newRunId } from "../events/ids.js";
@@ -187,7 +191,7 @@ const ACTORS_STOP_TIMEOUT = Duration.seconds(15);
  */
 export const makeHub = (
   options: HubOptions = {},
-): Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError | EventLogStartError, Scope.Scope> =>
+): Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError | EventLogStartError | ClusterError, Scope.Scope> =>
   Effect.gen(function* () {
     const config = yield* resolveHubOptions(options);
     const addon = yield* loadAddon;
@@ -210,10 +214,33 @@ export const makeHub = (
         })
       : undefined;
 
+    // Cluster mode (docs/cluster.md): buckets, heartbeat, and the registry's edges before the hub starts.
+    let liveTunnelPort = config.tunnelPort;
+    const cluster: ClusterConnection | undefined =
+      config.cluster === undefined || events === undefined
+        ? undefined
+        : yield* openCluster({
+            config: config.cluster,
+            hubId: config.hubId,
+            runId,
+            client: events.client,
+            tunnelHost: config.bindHost === "0.0.0.0" || config.bindHost === "::" ? hostname() : config.bindHost,
+            tunnelPort: () => liveTunnelPort,
+            version: portwayVersion(),
+            log: logAs,
+          });
+    const initialEdges = cluster === undefined ? undefined : yield* clusterStartEdges(cluster, config.edges);
+    const deferred = cluster !== undefined && supportsDeferredAdmission(addon);
+
     const channel = yield* makeEventChannel(decodeNativeHubEvent, `hub ${config.hubId}`);
     // Subscribed before hubStart: the actors must see every native event, `hub.listening` included.
     const actorFeed = events === undefined ? undefined : yield* channel.subscribe;
-    const configJson = JSON.stringify(nativeHubConfig(config, identity));
+    const clusterFeed = cluster === undefined ? undefined : yield* channel.subscribe;
+    const configJson = JSON.stringify({
+      ...nativeHubConfig(config, identity),
+      ...(initialEdges === undefined ? {} : { edges: initialEdges.map(nativeEdgeOf) }),
+      ...(deferred ? { admission: "deferred" } : {}),
+    });
 
     let stopped = false;
     const handle = yield* Effect.acquireRelease(
@@ -235,6 +262,7 @@ export const makeHub = (
     const started = yield* Effect.either(readStatus(addon, handle));
     if (Either.isLeft(started)) yield* Effect.logWarning(`hub ${config.hubId}: ${started.left.message}`);
     const tunnelPort = Either.isRight(started) ? started.right.tunnelPort : config.tunnelPort;
+    liveTunnelPort = tunnelPort;
 
     const withActors =
       events === undefined || actorFeed === undefined
@@ -243,9 +271,30 @@ export const makeHub = (
     const eventLog = withActors?.eventLog;
     const actors = withActors?.actors;
 
-    const edgesRef = yield* Ref.make<ReadonlyArray<AllowedEdge>>(config.edges);
+    const edgesRef = yield* Ref.make<ReadonlyArray<AllowedEdge>>(
+      initialEdges === undefined ? config.edges : initialEdges.map(allowedEdgeOfEntry),
+    );
     const closed = (operation: string) =>
       new NativeCallError({ operation, code: "ECLOSED", message: `ECLOSED: hub ${config.hubId} is stopped` });
+
+    const registry =
+      cluster === undefined || clusterFeed === undefined
+        ? undefined
+        : yield* startClusterWiring({
+            cluster,
+            addon,
+            handle,
+            deferred,
+            feed: clusterFeed,
+            isStopped: () => stopped,
+            onApplied: (entries) => {
+              const kept = new Set(entries.map((e) => e.id));
+              const before = Effect.runSync(Ref.get(edgesRef));
+              for (const edge of before) if (!kept.has(edge.id)) actors?.revoke(edge.id);
+              Effect.runSync(Ref.set(edgesRef, entries.map(allowedEdgeOfEntry)));
+            },
+            logAs,
+          });
 
     return {
       hubId: config.hubId,
@@ -258,10 +307,13 @@ export const makeHub = (
       eventLog,
       eventsStatus: Effect.sync(() => (eventLog === undefined ? { enabled: false as const } : eventLog.status())),
       allowedEdges: Ref.get(edgesRef),
+      cluster,
       updateAllowedEdges: (input) =>
         Effect.gen(function* () {
           const edges = yield* resolveAllowedEdges(input);
           if (stopped) return yield* Effect.fail(closed("hubUpdateEdges"));
+          // Cluster mode: the registry is the source of truth; every hub (this one too) applies it from its watch.
+          if (cluster !== undefined && registry !== undefined) return yield* registry.write(edges);
           yield* Effect.try({
             try: () => addon.hubUpdateEdges(handle, JSON.stringify(edges)),
             catch: (error) => {
@@ -278,4 +330,140 @@ export const makeHub = (
         }),
       events: channel.events,
     } satisfies HubService;
+  });
+
+// ---- cluster mode (docs/cluster.md) ---------------------------------------------------------------------
+
+/** The addon can hold an edge between the secret check and the ownership decision (contract: `admission`). */
+const supportsDeferredAdmission = (addon: NativeAddon): boolean =>
+  typeof (addon as unknown as Record<string, unknown>)["hubAdmitEdge"] === "function" &&
+  Either.isRight(decodeNativeHubEvent({ seq: 1, type: "edge.admitting", time: 0, edgeId: "e", sessionId: "s", remoteAddr: "127.0.0.1:1" }));
+
+/** The cluster registry's view of an allowed edge: `secret` holds the verifier (the clear secret is not known). */
+const allowedEdgeOfEntry = (e: EdgeEntry): AllowedEdge => ({
+  id: e.id,
+  secret: e.secretVerifier,
+  listenPorts: e.listenPorts,
+  listenPortsUdp: e.listenPortsUdp,
+  targets: e.targets,
+  stunIntervalSecs: e.stunIntervalSecs,
+});
+
+const clusterError = (cluster: ClusterConnection, what: string) => (e: unknown) =>
+  new NativeCallError({
+    operation: what,
+    code: "ECLUSTER",
+    message: `ECLUSTER: cluster ${cluster.name}: ${what} failed: ${e instanceof Error ? e.message : String(e)}`,
+    cause: e,
+  });
+
+/** Edges of the config are added to the registry (upsert; others stay); returns the registry's edges. */
+const clusterStartEdges = (cluster: ClusterConnection, seed: ReadonlyArray<AllowedEdge>) =>
+  Effect.tryPromise({
+    try: async () => {
+      for (const edge of seed) await setRegistryEdge(cluster.kv.edges, edge, cluster.hubId);
+      return (await readRegistry(cluster.kv.edges)).edges as ReadonlyArray<EdgeEntry>;
+    },
+    catch: (e) => new HubStartError({ code: "ECLUSTER", message: `ECLUSTER: cluster ${cluster.name}: cannot read the edge registry: ${e instanceof Error ? e.message : String(e)}`, cause: e }),
+  });
+
+interface ClusterWiringOptions {
+  readonly cluster: ClusterConnection;
+  readonly addon: NativeAddon;
+  readonly handle: HubHandle;
+  readonly deferred: boolean;
+  readonly feed: Queue.Dequeue<NativeHubEvent | EventStreamProblem | symbol>;
+  readonly isStopped: () => boolean;
+  /** After the addon took a new list from the registry. */
+  readonly onApplied: (entries: ReadonlyArray<EdgeEntry>) => void;
+  readonly logAs: (level: EventLogLevel, msg: string) => void;
+}
+
+/**
+ * The registry watch (every change → `hubUpdateEdges` with verifiers) and, with deferred admission, the
+ * admission of edges that passed the secret check. Until ownership (src/cluster/ownership.ts) is wired, every
+ * such edge is admitted (contract section 7).
+ */
+const startClusterWiring = (o: ClusterWiringOptions) =>
+  Effect.gen(function* () {
+    let applied: ReadonlyArray<EdgeEntry> = [];
+    const waiters = new Set<() => void>();
+    const sameList = (a: ReadonlyArray<NativeVerifierEdge>, b: ReadonlyArray<NativeVerifierEdge>) => JSON.stringify(a) === JSON.stringify(b);
+    yield* watchRegistry({
+      kv: o.cluster.kv.edges,
+      log: o.logAs,
+      apply: (entries) => {
+        if (o.isStopped()) return;
+        try {
+          o.addon.hubUpdateEdges(o.handle, JSON.stringify(entries.map(nativeEdgeOf)));
+        } catch (error) {
+          o.logAs("error", `cluster ${o.cluster.name}: the addon refused the registry's edges: ${nativeErrorParts(error).message}`);
+          return;
+        }
+        applied = entries;
+        o.onApplied(entries);
+        for (const w of [...waiters]) w();
+      },
+    });
+
+    if (o.deferred) {
+      const admit = (sessionId: string): void => {
+        const call = (o.addon as unknown as Record<string, unknown>)["hubAdmitEdge"] as (
+          hub: HubHandle,
+          sessionId: string,
+          admit: boolean,
+          reason: string,
+          message: string,
+        ) => unknown;
+        try {
+          call(o.handle, sessionId, true, "", "");
+        } catch (error) {
+          o.logAs("warn", `cluster ${o.cluster.name}: admitting session ${sessionId} failed: ${nativeErrorParts(error).message}`);
+        }
+      };
+      yield* Effect.forkScoped(
+        Stream.fromQueue(o.feed).pipe(
+          Stream.takeWhile((e): e is NativeHubEvent | EventStreamProblem => !isEnd(e)),
+          Stream.runForEach((e) =>
+            Effect.sync(() => {
+              const event = e as { readonly type: string; readonly sessionId?: unknown };
+              if (event.type === "edge.admitting" && typeof event.sessionId === "string") admit(event.sessionId);
+            }),
+          ),
+        ),
+      );
+    }
+
+    /** Writes the full list to the registry, then waits (up to 2 s) for this hub's watch to apply it. */
+    const write = (edges: ReadonlyArray<AllowedEdge>): Effect.Effect<void, NativeCallError> =>
+      Effect.gen(function* () {
+        yield* Effect.tryPromise({
+          try: () => writeRegistry(o.cluster.kv.edges, edges, o.cluster.hubId),
+          catch: clusterError(o.cluster, "writing the edge registry"),
+        });
+        const { edges: want } = yield* Effect.tryPromise({
+          try: () => readRegistry(o.cluster.kv.edges),
+          catch: clusterError(o.cluster, "reading the edge registry"),
+        });
+        const wanted = want.map(nativeEdgeOf);
+        yield* Effect.async<void>((resume) => {
+          const check = () => {
+            if (!sameList(applied.map(nativeEdgeOf), wanted)) return;
+            waiters.delete(check);
+            clearTimeout(timer);
+            resume(Effect.void);
+          };
+          const timer = setTimeout(() => {
+            waiters.delete(check);
+            resume(Effect.void);
+          }, 2000);
+          waiters.add(check);
+          check();
+          return Effect.sync(() => {
+            waiters.delete(check);
+            clearTimeout(timer);
+          });
+        });
+      });
+    return { write };
   });

@@ -2,6 +2,7 @@
 import { Context, Layer, type Effect, type Scope, type Stream } from "effect";
 import type { AllowedEdge, AllowedEdgeInput, HubConfig, HubOptions } from "../config/hub.js";
 import type { HubActorsSnapshot } from "../actors/hub-actor-system.js";
+import type { ClusterConnection, ClusterError } from "../cluster/connection.js";
 import type { AddonLoadError, ConfigError, HubStartError, NativeCallError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { NativeHubEvent } from "../native/events.js";
@@ -40,9 +41,14 @@ export interface HubService {
   readonly eventsStatus: Effect.Effect<HubEventsStatusOrOff>;
   /** A snapshot from the addon: sessions, streams, bytes. */
   readonly status: Effect.Effect<NativeHubStatus, NativeCallError>;
-  /** The allowed-edge list currently in force. */
+  /** Cluster mode (docs/cluster.md): the KV buckets and who this hub is; undefined for a single hub. */
+  readonly cluster: ClusterConnection | undefined;
+  /** The allowed-edge list currently in force (in cluster mode: the registry's, with the verifier as `secret`). */
   readonly allowedEdges: Effect.Effect<ReadonlyArray<AllowedEdge>>;
-  /** Replaces the allowed-edge list; connected edges get their new ports, removed edges are disconnected. */
+  /**
+   * Replaces the allowed-edge list; connected edges get their new ports, removed edges are disconnected.
+   * In cluster mode it replaces the cluster's registry, which every hub applies from its watch.
+   */
   readonly updateAllowedEdges: (
     edges: ReadonlyArray<AllowedEdgeInput>,
   ) => Effect.Effect<void, ConfigError | NativeCallError>;
@@ -54,10 +60,10 @@ export class Hub extends Context.Tag("portway/Hub")<Hub, HubService>() {
   /** Starts a hub (resolves once listening); closing the scope stops it. */
   static readonly make: (
     options?: HubOptions,
-  ) => Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError | EventLogStartError, Scope.Scope> = makeHub;
+  ) => Effect.Effect<HubService, HubStartError | ConfigError | AddonLoadError | EventLogStartError | ClusterError, Scope.Scope> = makeHub;
   /** A layer providing a running `Hub`. */
   static readonly layer = (
     options?: HubOptions,
-  ): Layer.Layer<Hub, HubStartError | ConfigError | AddonLoadError | EventLogStartError> =>
+  ): Layer.Layer<Hub, HubStartError | ConfigError | AddonLoadError | EventLogStartError | ClusterError> =>
     Layer.scoped(Hub, makeHub(options));
 }
