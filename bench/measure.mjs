@@ -4,8 +4,23 @@ import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import { connect } from "node:net";
 
-/** Runs iperf3 against `port` and returns the receiver-side throughput in Gbit/s. */
-export const iperf3 = async ({ port, seconds, parallel }) => {
+/**
+ * Runs iperf3 against `port` and returns the receiver-side throughput in Gbit/s. Retried (twice, 1 s apart) when the
+ * server is still busy with a previous client, e.g. the readiness probe of a tunnel started just before, which
+ * connected through the edge to iperf3 -s and left at once.
+ */
+export const iperf3 = async (options) => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await iperf3Once(options);
+    } catch (error) {
+      if (attempt >= 3 || !/control message|server is busy|Connection reset/i.test(error.message)) throw error;
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+  }
+};
+
+const iperf3Once = async ({ port, seconds, parallel }) => {
   const args = ["-c", "127.0.0.1", "-p", String(port), "-t", String(seconds), "-J"];
   if (parallel > 1) args.push("-P", String(parallel));
   const child = spawn("/usr/bin/iperf3", args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -153,4 +168,23 @@ export const median = (values) => {
   if (sorted.length === 0) return undefined;
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat (Linux); NaN when it is gone. */
+export const cpuSecondsOf = async (pid) => {
+  try {
+    const fields = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+};
+
+/** System-wide UDP counters from /proc/net/snmp (RcvbufErrors, SndbufErrors, InDatagrams, …). */
+export const udpCounters = async () => {
+  const lines = (await readFile("/proc/net/snmp", "utf8")).split("\n").filter((l) => l.startsWith("Udp:"));
+  if (lines.length < 2) return {};
+  const names = lines[0].split(/\s+/).slice(1);
+  const values = lines[1].split(/\s+/).slice(1).map(Number);
+  return Object.fromEntries(names.map((n, i) => [n, values[i]]));
 };

@@ -1,6 +1,7 @@
 // Child processes the benchmark runs: echo server, iperf3 server, socat relays, and the tunnel (hub + edge
 // via the CLI). Each start function resolves once the process accepts connections; `stop()` ends it.
 import { spawn } from "node:child_process";
+import { createSocket } from "node:dgram";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { createServer, connect } from "node:net";
@@ -9,13 +10,44 @@ import { fileURLToPath } from "node:url";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
-export const freePort = () =>
+const freeTcpPort = () =>
   new Promise((resolve, reject) => {
     const server = createServer();
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => {
       const { port } = server.address();
       server.close(() => resolve(port));
+    });
+  });
+
+/** Whether `port` can be bound for UDP on 127.0.0.1 right now (the socket is closed again at once). */
+export const udpPortFree = (port) =>
+  new Promise((resolve) => {
+    const socket = createSocket("udp4");
+    socket.once("error", () => {
+      socket.close();
+      resolve(false);
+    });
+    socket.bind(port, "127.0.0.1", () => socket.close(() => resolve(true)));
+  });
+
+/** A free TCP port on 127.0.0.1; with `udp: true`, one that is free for UDP as well (e.g. the hub's TLS + QUIC port). */
+export const freePort = async ({ udp = false } = {}) => {
+  for (let i = 0; i < 50; i++) {
+    const port = await freeTcpPort();
+    if (!udp || (await udpPortFree(port))) return port;
+  }
+  throw new Error("no port free for both TCP and UDP");
+};
+
+/** A free UDP port on 127.0.0.1. */
+export const freeUdpPort = () =>
+  new Promise((resolve, reject) => {
+    const socket = createSocket("udp4");
+    socket.once("error", reject);
+    socket.bind(0, "127.0.0.1", () => {
+      const { port } = socket.address();
+      socket.close(() => resolve(port));
     });
   });
 

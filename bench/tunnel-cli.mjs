@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { canConnect, freePort, root, spawnProcess, waitFor } from "./processes.mjs";
+import { canConnect, freePort, freeUdpPort, root, spawnProcess, udpPortFree, waitFor } from "./processes.mjs";
 
 const CLI = join(root, "bin", "portway.js");
 
@@ -23,19 +23,27 @@ const makeIdentity = (dir) => {
 };
 
 /**
- * `routes`: [{ target: "host:port" }] → one edge listen port each. PROXY protocol off (iperf3 speaks none).
+ * `routes`: [{ target: "host:port" }] → one edge TCP listen port each; `udpRoutes` likewise → one edge UDP port
+ * each (`listenPortsUdp`). PROXY protocol off for both (iperf3 and the UDP sink speak none).
  * `hub`: extra hub config (e.g. `{ events: false }`); by default the hub records events in its embedded
  * nats-server, under `dataDir` (returned, so readers can find that server).
+ * `transport`: the edge's `--transport` (tcpTls | quic | quicWithFallback; default tcpTls).
  */
-export const startTunnelCli = async ({ routes, hub: hubExtra = {} }) => {
+export const startTunnelCli = async ({ routes = [], udpRoutes = [], hub: hubExtra = {}, transport = "tcpTls" }) => {
   const dir = mkdtempSync(join(tmpdir(), "portway-bench-"));
   const identity = makeIdentity(dir);
-  const tunnelPort = await freePort();
+  // The hub serves TLS on TCP and QUIC on UDP at the same port number: it must be free for both.
+  const tunnelPort = await freePort({ udp: true });
   const listenPorts = [];
   for (const _ of routes) listenPorts.push(await freePort());
+  const listenPortsUdp = [];
+  for (const _ of udpRoutes) listenPortsUdp.push(await freeUdpPort());
   const edgeId = "bench-edge";
   const secret = randomBytes(24).toString("base64url");
-  const targets = Object.fromEntries(routes.map((r, i) => [listenPorts[i], r.target]));
+  const targets = Object.fromEntries([
+    ...routes.map((r, i) => [listenPorts[i], r.target]),
+    ...udpRoutes.map((r, i) => [listenPortsUdp[i], r.target]),
+  ]);
 
   const hubConfig = join(dir, "hub.json");
   writeFileSync(
@@ -45,10 +53,10 @@ export const startTunnelCli = async ({ routes, hub: hubExtra = {} }) => {
       bindHost: "127.0.0.1",
       tunnelPort,
       targetHost: "127.0.0.1",
-      proxyProtocol: { tcp: "none" },
+      proxyProtocol: { tcp: "none", udp: "none" },
       dataDir: join(dir, "hub-data"),
       tls: { certFile: identity.certPath, keyFile: identity.keyPath },
-      edges: [{ id: edgeId, secret, listenPorts, targets }],
+      edges: [{ id: edgeId, secret, listenPorts, listenPortsUdp, targets }],
       ...hubExtra,
     }),
   );
@@ -70,19 +78,28 @@ export const startTunnelCli = async ({ routes, hub: hubExtra = {} }) => {
       CLI, "token", "--hub-host", "127.0.0.1", "--hub-port", String(tunnelPort), "--edge-id", edgeId, "--secret", secret,
       "--fingerprint", identity.fingerprint,
     ], { encoding: "utf8", cwd: root }).trim().split("\n").pop();
-    const edge = spawnProcess(process.execPath, [CLI, "edge", "--token", token, "--bind-address", "127.0.0.1"]);
+    const edge = spawnProcess(process.execPath, [CLI, "edge", "--token", token, "--bind-address", "127.0.0.1", "--transport", transport]);
     stopAll.push(() => edge.stop());
     // Listening edge ports are the readiness signal; a probe connection opens (and closes) one stream.
     await waitFor(async () => {
       if (edge.exited() !== undefined) throw new Error(`edge exited (${edge.exited()}): ${edge.output()}`);
+      const connected = /tunnel\.connected .*transport=(\w+)/.exec(edge.output());
+      if (!connected) return false;
+      if (connected[1] !== transport) throw new Error(`edge asked for ${transport} but connected over ${connected[1]}`);
       for (const port of listenPorts) if (!(await canConnect(port))) return false;
+      // A UDP port cannot be probed without opening a session, but a bound port cannot be bound again (probed only
+      // after the edge has logged its port assignment, so the probe does not race the edge's own bind).
+      if (listenPortsUdp.length > 0 && !/ports\.assigned/.test(edge.output())) return false;
+      for (const port of listenPortsUdp) if (await udpPortFree(port)) return false;
       return true;
-    }, `edge listening on ${listenPorts.join(", ")}`);
+    }, `edge listening on ${[...listenPorts, ...listenPortsUdp.map((p) => `${p}/udp`)].join(", ")}`);
     return {
       hubPid: hub.pid,
       edgePid: edge.pid,
       listenPorts,
+      listenPortsUdp,
       tunnelPort,
+      transport,
       dataDir: join(dir, "hub-data"),
       stop,
       output: () => `${hub.output()}\n${edge.output()}`,

@@ -1,0 +1,258 @@
+// The `udp` bench section: UDP datagrams per second and loss at increasing send rates, through the tunnel over
+// both transports (tcpTls: UDP frames on the TLS connection; quic: QUIC datagrams) against direct loopback, all in
+// the same run with rounds interleaved. Hub and edge are the real CLI processes (bench/tunnel-cli.mjs); sender and
+// sink are bench/udp-load.c (sendmmsg/recvmmsg), compiled on first use. Used by bench/run.mjs.
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { cpuSecondsOf, median, udpCounters } from "./measure.mjs";
+import { root } from "./processes.mjs";
+import { startTunnelCli } from "./tunnel-cli.mjs";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Compiles bench/udp-load.c with the system C compiler (Rust's toolchain needs one anyway) into a temp dir. */
+export const buildUdpLoad = () => {
+  const dir = mkdtempSync(join(tmpdir(), "portway-udp-load-"));
+  const bin = join(dir, "udp-load");
+  try {
+    execFileSync("cc", ["-O2", "-o", bin, join(root, "bench", "udp-load.c")], { stdio: ["ignore", "ignore", "pipe"] });
+  } catch (error) {
+    throw new Error(`cannot compile bench/udp-load.c with cc (apt-get install -y gcc): ${error.stderr?.toString() ?? error.message}`);
+  }
+  return { bin, dir };
+};
+
+/** The counting sink: `zero()` before a run, `read()` → { received, bytes, reordered }. */
+export const startUdpSink = async (bin) => {
+  const child = spawn(bin, ["sink"], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout });
+  const waiting = [];
+  lines.on("line", (line) => waiting.shift()?.(line));
+  const next = () => new Promise((resolve) => waiting.push(resolve));
+  const first = await Promise.race([next(), once(child, "exit").then(() => "exited")]);
+  const match = /^listening (\d+)$/.exec(first);
+  if (!match) throw new Error(`udp-load sink did not start: ${first}`);
+  const command = async (cmd) => {
+    const reply = next();
+    child.stdin.write(`${cmd}\n`);
+    return reply;
+  };
+  return {
+    port: Number(match[1]),
+    pid: child.pid,
+    zero: () => command("z"),
+    read: async () => JSON.parse(await command("r")),
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const gone = once(child, "exit");
+      child.stdin.end();
+      const timer = setTimeout(() => child.kill("SIGKILL"), 2_000);
+      await gone;
+      clearTimeout(timer);
+    },
+  };
+};
+
+const send = (bin, { port, rate, seconds, size }) =>
+  new Promise((resolve, reject) => {
+    const child = spawn(bin, ["send", "127.0.0.1", String(port), String(rate), String(seconds), String(size)], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (c) => (out += c));
+    child.stderr.on("data", (c) => (err += c));
+    child.once("error", reject);
+    child.once("exit", (code) => {
+      try {
+        if (code !== 0) throw new Error(`exit ${code}`);
+        resolve(JSON.parse(out));
+      } catch (error) {
+        reject(new Error(`udp-load send failed (${error.message}): ${err || out}`));
+      }
+    });
+  });
+
+/**
+ * One run: zero the sink, send for `seconds` at `rate` (0 = as fast as possible) to `port`, wait until the sink
+ * stops counting, and return what arrived, with the CPU the hub and edge used per delivered datagram and the
+ * kernel's system-wide UDP buffer-drop counters over the run.
+ */
+export const udpRun = async ({ bin, sink, port, rate, seconds, size, pids = {} }) => {
+  await sink.zero();
+  const cpuBefore = {};
+  for (const [k, pid] of Object.entries(pids)) cpuBefore[k] = await cpuSecondsOf(pid);
+  const snmpBefore = await udpCounters();
+  const { sent, seconds: sendSeconds } = await send(bin, { port, rate, seconds, size });
+  // Drain: done when the count has not moved for 300 ms (datagrams queued in the edge, tunnel and hub arrive late).
+  let last = (await sink.read()).received;
+  for (let i = 0; i < 50; i++) {
+    await sleep(300);
+    const now = (await sink.read()).received;
+    if (now === last) break;
+    last = now;
+  }
+  const got = await sink.read();
+  const snmpAfter = await udpCounters();
+  const cpuUsPerPacket = {};
+  for (const [k, pid] of Object.entries(pids)) {
+    cpuUsPerPacket[k] = got.received > 0 ? (((await cpuSecondsOf(pid)) - cpuBefore[k]) * 1e6) / got.received : undefined;
+  }
+  return {
+    sent,
+    received: got.received,
+    reordered: got.reordered,
+    seconds: sendSeconds,
+    offeredPps: sent / sendSeconds,
+    deliveredPps: got.received / sendSeconds,
+    lossPct: sent > 0 ? (100 * Math.max(0, sent - got.received)) / sent : undefined,
+    cpuUsPerPacket,
+    rcvbufErrors: (snmpAfter.RcvbufErrors ?? 0) - (snmpBefore.RcvbufErrors ?? 0),
+    sndbufErrors: (snmpAfter.SndbufErrors ?? 0) - (snmpBefore.SndbufErrors ?? 0),
+  };
+};
+
+const env = (name, fallback) => (process.env[name] ? Number(process.env[name]) : fallback);
+const list = (name, fallback) => (process.env[name] ? process.env[name].split(",").map(Number) : fallback);
+
+export const UDP_TARGET = { share: 0.5, maxLossPct: 0.1 };
+const TRANSPORTS = ["tcpTls", "quic"];
+
+export const udpSection = {
+  name: "udp",
+  title: "UDP datagrams per second and loss",
+  knobs: () => ({
+    BENCH_ROUNDS: env("BENCH_ROUNDS", 3),
+    BENCH_UDP_SECONDS: env("BENCH_UDP_SECONDS", 2),
+    BENCH_UDP_RATES: list("BENCH_UDP_RATES", [10_000, 25_000, 50_000, 100_000]),
+    BENCH_UDP_SIZES: list("BENCH_UDP_SIZES", [64, 1200]),
+  }),
+  run: async ({ knobs, attempt, track, log }) => {
+    const { BENCH_ROUNDS: rounds, BENCH_UDP_SECONDS: seconds, BENCH_UDP_RATES: rates, BENCH_UDP_SIZES: sizes } = knobs;
+    const { bin } = buildUdpLoad();
+    const sink = track(await startUdpSink(bin));
+    const tunnels = {};
+    for (const transport of TRANSPORTS) {
+      tunnels[transport] = track(await startTunnelCli({ udpRoutes: [{ target: `127.0.0.1:${sink.port}` }], transport }));
+    }
+    const paths = [
+      { name: "direct", port: sink.port, pids: { sink: sink.pid } },
+      ...TRANSPORTS.map((t) => ({ name: t, port: tunnels[t].listenPortsUdp[0], pids: { edge: tunnels[t].edgePid, hub: tunnels[t].hubPid, sink: sink.pid } })),
+    ];
+    const runs = [];
+    const one = async (round, size, rate, kind, path) => {
+      const label = `[${round}/${rounds}] UDP ${size} B, ${kind === "max" ? "max rate" : `${rate} pps${kind === "half" ? " (½ direct max)" : ""}`} via ${path.name}`;
+      const r = await attempt(label, () => udpRun({ bin, sink, port: path.port, rate, seconds, size, pids: path.pids }));
+      if (r) {
+        log(`  ${r.deliveredPps.toFixed(0)} pps delivered, loss ${r.lossPct.toFixed(3)} %`);
+        runs.push({ round, size, kind, rate, path: path.name, ...r });
+      }
+      return r;
+    };
+    // Rounds interleave the paths (and sizes), so load from elsewhere on the machine hits all of them alike.
+    for (let round = 1; round <= rounds; round++) {
+      for (const size of sizes) {
+        const maxes = {};
+        for (const path of paths) maxes[path.name] = await one(round, size, 0, "max", path);
+        for (const rate of rates) for (const path of paths) await one(round, size, rate, "fixed", path);
+        // The target itself: each tunnel at half of what direct loopback delivered in this round.
+        const directMax = maxes.direct?.deliveredPps;
+        if (directMax) {
+          const half = Math.round(directMax * UDP_TARGET.share);
+          for (const path of paths.slice(1)) await one(round, size, half, "half", path);
+        }
+      }
+    }
+    return { runs, transports: TRANSPORTS, paths: paths.map((p) => p.name) };
+  },
+  render: (result) => renderUdp(result),
+  targets: (result) => udpTargets(result),
+};
+
+const fmt = (v, digits = 0) => (v === undefined || Number.isNaN(v) ? "n/a" : v.toFixed(digits));
+const spread = (values, digits = 0) => {
+  const ok = values.filter((v) => typeof v === "number" && !Number.isNaN(v));
+  if (ok.length === 0) return "n/a";
+  if (ok.length === 1) return fmt(ok[0], digits);
+  return `${fmt(median(ok), digits)} (${fmt(Math.min(...ok), digits)}–${fmt(Math.max(...ok), digits)})`;
+};
+
+const select = (runs, where) => runs.filter((r) => Object.entries(where).every(([k, v]) => r[k] === v));
+
+/** Per transport and size: loss at ½ direct max (median of rounds), and the verdict. */
+const udpVerdicts = ({ figures }) => {
+  const out = [];
+  const runs = figures?.runs ?? [];
+  const sizes = [...new Set(runs.map((r) => r.size))];
+  for (const size of sizes) {
+    const directMax = median(select(runs, { size, kind: "max", path: "direct" }).map((r) => r.deliveredPps));
+    for (const transport of figures.transports) {
+      const half = select(runs, { size, kind: "half", path: transport });
+      const loss = median(half.map((r) => r.lossPct));
+      const delivered = median(half.map((r) => r.deliveredPps));
+      const tunnelMax = median(select(runs, { size, kind: "max", path: transport }).map((r) => r.deliveredPps));
+      // The best fixed rate the tunnel carried with < 0.1 % loss (median of rounds), as a share of direct max.
+      const clean = [...new Set(select(runs, { size, kind: "fixed", path: transport }).map((r) => r.rate))]
+        .filter((rate) => (median(select(runs, { size, kind: "fixed", path: transport, rate }).map((r) => r.lossPct)) ?? 100) < UDP_TARGET.maxLossPct)
+        .sort((a, b) => b - a)[0];
+      out.push({ size, transport, directMax, tunnelMax, halfRate: median(half.map((r) => r.rate)), delivered, loss, clean, ok: loss === undefined ? undefined : loss < UDP_TARGET.maxLossPct });
+    }
+  }
+  return out;
+};
+
+const renderUdp = (result) => {
+  const { figures, knobs } = result;
+  const lines = [];
+  lines.push(`One sender (\`bench/udp-load.c\`: paced \`sendmmsg\`, numbered datagrams) and one counting sink (\`recvmmsg\`, 4 MiB`);
+  lines.push("receive buffer), each its own process; a new sender (so a new client address and a new tunnel session) per run,");
+  lines.push("3 warm-up datagrams 100 ms apart open the session and are not counted. **direct** = sender → sink; **tcpTls** /");
+  lines.push("**quic** = sender → edge UDP port → tunnel → hub → sink, CLI hub and edge processes (`--transport tcpTls|quic`),");
+  lines.push("PROXY header off (`proxyProtocol.udp: none`), events on. On tcpTls a datagram is a frame on the TLS connection; on");
+  lines.push("quic a QUIC datagram (RFC 9221). Loss = 1 − received / sent, after the sink has been quiet for 300 ms.");
+  lines.push(`${knobs.BENCH_UDP_SECONDS} s per run, ${knobs.BENCH_ROUNDS} rounds, paths interleaved within a round; median of rounds, range in brackets.`, "");
+  const runs = figures.runs;
+  for (const size of [...new Set(runs.map((r) => r.size))]) {
+    lines.push(`### ${size}-byte datagrams`, "");
+    lines.push("| offered | path | delivered pps | vs direct | loss % | CPU µs/datagram: edge | hub | kernel buffer drops |");
+    lines.push("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    const rates = [...new Set(select(runs, { size, kind: "fixed" }).map((r) => r.rate))].sort((a, b) => a - b);
+    const rows = [...rates.map((rate) => ({ label: `${rate} pps`, where: { size, kind: "fixed", rate } })), { label: "max", where: { size, kind: "max" } }];
+    for (const { label, where } of rows) {
+      const directPps = median(select(runs, { ...where, path: "direct" }).map((r) => r.deliveredPps));
+      for (const path of figures.paths) {
+        const rs = select(runs, { ...where, path });
+        if (rs.length === 0) continue;
+        const pps = median(rs.map((r) => r.deliveredPps));
+        const vs = path === "direct" || !directPps ? "" : `${fmt((100 * pps) / directPps, 0)} %`;
+        const cpu = (k) => (path === "direct" ? "-" : fmt(median(rs.map((r) => r.cpuUsPerPacket?.[k])), 1));
+        const drops = rs.reduce((n, r) => n + (r.rcvbufErrors ?? 0), 0);
+        lines.push(`| ${label} | ${path} | ${spread(rs.map((r) => r.deliveredPps))} | ${vs} | ${spread(rs.map((r) => r.lossPct), 3)} | ${cpu("edge")} | ${cpu("hub")} | ${drops} |`);
+      }
+    }
+    lines.push("");
+  }
+  lines.push("### The target: each tunnel at half of direct loopback's maximum", "");
+  lines.push("In every round, after the max-rate probe, each tunnel is driven at 50 % of the rate direct loopback delivered in that");
+  lines.push("round. Target: loss < 0.1 % there. \"Clean up to\" is the highest fixed rate above whose median loss stayed < 0.1 %.", "");
+  lines.push("| size | transport | direct max pps | tunnel max pps | ½ direct max, pps | delivered pps | loss % | clean up to | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  for (const v of udpVerdicts(result)) {
+    lines.push(
+      `| ${v.size} B | ${v.transport} | ${fmt(v.directMax)} | ${fmt(v.tunnelMax)} (${v.directMax ? fmt((100 * v.tunnelMax) / v.directMax, 0) : "n/a"} %) | ${fmt(v.halfRate)} | ${fmt(v.delivered)} | ${fmt(v.loss, 3)} | ${v.clean === undefined ? "none" : `${v.clean} pps`} | ${v.ok === undefined ? "not measured" : v.ok ? "**met**" : "**missed**"} |`,
+    );
+  }
+  lines.push("");
+  lines.push("CPU µs/datagram = (user + system CPU of the process over the run) / datagrams delivered. Kernel buffer drops =");
+  lines.push("system-wide `RcvbufErrors` from /proc/net/snmp over the run, summed over rounds (a socket whose receive buffer was full:");
+  lines.push("the edge's listener, the hub's upstream socket, the hub's QUIC socket or the sink).", "");
+  return lines;
+};
+
+const udpTargets = (result) =>
+  udpVerdicts(result).map((v) => ({
+    target: `UDP over ${v.transport}, ${v.size}-byte datagrams: ≥ 50 % of direct loopback pps with < 0.1 % loss`,
+    measured: `${fmt(v.loss, 3)} % loss at ${fmt(v.halfRate)} pps (½ of direct ${fmt(v.directMax)}); tunnel max ${v.directMax ? fmt((100 * v.tunnelMax) / v.directMax, 0) : "n/a"} % of direct`,
+    ok: v.ok,
+  }));
