@@ -269,7 +269,8 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
           const owner = await readOwner(edgeId);
           const ownerHub = owner !== null && owner.entry.hubId !== deps.hubId ? await readHub(owner.entry.hubId) : null;
           const input = { me, owner, ownerHub, nowMs: now() };
-          verdict = waited ? decideAfterWait(input) : decideAdmission({ ...input, mayWaitUntilMs: holdUntil });
+          // After a wait, or after losing a CAS race (the winner just wrote: it is alive), no more waiting.
+          verdict = waited || conflicts > 0 ? decideAfterWait(input) : decideAdmission({ ...input, mayWaitUntilMs: holdUntil });
         } catch (e) {
           return refuse(sessionId, "ownershipUnavailable", `cannot read the owner of ${edgeId}: ${errText(e)}`);
         }
