@@ -5,6 +5,7 @@
 import { Cause, Effect, Exit, Option } from "effect";
 import { portwayVersion } from "../hub/version.js";
 import { UsageError } from "./args.js";
+import { clusterEdgesRemoveHelp, clusterEdgesSetHelp, clusterHelp, clusterStatusHelp, runCluster } from "./cluster.js";
 import { edgeHelp, runEdge } from "./edge.js";
 import { eventsHelp, eventsReplayHelp, eventsTailHelp, historyHelp, runEvents, runHistory } from "./events.js";
 import { hubHelp, runHub } from "./hub.js";
@@ -18,6 +19,7 @@ Commands:
   token    print a connection token for an edge
   events   the event log: \`events tail\` (live) and \`events replay\` (a time range)
   history  one edge's sessions and connections, from the event log
+  cluster  several hubs sharing state in NATS: \`cluster status\`, \`cluster edges set|remove\`
   help     show help for a command: portway help <command>
 
 Each command takes --help, --config FILE (JSON or YAML) and PORTWAY_* environment variables; flags win.
@@ -64,6 +66,8 @@ export const runCommand = (
       return runEvents(rest, env);
     case "history":
       return runHistory(rest, env);
+    case "cluster":
+      return runCluster(rest, env);
     case "help":
     case "--help":
     case "-h": {
@@ -74,6 +78,14 @@ export const runCommand = (
         token: tokenHelp,
         events: rest[1] === "tail" ? eventsTailHelp : rest[1] === "replay" ? eventsReplayHelp : eventsHelp,
         history: historyHelp,
+        cluster:
+          rest[1] === "status"
+            ? clusterStatusHelp
+            : rest[1] === "edges"
+              ? rest[2] === "remove"
+                ? clusterEdgesRemoveHelp
+                : clusterEdgesSetHelp
+              : clusterHelp,
       };
       const text = (topic === undefined ? undefined : topics[topic]) ?? GENERAL_HELP;
       return topic === undefined || text !== GENERAL_HELP
