@@ -112,7 +112,7 @@ describe("cluster registry on a 3-node NATS cluster", () => {
     const a = await startClusterHub("hub-a", cluster, [base]);
     const b = await startClusterHub("hub-b", cluster);
     // Hub B took edge-1 from the registry (A seeded it from its config).
-    await waitFor(async () => (await b.hub.service?.allowedEdges.pipe(Effect.runPromise))?.some((e) => e.id === "edge-1"), { what: "hub B sees edge-1" });
+    await waitFor(async () => (await Effect.runPromise(b.hub.service?.allowedEdges ?? Effect.succeed([]))).some((e) => e.id === "edge-1"), { what: "hub B sees edge-1" });
 
     const edge = new RemoteIngressEdge();
     teardown.add(() => edge.stop());
@@ -156,5 +156,36 @@ describe("cluster registry on a 3-node NATS cluster", () => {
     const stored = JSON.parse(Buffer.from(raw?.value ?? new Uint8Array()).toString("utf8")) as { secretVerifier: string; listenPorts: number[] };
     expect(verifySecret(stored.secretVerifier, secret)).toBe(true);
     expect(stored.listenPorts).toEqual([portA]);
+
+    // `portway cluster status --json`: both hubs alive, the registry's edge, replication of R3 streams.
+    const cli = (...args: string[]) => run(process.execPath, [join(import.meta.dirname, "..", "bin", "portway.js"), "cluster", ...args, "--nats", nats.servers, "--cluster", cluster]);
+    const { stdout } = await cli("status", "--json");
+    const status = JSON.parse(stdout) as {
+      hubs: Array<{ hubId: string; alive: boolean; heartbeatAgeMs: number; tunnel: string }>;
+      edges: Array<{ id: string; listenPorts: number[] }>;
+      replication: Array<{ stream: string; replicas: number; exists: boolean; leader: string | null; members: Array<{ state: string }> }>;
+    };
+    expect(status.hubs.map((h) => [h.hubId, h.alive, h.tunnel])).toEqual([
+      ["hub-a", true, `127.0.0.1:${a.tunnelPort}`],
+      ["hub-b", true, `127.0.0.1:${b.tunnelPort}`],
+    ]);
+    expect(status.edges.map((e) => [e.id, e.listenPorts])).toEqual([["edge-1", [portA]]]);
+    expect(stdout).not.toContain(secret);
+    const kvStreams = status.replication.filter((r) => r.stream.startsWith(`KV_pw_${cluster}_`));
+    expect(kvStreams.map((r) => [r.exists, r.replicas, r.members.length])).toEqual([
+      [true, 3, 3],
+      [true, 3, 3],
+      [true, 3, 3],
+    ]);
+    expect((await cli("status")).stdout).toMatch(/hub-a\s+alive/);
+
+    // `portway cluster edges set|remove` change the registry as updateAllowedEdges does: hub B applies them.
+    await cli("edges", "set", "--id", "edge-2", "--secret", "other-secret", "--ports", `${portB}`);
+    await waitFor(async () => (await Effect.runPromise(b.hub.service?.allowedEdges ?? Effect.succeed([]))).some((e) => e.id === "edge-2"), { what: "hub B sees edge-2" });
+    expect(JSON.parse((await cli("edges", "remove", "--id", "edge-2", "--json")).stdout)).toEqual({ cluster, id: "edge-2", removed: true });
+    await waitFor(async () => !(await Effect.runPromise(b.hub.service?.allowedEdges ?? Effect.succeed([]))).some((e) => e.id === "edge-2"), { what: "hub B drops edge-2" });
+    // An unknown cluster is a clear error (exit 1).
+    const missing = await run(process.execPath, [join(import.meta.dirname, "..", "bin", "portway.js"), "cluster", "status", "--nats", nats.servers, "--cluster", "nosuch"]).catch((e: { code: number; stderr: string }) => e);
+    expect(missing).toMatchObject({ code: 1, stderr: expect.stringMatching(/no cluster "nosuch"/) });
   });
 });
