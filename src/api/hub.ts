@@ -1,4 +1,5 @@
 /** `RemoteIngressHub`: the seed project's Promise/EventEmitter API, a thin wrapper over the `Hub` service. */
+import type { OwnershipStatus } from "../cluster/ownership.js";
 import { EventEmitter } from "node:events";
 import { Effect, Exit, Fiber, Scope, Stream } from "effect";
 import type { AllowedEdgeInput, HubOptions } from "../config/hub.js";
@@ -50,6 +51,8 @@ export interface RemoteIngressHubStatus {
   readonly hubFingerprint?: string;
   /** Event log health (NATS connection, outbox, dropped events, recovery), or `{ enabled: false }`. */
   readonly events?: HubEventsStatusOrOff;
+  /** Cluster mode: the edges this hub owns (lease age = ms since the last renewal) and its lease counters. */
+  readonly cluster?: OwnershipStatus;
 }
 
 /** `edgeConnected`: an edge finished its handshake. */
@@ -328,7 +331,9 @@ export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
       return { running: false, tunnelPort: this.#lastTunnelPort ?? 0, connectedEdges: [] };
     }
     const events = await runToPromise(running.hub.eventsStatus);
-    return toStatus(await runToPromise(running.hub.status), running.hub.fingerprint, events);
+    const status = toStatus(await runToPromise(running.hub.status), running.hub.fingerprint, events);
+    const ownership = running.hub.ownership;
+    return ownership === undefined ? status : { ...status, cluster: ownership() };
   }
 
   /** The running hub's event log connection; rejects when stopped or when events are off. */

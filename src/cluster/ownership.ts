@@ -41,9 +41,9 @@ export interface OwnershipCluster {
 /** The addon events ownership reacts to (a structural subset of NativeHubEvent). */
 export interface OwnershipNativeEvent {
   readonly type: string;
-  readonly edgeId?: string | undefined;
-  readonly sessionId?: string | undefined;
-  readonly reason?: string | undefined;
+  readonly edgeId?: string | null | undefined;
+  readonly sessionId?: string | null | undefined;
+  readonly reason?: string | null | undefined;
 }
 
 export type DropReason = "leaseLost" | "notOwner";
@@ -237,7 +237,7 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
           error,
         };
         lastTakeover = record;
-        logAs("info", `took edge ${edgeId} over from hub ${previous.hubId} (gap ${record.gapMs} ms, ${record.streamsClosed} streams closed)`);
+        logAs("warn", `took edge ${edgeId} over from hub ${previous.hubId} (gap ${record.gapMs} ms, ${record.streamsClosed} streams closed)`);
         deps.onTakeover?.(record);
       };
       const facts = { previous, toHubId: deps.hubId, toSessionId, atMs };
@@ -385,7 +385,7 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
     const onNativeEvent = (e: OwnershipNativeEvent): void => {
       if (stopped) return;
       const { edgeId, sessionId } = e;
-      if (edgeId === undefined || sessionId === undefined) return;
+      if (typeof edgeId !== "string" || typeof sessionId !== "string") return;
       if (e.type === "edge.admitting") {
         enqueue(edgeId, () => admitting(edgeId, sessionId));
       } else if (e.type === "edge.disconnected") {

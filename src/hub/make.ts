@@ -12,6 +12,7 @@ import {
 import { openCluster, type ClusterConnection, type ClusterError } from "../cluster/connection.js";
 import { nativeEdgeOf, readRegistry, setRegistryEdge, watchRegistry, writeRegistry, type NativeVerifierEdge } from "../cluster/registry.js";
 import type { EdgeEntry } from "../cluster/buckets.js";
+import { startOwnership, type DropReason, type Ownership } from "../cluster/ownership.js";
 import { ConfigError, HubStartError, NativeCallError, nativeErrorParts, type AddonLoadError } from "../errors.js";
 import type { DomainEvent } from "../events/envelope.js";
 import { newRunId } from "../events/ids.js";
@@ -285,6 +286,7 @@ export const makeHub = (
             addon,
             handle,
             deferred,
+            events,
             feed: clusterFeed,
             isStopped: () => stopped,
             onApplied: (entries) => {
@@ -308,6 +310,7 @@ export const makeHub = (
       eventsStatus: Effect.sync(() => (eventLog === undefined ? { enabled: false as const } : eventLog.status())),
       allowedEdges: Ref.get(edgesRef),
       cluster,
+      ownership: registry?.ownership?.status,
       updateAllowedEdges: (input) =>
         Effect.gen(function* () {
           const edges = yield* resolveAllowedEdges(input);
@@ -372,6 +375,8 @@ interface ClusterWiringOptions {
   readonly addon: NativeAddon;
   readonly handle: HubHandle;
   readonly deferred: boolean;
+  /** The hub's event log (ownership reads a dead hub's session from it and closes it there). */
+  readonly events: HubEventLogConnection | undefined;
   readonly feed: Queue.Dequeue<NativeHubEvent | EventStreamProblem | symbol>;
   readonly isStopped: () => boolean;
   /** After the addon took a new list from the registry. */
@@ -406,30 +411,44 @@ const startClusterWiring = (o: ClusterWiringOptions) =>
       },
     });
 
-    if (o.deferred) {
-      const admit = (sessionId: string): void => {
-        const call = (o.addon as unknown as Record<string, unknown>)["hubAdmitEdge"] as (
-          hub: HubHandle,
-          sessionId: string,
-          admit: boolean,
-          reason: string,
-          message: string,
-        ) => unknown;
-        try {
-          call(o.handle, sessionId, true, "", "");
-        } catch (error) {
-          o.logAs("warn", `cluster ${o.cluster.name}: admitting session ${sessionId} failed: ${nativeErrorParts(error).message}`);
-        }
-      };
+    // With deferred admission, ownership (src/cluster/ownership.ts) decides which edges this hub serves.
+    let ownership: Ownership | undefined;
+    if (o.deferred && o.events !== undefined) {
+      const addonFn = <F>(name: string): F => (o.addon as unknown as Record<string, unknown>)[name] as F;
+      const hubAdmitEdge = addonFn<(hub: HubHandle, sessionId: string, admit: boolean, reason: string, message: string) => unknown>("hubAdmitEdge");
+      const hubDropEdge = addonFn<((hub: HubHandle, edgeId: string, reason: DropReason, message: string) => unknown) | undefined>("hubDropEdge");
+      const events = o.events;
+      ownership = yield* startOwnership({
+        cluster: o.cluster,
+        hubId: o.cluster.hubId,
+        runId: o.cluster.runId,
+        admit: (sessionId, ok, reason, message) => {
+          if (o.isStopped()) return false;
+          try {
+            return hubAdmitEdge(o.handle, sessionId, ok, reason, message) === true;
+          } catch (error) {
+            o.logAs("warn", `cluster ${o.cluster.name}: hubAdmitEdge(${sessionId}) failed: ${nativeErrorParts(error).message}`);
+            return false;
+          }
+        },
+        drop: (edgeId, reason, message) => {
+          if (o.isStopped() || hubDropEdge === undefined) return false;
+          try {
+            return hubDropEdge(o.handle, edgeId, reason, message) === true;
+          } catch (error) {
+            o.logAs("warn", `cluster ${o.cluster.name}: hubDropEdge(${edgeId}) failed: ${nativeErrorParts(error).message}`);
+            return false;
+          }
+        },
+        append: (e) => events.log.append(e),
+        log: { stream: events.stream, client: events.client },
+        logAs: (level, msg) => o.logAs(level, `cluster ${o.cluster.name}: ${msg}`),
+      });
+      const own = ownership;
       yield* Effect.forkScoped(
         Stream.fromQueue(o.feed).pipe(
           Stream.takeWhile((e): e is NativeHubEvent | EventStreamProblem => !isEnd(e)),
-          Stream.runForEach((e) =>
-            Effect.sync(() => {
-              const event = e as { readonly type: string; readonly sessionId?: unknown };
-              if (event.type === "edge.admitting" && typeof event.sessionId === "string") admit(event.sessionId);
-            }),
-          ),
+          Stream.runForEach((e) => Effect.sync(() => own.onNativeEvent(e))),
         ),
       );
     }
@@ -465,5 +484,5 @@ const startClusterWiring = (o: ClusterWiringOptions) =>
           });
         });
       });
-    return { write };
+    return { write, ownership };
   });

@@ -3,6 +3,7 @@ import { Context, Layer, type Effect, type Scope, type Stream } from "effect";
 import type { AllowedEdge, AllowedEdgeInput, HubConfig, HubOptions } from "../config/hub.js";
 import type { HubActorsSnapshot } from "../actors/hub-actor-system.js";
 import type { ClusterConnection, ClusterError } from "../cluster/connection.js";
+import type { OwnershipStatus } from "../cluster/ownership.js";
 import type { AddonLoadError, ConfigError, HubStartError, NativeCallError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { NativeHubEvent } from "../native/events.js";
@@ -43,6 +44,8 @@ export interface HubService {
   readonly status: Effect.Effect<NativeHubStatus, NativeCallError>;
   /** Cluster mode (docs/cluster.md): the KV buckets and who this hub is; undefined for a single hub. */
   readonly cluster: ClusterConnection | undefined;
+  /** Cluster mode with deferred admission: the edges this hub owns and its lease counters; undefined otherwise. */
+  readonly ownership: (() => OwnershipStatus) | undefined;
   /** The allowed-edge list currently in force (in cluster mode: the registry's, with the verifier as `secret`). */
   readonly allowedEdges: Effect.Effect<ReadonlyArray<AllowedEdge>>;
   /**
