@@ -7,7 +7,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canConnect, freePort, freeUdpPort, root, spawnProcess, udpPortFree, waitFor } from "./processes.mjs";
 
-const CLI = join(root, "bin", "portway.js");
+// BENCH_PORTWAY_ROOT runs the CLI of another checkout (e.g. a snapshot with its own dist/ and native/index.node),
+// so a benchmark is not disturbed by rebuilds of the working tree while it runs.
+const CLI = join(process.env.BENCH_PORTWAY_ROOT ?? root, "bin", "portway.js");
 
 const makeIdentity = (dir) => {
   const keyPath = join(dir, "hub-key.pem");

@@ -252,7 +252,7 @@ const renderUdp = (result) => {
 
 const udpTargets = (result) =>
   udpVerdicts(result).map((v) => ({
-    target: `UDP over ${v.transport}, ${v.size}-byte datagrams: ≥ 50 % of direct loopback pps with < 0.1 % loss`,
+    target: `(issue 4) UDP over ${v.transport}, ${v.size}-byte datagrams: ≥ 50 % of direct loopback pps with < 0.1 % loss`,
     measured: `${fmt(v.loss, 3)} % loss at ${fmt(v.halfRate)} pps (½ of direct ${fmt(v.directMax)}); tunnel max ${v.directMax ? fmt((100 * v.tunnelMax) / v.directMax, 0) : "n/a"} % of direct`,
     ok: v.ok,
   }));
