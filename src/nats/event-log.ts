@@ -67,6 +67,10 @@ const prepare = (nc: NatsConnection, stream: EventStreamOptions): Effect.Effect<
     yield* ensureEventStream(jsm, stream);
   });
 
+/** Backoff of the stream setup retried after a failure while connected. */
+const RETRY_SETUP_MIN_MS = 250;
+const RETRY_SETUP_MAX_MS = 5000;
+
 export const makeEventLog = (client: NatsClientService, opts: EventLogOptions) =>
   Effect.gen(function* () {
     const log = opts.log ?? defaultLog;
@@ -100,14 +104,31 @@ export const makeEventLog = (client: NatsClientService, opts: EventLogOptions) =
     if (now) yield* runSetup(now);
 
     let setupRunning = false;
+    let retryTimer: NodeJS.Timeout | undefined;
+    let retryDelayMs = RETRY_SETUP_MIN_MS;
     const setupInBackground = (): void => {
       const nc = client.current();
       if (!nc || setupRunning) return;
       setupRunning = true;
-      void Effect.runPromise(Effect.either(runSetup(nc))).finally(() => {
+      void Effect.runPromise(Effect.either(runSetup(nc))).then((result) => {
         setupRunning = false;
+        if (result._tag === "Right") {
+          retryDelayMs = RETRY_SETUP_MIN_MS;
+          return;
+        }
+        // Still connected but the setup failed (e.g. a timeout while a JetStream cluster elects a new stream
+        // leader after losing a node): try again, backing off, instead of waiting for the next reconnect.
+        if (client.isConnected() && retryTimer === undefined) {
+          retryTimer = setTimeout(() => {
+            retryTimer = undefined;
+            if (!ready) setupInBackground();
+          }, retryDelayMs);
+          retryTimer.unref();
+          retryDelayMs = Math.min(retryDelayMs * 2, RETRY_SETUP_MAX_MS);
+        }
       });
     };
+    yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(retryTimer)));
     const offStatus = client.onStatus((s) => {
       if (s.type === "disconnected" || s.type === "closed") ready = false;
       if (s.type === "connected" || s.type === "reconnected") setupInBackground();

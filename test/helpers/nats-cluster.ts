@@ -45,7 +45,11 @@ export interface TestNatsCluster {
 
 export interface JszReply {
   readonly server_name?: string;
-  readonly meta_cluster?: { readonly leader?: string; readonly cluster_size?: number };
+  readonly meta_cluster?: {
+    readonly leader?: string;
+    readonly cluster_size?: number;
+    readonly replicas?: ReadonlyArray<{ readonly name: string; readonly current: boolean; readonly offline?: boolean }>;
+  };
   readonly account_details?: ReadonlyArray<{
     readonly stream_detail?: ReadonlyArray<{
       readonly name: string;
@@ -130,8 +134,14 @@ export async function startNatsCluster(opts: { size?: number; clusterName?: stri
     await waitFor(
       async () => {
         const up = specs.map((_, i) => i).filter((i) => children[i] !== undefined);
-        const leaders = await Promise.all(up.map(async (i) => (await jsz(i))?.meta_cluster?.leader ?? ""));
-        return leaders.length > 0 && leaders.every((l) => l !== "" && l === leaders[0]);
+        const views = await Promise.all(up.map(async (i) => ({ name: (specs[i] as NodeSpec).name, meta: (await jsz(i))?.meta_cluster })));
+        const leader = views[0]?.meta?.leader ?? "";
+        if (leader === "" || !views.every((v) => v.meta?.leader === leader)) return false;
+        // The leader knows every running peer as current (else an R3 stream may find no placement yet).
+        const own = views.find((v) => v.name === leader)?.meta;
+        if (own === undefined) return true; // the leader is not among the running nodes we asked
+        const current = (own.replicas ?? []).filter((r) => r.current && r.offline !== true).length;
+        return current >= up.length - 1;
       },
       { timeoutMs, intervalMs: 50, what: `NATS cluster meta leader (logs: ${logs.map((l) => l.join("").slice(-300)).join(" | ")})` },
     );
