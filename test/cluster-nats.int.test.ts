@@ -154,5 +154,10 @@ describe("cluster hub on a 3-node NATS cluster", () => {
       },
       { what: "the restarted node's PORTWAY_EVENTS copy up to the last sequence", timeoutMs: 30_000, intervalMs: 200 },
     );
+
+    // The registry watch survived the node loss: a change still reaches the edge.
+    const [extraPort] = (await freePorts(1)) as [number];
+    await hub.updateAllowedEdges([{ id: "edge-k", secret, listenPorts: [listenPort, extraPort], targets: { [listenPort]: target.address, [extraPort]: target.address } }]);
+    await waitFor(async () => (await edge.getStatus()).listenPorts.includes(extraPort), { what: "the edge listening on the added port", timeoutMs: 5000 });
   });
 });
