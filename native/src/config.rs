@@ -27,6 +27,17 @@ pub enum TransportMode {
     QuicWithFallback,
 }
 
+/// When the hub answers an authenticated edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Accept as soon as the secret checks out.
+    #[default]
+    Immediate,
+    /// Emit `edge.admitting` and wait for `hubAdmitEdge` (or `admissionTimeoutMs`).
+    Deferred,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubConfig {
@@ -60,6 +71,11 @@ pub struct HubConfig {
     /// Serve QUIC on UDP at the tunnel port number (next to TLS on TCP).
     #[serde(default = "default_true")]
     pub quic: bool,
+    #[serde(default)]
+    pub admission: Admission,
+    /// `deferred`: how long an authenticated edge waits for `hubAdmitEdge` before it is refused.
+    #[serde(default = "default_handshake_ms")]
+    pub admission_timeout_ms: u64,
     #[serde(default)]
     pub edges: Vec<EdgeEntry>,
 }
@@ -346,6 +362,7 @@ pub struct HubSettings {
     pub handshake_timeout: Duration,
     pub target_connect_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    pub admission_timeout: Duration,
 }
 
 pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
@@ -366,6 +383,7 @@ pub fn parse_hub_config(json: &str) -> Result<HubSettings, AddonError> {
         return Err(invalid("maxUdpSessionsPerEdge must be at least 1"));
     }
     Ok(HubSettings {
+        admission_timeout: check_ms("admissionTimeoutMs", raw.admission_timeout_ms)?,
         udp_idle_timeout: check_ms("udpIdleTimeoutMs", raw.udp_idle_timeout_ms)?,
         ping_interval,
         idle_timeout,
@@ -466,6 +484,18 @@ mod tests {
         assert_eq!(ok.raw.proxy_protocol_udp, ProxyProtocol::V2);
         assert_eq!(ok.udp_idle_timeout, Duration::from_secs(60));
         assert_eq!(ok.raw.max_udp_sessions_per_edge, 1024);
+        assert_eq!(ok.raw.admission, Admission::Immediate);
+        assert_eq!(ok.admission_timeout, Duration::from_secs(5));
+        let deferred = parse_hub_config(&format!(
+            "{{\"tunnelPort\":0,{CERT},\"admission\":\"deferred\",\"admissionTimeoutMs\":250}}"
+        ))
+        .unwrap();
+        assert_eq!(deferred.raw.admission, Admission::Deferred);
+        assert_eq!(deferred.admission_timeout, Duration::from_millis(250));
+        assert!(parse_hub_config(&format!(
+            "{{\"tunnelPort\":0,{CERT},\"admission\":\"later\"}}"
+        ))
+        .is_err());
         let err = parse_hub_config(&format!(
             "{{\"tunnelPort\":0,{CERT},\"maxUdpSessionsPerEdge\":0}}"
         ))

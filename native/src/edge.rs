@@ -540,6 +540,7 @@ async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 RejectCode::AuthFailed => "authFailed",
                 RejectCode::VersionUnsupported => "versionUnsupported",
                 RejectCode::Malformed => "malformed",
+                RejectCode::NotOwner => "notOwner",
             };
             Err(AttemptError::Rejected(reason, message))
         }

@@ -25,6 +25,23 @@ pub enum Event {
         session_id: String,
         remote_addr: String,
     },
+    /// `admission: "deferred"`: an edge authenticated and waits for `hubAdmitEdge`.
+    #[serde(rename = "edge.admitting")]
+    EdgeAdmitting {
+        edge_id: String,
+        session_id: String,
+        remote_addr: String,
+    },
+    /// `admission: "deferred"`: the edge was refused (`hubAdmitEdge` false, or timeout) and told
+    /// `notOwner`. `reason` is the one given to `hubAdmitEdge`, `admissionTimeout` or `ioError`.
+    #[serde(rename = "edge.refused")]
+    EdgeRefused {
+        edge_id: String,
+        session_id: String,
+        remote_addr: String,
+        reason: String,
+        message: String,
+    },
     #[serde(rename = "edge.authFailed")]
     EdgeAuthFailed {
         remote_addr: String,

@@ -6,7 +6,7 @@
 //! blocks the accept loop. Unknown edge and wrong secret get the same reply. TLS listens on TCP and
 //! QUIC on UDP at the same port number; after the Hello both give a `Tunnel` and the session code is
 //! shared.
-use crate::config::{EdgeEntry, HubSettings, ProxyProtocol};
+use crate::config::{Admission, EdgeEntry, HubSettings, ProxyProtocol};
 use crate::error::AddonError;
 use crate::events::{Event, EventSink};
 use crate::mux::{self, MuxOptions, Role};
@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// How often binding TCP and UDP on the same (random) port is tried before giving up.
@@ -56,6 +56,8 @@ struct HubInner {
     verifier: SecretVerifier,
     edges: RwLock<Arc<HashMap<String, EdgeEntry>>>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Deferred admission: session id → where `hubAdmitEdge` sends its decision.
+    admissions: Mutex<HashMap<String, oneshot::Sender<Decision>>>,
     events: EventSink,
     tasks: TaskGroup,
     stopping: watch::Sender<bool>,
@@ -84,6 +86,25 @@ struct SessionRef {
 struct HandshakeFailure {
     reason: &'static str,
     claimed_edge_id: Option<String>,
+}
+
+/// What `hubAdmitEdge` decided for one pending session.
+struct Decision {
+    admit: bool,
+    reason: String,
+    message: String,
+}
+
+/// Removes a pending admission when its wait ends, however it ends.
+struct PendingAdmission<'a> {
+    inner: &'a HubInner,
+    session_id: &'a str,
+}
+
+impl Drop for PendingAdmission<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.admissions).remove(self.session_id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +156,7 @@ impl Hub {
             quic: Mutex::new(endpoint.clone()),
             verifier: SecretVerifier::new(),
             sessions: Mutex::new(HashMap::new()),
+            admissions: Mutex::new(HashMap::new()),
             events,
             tasks: TaskGroup::default(),
             stopping: watch::channel(false).0,
@@ -193,6 +215,32 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Deferred admission: the decision for a session announced by `edge.admitting`. Returns
+    /// whether the session was still waiting (false for an unknown, decided or expired one).
+    pub fn admit_edge(&self, session_id: &str, admit: bool, reason: &str, message: &str) -> bool {
+        let Some(waiting) = lock(&self.inner.admissions).remove(session_id) else {
+            return false;
+        };
+        waiting
+            .send(Decision {
+                admit,
+                reason: reason.to_string(),
+                message: message.to_string(),
+            })
+            .is_ok()
+    }
+
+    /// Closes the edge's live session now with a GoAway carrying `reason` (its streams and UDP
+    /// sessions close with `tunnelLost`). Returns whether a session was found.
+    pub fn drop_edge(&self, edge_id: &str, reason: GoAwayReason, message: &str) -> bool {
+        let sessions = lock(&self.inner.sessions);
+        let Some(session) = sessions.get(edge_id) else {
+            return false;
+        };
+        session.tunnel.shutdown(Some((reason, message.to_string())));
+        true
     }
 
     pub fn status(&self) -> HubStatus {
@@ -345,7 +393,20 @@ async fn handle_quic_connection(inner: Arc<HubInner>, incoming: quinn::Incoming)
             claimed_edge_id: failure.claimed_edge_id,
             reason: failure.reason,
         }),
-        Ok(Ok((conn, control, hello, accepted, leftover))) => {
+        Ok(Ok((conn, mut control, hello, accepted, leftover))) => {
+            let admitted = tokio::select! {
+                _ = until_set(&mut stopping) => return,
+                admitted = admit_and_reply(&inner, &mut control, &hello, &accepted, peer) => admitted,
+            };
+            if !admitted {
+                // The reply (if any) went out and the stream is finished; let it arrive, then close.
+                let (_, send) = control.into_inner();
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                conn.close(quinn::VarInt::from_u32(0), b"refused");
+                return;
+            }
+            let (recv, send) = control.into_inner();
+            let control = (send, recv);
             let udp = new_hub_udp(&inner, &hello, &accepted, true);
             let options = QuicOptions {
                 role: Role::Hub,
@@ -360,9 +421,10 @@ async fn handle_quic_connection(inner: Arc<HubInner>, incoming: quinn::Incoming)
     }
 }
 
+type QuicControl = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 type QuicHandshaken = (
     quinn::Connection,
-    (quinn::SendStream, quinn::RecvStream),
+    QuicControl,
     Hello,
     HelloAccepted,
     BytesMut,
@@ -384,10 +446,7 @@ async fn quic_handshake(
     let (send, recv) = conn.accept_bi().await.map_err(|_| fail("malformedHello"))?;
     let mut control = tokio::io::join(recv, send);
     match hello_exchange(inner, &mut control).await {
-        Ok((hello, accepted, leftover)) => {
-            let (recv, send) = control.into_inner();
-            Ok((conn, (send, recv), hello, accepted, leftover))
-        }
+        Ok((hello, accepted, leftover)) => Ok((conn, control, hello, accepted, leftover)),
         Err(failure) => {
             // The reply (if any) went out and the stream is finished; let it arrive, then close.
             let (_, send) = control.into_inner();
@@ -433,7 +492,14 @@ async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAdd
             claimed_edge_id: failure.claimed_edge_id,
             reason: failure.reason,
         }),
-        Ok(Ok((tls, hello, accepted, leftover))) => {
+        Ok(Ok((mut tls, hello, accepted, leftover))) => {
+            let admitted = tokio::select! {
+                _ = until_set(&mut stopping) => return,
+                admitted = admit_and_reply(&inner, &mut tls, &hello, &accepted, peer) => admitted,
+            };
+            if !admitted {
+                return;
+            }
             let udp = new_hub_udp(&inner, &hello, &accepted, false);
             let options = MuxOptions {
                 role: Role::Hub,
@@ -471,7 +537,9 @@ async fn handshake(inner: &HubInner, tcp: TcpStream) -> Result<Handshaken, Hands
     Ok((tls, hello, accepted, leftover))
 }
 
-/// Reads the Hello, authenticates, answers. The same on TLS and on the QUIC control stream.
+/// Reads the Hello and authenticates; answers rejections. The `Accepted` reply is sent by
+/// `admit_and_reply` (after deferred admission, which is not bounded by the handshake timeout).
+/// The same on TLS and on the QUIC control stream.
 async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     inner: &HubInner,
     tls: &mut S,
@@ -523,13 +591,76 @@ async fn hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(entry) = entry else {
         return Err(fail("authFailed", claimed));
     };
-    let accepted = accepted_reply(inner, &entry);
+    Ok((hello, accepted_reply(inner, &entry), buf))
+}
+
+/// Admission (`deferred`: `edge.admitting`, then `hubAdmitEdge` or the timeout), then the reply.
+/// Returns whether the edge was admitted and told so. After `edge.admitting` exactly one of
+/// `edge.connected` (by the caller) or `edge.refused` follows, unless the hub stops meanwhile.
+async fn admit_and_reply<S: AsyncWrite + Unpin>(
+    inner: &HubInner,
+    io: &mut S,
+    hello: &Hello,
+    accepted: &HelloAccepted,
+    peer: SocketAddr,
+) -> bool {
+    let deferred = inner.settings.raw.admission == Admission::Deferred;
+    let refused = |reason: String, message: String| Event::EdgeRefused {
+        edge_id: hello.edge_id.clone(),
+        session_id: accepted.session_id.clone(),
+        remote_addr: peer.to_string(),
+        reason,
+        message,
+    };
+    if deferred {
+        if let Err((reason, message)) = admission(inner, hello, accepted, peer).await {
+            reject(io, RejectCode::NotOwner, &message).await;
+            inner.events.emit(refused(reason, message));
+            return false;
+        }
+    }
     let mut out = BytesMut::new();
     encode_reply(&HelloReply::Accepted(accepted.clone()), &mut out);
-    if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
-        return Err(fail("tlsError", claimed));
+    if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
+        let message = "the edge went away before the reply".to_string();
+        inner.events.emit(match deferred {
+            true => refused("ioError".into(), message),
+            false => Event::EdgeAuthFailed {
+                remote_addr: peer.to_string(),
+                claimed_edge_id: Some(hello.edge_id.clone()),
+                reason: "tlsError",
+            },
+        });
+        return false;
     }
-    Ok((hello, accepted, buf))
+    true
+}
+
+/// Waits for `hubAdmitEdge` on this session; `Err((reason, message))` if refused or timed out.
+async fn admission(
+    inner: &HubInner,
+    hello: &Hello,
+    accepted: &HelloAccepted,
+    peer: SocketAddr,
+) -> Result<(), (String, String)> {
+    let (tx, rx) = oneshot::channel();
+    let session_id = accepted.session_id.as_str();
+    lock(&inner.admissions).insert(session_id.to_string(), tx);
+    let _pending = PendingAdmission { inner, session_id };
+    inner.events.emit(Event::EdgeAdmitting {
+        edge_id: hello.edge_id.clone(),
+        session_id: session_id.to_string(),
+        remote_addr: peer.to_string(),
+    });
+    let timeout = inner.settings.admission_timeout;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(decision)) if decision.admit => Ok(()),
+        Ok(Ok(decision)) => Err((decision.reason, decision.message)),
+        _ => Err((
+            "admissionTimeout".to_string(),
+            format!("no admission decision within {} ms", timeout.as_millis()),
+        )),
+    }
 }
 
 fn accepted_reply(inner: &HubInner, entry: &EdgeEntry) -> HelloAccepted {

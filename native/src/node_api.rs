@@ -5,6 +5,7 @@ use crate::edge::Edge;
 use crate::error::AddonError;
 use crate::events::{Deliver, EventSink};
 use crate::hub::Hub;
+use crate::protocol::GoAwayReason;
 use crate::runtime::runtime;
 use crate::transport::tls;
 use neon::prelude::*;
@@ -23,6 +24,8 @@ pub fn register(cx: &mut ModuleContext) -> NeonResult<()> {
     cx.export_function("certFingerprint", cert_fingerprint)?;
     cx.export_function("hubStart", hub_start)?;
     cx.export_function("hubUpdateEdges", hub_update_edges)?;
+    cx.export_function("hubAdmitEdge", hub_admit_edge)?;
+    cx.export_function("hubDropEdge", hub_drop_edge)?;
     cx.export_function("hubStatus", hub_status)?;
     cx.export_function("hubStop", hub_stop)?;
     cx.export_function("edgeStart", edge_start)?;
@@ -128,6 +131,35 @@ fn hub_update_edges(mut cx: FunctionContext) -> JsResult<JsUndefined> {
         },
         Err(e) => throw(&mut cx, e),
     }
+}
+
+/// `hubAdmitEdge(hub, sessionId, admit, reason, message): boolean`
+fn hub_admit_edge(mut cx: FunctionContext) -> JsResult<JsBoolean> {
+    let hub = cx.argument::<JsBox<HubBox>>(0)?;
+    let session_id = cx.argument::<JsString>(1)?.value(&mut cx);
+    let admit = cx.argument::<JsBoolean>(2)?.value(&mut cx);
+    let reason = cx.argument::<JsString>(3)?.value(&mut cx);
+    let message = cx.argument::<JsString>(4)?.value(&mut cx);
+    let matched = hub.0.admit_edge(&session_id, admit, &reason, &message);
+    Ok(cx.boolean(matched))
+}
+
+/// `hubDropEdge(hub, edgeId, reason: "leaseLost" | "notOwner", message): boolean`
+fn hub_drop_edge(mut cx: FunctionContext) -> JsResult<JsBoolean> {
+    let hub = cx.argument::<JsBox<HubBox>>(0)?;
+    let edge_id = cx.argument::<JsString>(1)?.value(&mut cx);
+    let reason = cx.argument::<JsString>(2)?.value(&mut cx);
+    let message = cx.argument::<JsString>(3)?.value(&mut cx);
+    let reason = match reason.as_str() {
+        "leaseLost" => GoAwayReason::LeaseLost,
+        "notOwner" => GoAwayReason::NotOwner,
+        other => {
+            let detail = format!("hubDropEdge reason must be leaseLost or notOwner, got {other:?}");
+            return throw(&mut cx, AddonError::InvalidConfig(detail));
+        }
+    };
+    let found = hub.0.drop_edge(&edge_id, reason, &message);
+    Ok(cx.boolean(found))
 }
 
 fn hub_status(mut cx: FunctionContext) -> JsResult<JsString> {

@@ -91,5 +91,7 @@ pub fn goaway_reason_name(reason: GoAwayReason) -> &'static str {
         GoAwayReason::Superseded => "superseded",
         GoAwayReason::ProtocolError => "protocolError",
         GoAwayReason::Timeout => "timeout",
+        GoAwayReason::LeaseLost => "leaseLost",
+        GoAwayReason::NotOwner => "notOwner",
     }
 }

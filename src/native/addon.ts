@@ -34,6 +34,18 @@ export interface NativeAddon {
   hubStart(configJson: string, onEvents: NativeEventsCallback): Promise<HubHandle>;
   /** Full replacement of the allowed-edge list. */
   hubUpdateEdges(hub: HubHandle, edgesJson: string): void;
+  /**
+   * `admission: "deferred"`: the decision for the session announced by `edge.admitting`. `admit=false` refuses
+   * with HelloReply `notOwner` and emits `edge.refused { reason, message }`. Returns whether the session was
+   * still waiting (false for an unknown, already decided or timed-out one).
+   */
+  hubAdmitEdge(hub: HubHandle, sessionId: string, admit: boolean, reason: string, message: string): boolean;
+  /**
+   * Closes the edge's live session now with GoAway(`reason`); `edge.disconnected` carries the reason, its streams
+   * and UDP sessions close with `tunnelLost`. Returns whether a session was found. Throws EINVALIDCONFIG for
+   * another reason.
+   */
+  hubDropEdge(hub: HubHandle, edgeId: string, reason: "leaseLost" | "notOwner", message: string): boolean;
   hubStatus(hub: HubHandle): string;
   /** Idempotent; closes tunnels with GoAway(hubShutdown). */
   hubStop(hub: HubHandle): Promise<void>;
@@ -57,6 +69,8 @@ const ADDON_FUNCTIONS = [
   "certFingerprint",
   "hubStart",
   "hubUpdateEdges",
+  "hubAdmitEdge",
+  "hubDropEdge",
   "hubStatus",
   "hubStop",
   "edgeStart",

@@ -34,6 +34,9 @@ export const EdgeDisconnectReason = Schema.Literal(
   "superseded",
   "hubShutdown",
   "ioError",
+  /** Multi-hub: `hubDropEdge` closed the session (lease lost / another hub owns the edge). */
+  "leaseLost",
+  "notOwner",
 );
 export type EdgeDisconnectReason = typeof EdgeDisconnectReason.Type;
 
@@ -103,6 +106,23 @@ export const EdgeConnected = event("edge.connected", {
   sessionId: Schema.String,
   remoteAddr: Schema.String,
 });
+/** `admission: "deferred"`: an authenticated edge waits for `hubAdmitEdge(sessionId, …)`. */
+export const EdgeAdmitting = event("edge.admitting", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  remoteAddr: Schema.String,
+});
+/**
+ * `admission: "deferred"`: the edge was told `notOwner`. `reason` is the one given to `hubAdmitEdge`
+ * (`notOwner` | `ownershipUnavailable` | …), `admissionTimeout`, or `ioError` (the edge went away before the reply).
+ */
+export const EdgeRefused = event("edge.refused", {
+  edgeId: Schema.String,
+  sessionId: Schema.String,
+  remoteAddr: Schema.String,
+  reason: Schema.String,
+  message: Message,
+});
 export const EdgeAuthFailed = event("edge.authFailed", {
   remoteAddr: Schema.String,
   claimedEdgeId: NullableString,
@@ -164,6 +184,8 @@ const hubEventSchemas = {
   "hub.stopped": HubStopped,
   "edge.connected": EdgeConnected,
   "edge.authFailed": EdgeAuthFailed,
+  "edge.admitting": EdgeAdmitting,
+  "edge.refused": EdgeRefused,
   "edge.disconnected": EdgeDisconnected,
   "edge.configPushed": EdgeConfigPushed,
   "stream.opened": HubStreamOpened,

@@ -117,15 +117,21 @@ pub enum GoAwayReason {
     Superseded,
     ProtocolError,
     Timeout,
+    /// The hub lost its ownership lease on the edge (multi-hub): connect to another hub.
+    LeaseLost,
+    /// Another hub owns the edge (multi-hub): connect to another hub.
+    NotOwner,
 }
 
 impl GoAwayReason {
-    pub const ALL: [GoAwayReason; 5] = [
+    pub const ALL: [GoAwayReason; 7] = [
         Self::HubShutdown,
         Self::Revoked,
         Self::Superseded,
         Self::ProtocolError,
         Self::Timeout,
+        Self::LeaseLost,
+        Self::NotOwner,
     ];
 
     /// Wire code (first byte of the `GoAway` payload).
@@ -136,6 +142,8 @@ impl GoAwayReason {
             Self::Superseded => 3,
             Self::ProtocolError => 4,
             Self::Timeout => 5,
+            Self::LeaseLost => 6,
+            Self::NotOwner => 7,
         }
     }
 
@@ -151,6 +159,8 @@ impl GoAwayReason {
             Self::Superseded => "superseded",
             Self::ProtocolError => "protocolError",
             Self::Timeout => "timeout",
+            Self::LeaseLost => "leaseLost",
+            Self::NotOwner => "notOwner",
         }
     }
 }
@@ -1232,7 +1242,7 @@ mod tests {
                 "{err}"
             );
         }
-        for code in [0u8, 6, 255] {
+        for code in [0u8, 8, 255] {
             let err = decode_one(&raw(frame_type::GOAWAY, 0, &[code])).expect_err("goaway code");
             assert!(
                 matches!(&err, ProtocolError::Malformed { frame: "GoAway", detail } if detail.contains("reason")),
@@ -1379,7 +1389,9 @@ mod tests {
                 "revoked",
                 "superseded",
                 "protocolError",
-                "timeout"
+                "timeout",
+                "leaseLost",
+                "notOwner"
             ]
         );
         for r in CloseReason::ALL {

@@ -99,6 +99,9 @@ pub enum RejectCode {
     AuthFailed,
     VersionUnsupported,
     Malformed,
+    /// Multi-hub: the edge authenticated but this hub will not serve it (another hub owns it, or
+    /// ownership cannot be decided now). The edge tries its next hub at once.
+    NotOwner,
 }
 
 impl RejectCode {
@@ -107,13 +110,19 @@ impl RejectCode {
             Self::AuthFailed => 1,
             Self::VersionUnsupported => 2,
             Self::Malformed => 3,
+            Self::NotOwner => 4,
         }
     }
 
     pub fn from_code(code: u8) -> Option<Self> {
-        [Self::AuthFailed, Self::VersionUnsupported, Self::Malformed]
-            .into_iter()
-            .find(|c| c.code() == code)
+        [
+            Self::AuthFailed,
+            Self::VersionUnsupported,
+            Self::Malformed,
+            Self::NotOwner,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
     }
 
     /// camelCase name, as in `edge.authFailed` / `tunnel.rejected` events.
@@ -122,6 +131,7 @@ impl RejectCode {
             Self::AuthFailed => "authFailed",
             Self::VersionUnsupported => "versionUnsupported",
             Self::Malformed => "malformedHello",
+            Self::NotOwner => "notOwner",
         }
     }
 }
@@ -446,14 +456,21 @@ mod tests {
             code: RejectCode::AuthFailed,
             message: "authentication failed".into(),
         };
+        let not_owner = HelloReply::Rejected {
+            code: RejectCode::NotOwner,
+            message: "edge e1 is owned by hub-2".into(),
+        };
         for code in [
             RejectCode::AuthFailed,
             RejectCode::VersionUnsupported,
             RejectCode::Malformed,
+            RejectCode::NotOwner,
         ] {
             assert_eq!(RejectCode::from_code(code.code()), Some(code));
         }
-        for reply in [accepted(), rejected] {
+        assert_eq!(RejectCode::NotOwner.code(), 4);
+        assert_eq!(RejectCode::from_code(5), None);
+        for reply in [accepted(), rejected, not_owner] {
             let mut buf = BytesMut::new();
             encode_reply(&reply, &mut buf);
             buf.extend_from_slice(b"\x02next frame");
