@@ -1,10 +1,12 @@
 // Issue 2, control plane: authentication, pinning, hub restart, hot port changes, listener errors. Issue 4: the
 // transport-relevant tests run over every tunnel transport (TLS over TCP and QUIC), each checking that the
 // tunnel really uses the transport under test; the listener test does not depend on it and runs once.
+import { createSocket } from "node:dgram";
 import { once } from "node:events";
 import { createServer, type Socket } from "node:net";
 import { describe, expect, it } from "vitest";
-import { RemoteIngressEdge, RemoteIngressHub, encodeConnectionToken } from "../src/index.js";
+import { RemoteIngressEdge, RemoteIngressHub, encodeConnectionToken, type TunnelConnectedEvent } from "../src/index.js";
+import type { TransportFallbackEvent } from "../src/api/edge.js";
 import { connectTcp, echoRoundTrip, tryConnect } from "./helpers/client.js";
 import { freePort, freePorts } from "./helpers/ports.js";
 import { startEchoTarget } from "./helpers/targets.js";
@@ -195,5 +197,76 @@ describe("tunnel control plane: edge listeners", () => {
     const client = await connectTcp(freeListenPort);
     teardown.add(() => client.destroy());
     await echoRoundTrip(client);
+  });
+});
+
+describe("transport choice: quicWithFallback", () => {
+  it("uses QUIC when the hub serves it, without a fallback", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const fallbacks: TransportFallbackEvent[] = [];
+    const connectedEvents: TunnelConnectedEvent[] = [];
+    const tunnel = teardown.track(
+      await startTunnel({
+        routes: [{ target: target.address }],
+        edgeExtra: { transportMode: "quicWithFallback", quicFallbackTimeoutMs: 5_000 },
+        beforeEdgeStart: (edge) => {
+          edge.on("transportFallback", (e) => fallbacks.push(e));
+          edge.on("tunnelConnected", (e) => connectedEvents.push(e));
+        },
+      }),
+    );
+    await expectTransport(tunnel.hub, tunnel.edge, tunnel.edgeId, "quic");
+    const client = await connectTcp(tunnel.listenPorts[0] as number);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client);
+    // A fallback would be reported before the tunnel connects, and events arrive in order.
+    await waitFor(() => connectedEvents.length >= 1, { what: "tunnelConnected event" });
+    expect(connectedEvents[0]?.transport).toBe("quic");
+    expect(fallbacks).toEqual([]);
+  });
+
+  it("falls back to TLS when UDP to the hub is dropped, says why, and carries TCP streams", async () => {
+    const target = teardown.track(await startEchoTarget());
+    const [listenPort] = (await freePorts(1)) as [number];
+    const allowed = { id: "edge-1", secret: "s-1", listenPorts: [listenPort], targets: { [listenPort]: target.address } };
+    const hub = teardown.track(await startHub({ edges: [allowed], extra: { quic: false } }));
+    // The hub's QUIC side is off and a socket on its port swallows every datagram: like a firewall dropping
+    // UDP, the edge hears nothing back (no ICMP error either) and must give up on QUIC after its timeout.
+    const blackhole = createSocket("udp4");
+    let swallowed = 0;
+    blackhole.on("message", () => {
+      swallowed += 1;
+    });
+    await new Promise<void>((resolve) => blackhole.bind(hub.tunnelPort, "127.0.0.1", resolve));
+    teardown.add(() => new Promise<void>((resolve) => blackhole.close(() => resolve())));
+
+    const edge = newEdge();
+    const fallbacks: TransportFallbackEvent[] = [];
+    const connectedEvents: TunnelConnectedEvent[] = [];
+    edge.on("transportFallback", (e) => fallbacks.push(e));
+    edge.on("tunnelConnected", (e) => connectedEvents.push(e));
+    await edge.start({
+      hubHost: "127.0.0.1",
+      hubPort: hub.tunnelPort,
+      edgeId: "edge-1",
+      secret: "s-1",
+      bindAddress: "127.0.0.1",
+      hubCertFingerprint: hub.fingerprint,
+      transportMode: "quicWithFallback",
+      quicFallbackTimeoutMs: 1_000,
+    });
+    await waitForEdgeReady(hub.hub, edge, "edge-1", [listenPort], 20_000);
+    await expectTransport(hub.hub, edge, "edge-1", "tcpTls");
+    expect(swallowed, "QUIC packets the edge sent before falling back").toBeGreaterThan(0);
+
+    await waitFor(() => fallbacks.length >= 1 && connectedEvents.length >= 1, { what: "transportFallback and tunnelConnected events" });
+    expect(fallbacks[0]).toMatchObject({ hub: `127.0.0.1:${hub.tunnelPort}`, from: "quic", to: "tcpTls", reason: "timeout" });
+    expect(connectedEvents[0]?.transport).toBe("tcpTls");
+
+    const client = await connectTcp(listenPort);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client);
+    await echoRoundTrip(client, Buffer.alloc(256 * 1024, 7));
+    expect(target.errors).toEqual([]);
   });
 });

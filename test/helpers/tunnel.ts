@@ -3,6 +3,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RemoteIngressEdge, RemoteIngressHub } from "../../src/index.js";
+import { createSocket } from "node:dgram";
 import { freePort, freePorts } from "./ports.js";
 import { waitFor } from "./wait.js";
 
@@ -45,23 +46,59 @@ export interface HubFixture {
   stop(): Promise<void>;
 }
 
+/** Whether UDP `port` on 127.0.0.1 can be bound right now. */
+const udpPortFree = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = createSocket("udp4");
+    socket.once("error", () => {
+      socket.close();
+      resolve(false);
+    });
+    socket.bind(port, "127.0.0.1", () => socket.close(() => resolve(true)));
+  });
+
+/**
+ * A loopback port free for TCP and UDP alike: the hub serves TLS on TCP and QUIC on UDP at the same port number.
+ * A TCP-only check is not enough: UDP clients of parallel tests (e.g. 200 at once in udp-load) hold ephemeral
+ * UDP ports from the same range, and a hub whose QUIC socket cannot bind does not start.
+ */
+export const freeTunnelPort = async (): Promise<number> => {
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort();
+    if ((await udpPortFree(port)) || attempt >= 20) return port;
+  }
+};
+
 /** Starts a hub on a free loopback tunnel port with a fresh tmp data dir (removed by `stop`). */
 export const startHub = async (
   options: { proxyTcp?: ProxyTcp; edges?: AllowedEdge[]; extra?: Partial<HubStartOptions> } = {},
 ): Promise<HubFixture> => {
   const dataDir = await mkdtemp(join(tmpdir(), "portway-hub-"));
-  const tunnelPort = await freePort();
-  const startOptions: HubStartOptions = {
-    tunnelPort,
-    targetHost: "127.0.0.1",
-    proxyProtocol: { tcp: options.proxyTcp ?? "v1" },
-    dataDir,
-    hubId: "test-hub",
-    bindHost: "127.0.0.1",
-    ...options.extra,
-  };
+  const pickPort = options.extra?.tunnelPort === undefined;
+  let startOptions: HubStartOptions;
   const hub = new RemoteIngressHub();
-  await hub.start(startOptions);
+  for (let attempt = 1; ; attempt++) {
+    startOptions = {
+      tunnelPort: await freeTunnelPort(),
+      targetHost: "127.0.0.1",
+      proxyProtocol: { tcp: options.proxyTcp ?? "v1" },
+      dataDir,
+      hubId: "test-hub",
+      bindHost: "127.0.0.1",
+      ...options.extra,
+    };
+    try {
+      await hub.start(startOptions);
+      break;
+    } catch (error) {
+      // The port we picked was taken between the check and the bind (by another test's process): pick again.
+      if (!pickPort || attempt >= 3 || !/EADDRINUSE/.test(String(error))) {
+        await rm(dataDir, { recursive: true, force: true });
+        throw error;
+      }
+    }
+  }
+  const tunnelPort = startOptions.tunnelPort;
   let stopped = false;
   const stop = async () => {
     if (stopped) return;

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createSocket, type RemoteInfo, type Socket } from "node:dgram";
 import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RemoteIngressEdge, type RemoteIngressHub } from "../../src/index.js";
@@ -69,42 +70,69 @@ export const startUdpTunnel = async (options: {
   return { hub: hubFixture.hub, edge, hubFixture, edgeId, udpPort, stop };
 };
 
+/** What the echo target saw from one peer (one hub upstream socket = one UDP session). */
+export interface UdpEchoPeer {
+  /** `address:port` of the hub's upstream socket. */
+  readonly peer: string;
+  /** The session's PROXY v2 header (names the client behind the edge). */
+  readonly header: ProxyHeader;
+  /** Datagrams received after the header (each echoed once). */
+  datagrams: number;
+}
+
 /** A UDP echo target: the first datagram from each peer must be a PROXY v2 header (recorded), the rest are echoed. */
 export interface UdpEchoTarget {
   readonly port: number;
   /** Header of each peer (hub upstream socket), in arrival order. */
   readonly headers: ProxyHeader[];
+  /** Per peer, in arrival order: its header and how many datagrams it sent after it. */
+  readonly peers: UdpEchoPeer[];
   readonly errors: string[];
   close(): Promise<void>;
 }
 
+/** Socket buffers of the echo target (the kernel caps them at net.core.[rw]mem_max): it serves every session on one
+ * socket, and with the default ~200 KiB a burst of a few hundred small datagrams overflows it, so the kernel would
+ * drop headers and data before the target sees them. */
+const ECHO_SOCKET_BUFFER = 4 * 1024 * 1024;
+
 export const startUdpProxyEcho = async (): Promise<UdpEchoTarget> => {
-  const socket = createSocket("udp4");
+  const socket = createSocket({ type: "udp4", recvBufferSize: ECHO_SOCKET_BUFFER, sendBufferSize: ECHO_SOCKET_BUFFER });
   const headers: ProxyHeader[] = [];
+  const peers: UdpEchoPeer[] = [];
   const errors: string[] = [];
-  const seen = new Set<string>();
+  const seen = new Map<string, UdpEchoPeer | undefined>();
   socket.on("message", (msg: Buffer, rinfo: RemoteInfo) => {
     const peer = `${rinfo.address}:${rinfo.port}`;
     if (!seen.has(peer)) {
-      seen.add(peer);
+      seen.set(peer, undefined);
       try {
         const taken = takeProxyHeader(msg);
         if (taken === undefined) errors.push(`${peer}: truncated PROXY header`);
         else {
           headers.push(taken.header);
-          if (taken.rest.length > 0) socket.send(taken.rest, rinfo.port, rinfo.address);
+          const entry: UdpEchoPeer = { peer, header: taken.header, datagrams: 0 };
+          peers.push(entry);
+          seen.set(peer, entry);
+          if (taken.rest.length > 0) {
+            entry.datagrams += 1;
+            socket.send(taken.rest, rinfo.port, rinfo.address);
+          }
         }
       } catch (error) {
         errors.push(`${peer}: ${String(error)}`);
       }
       return;
     }
+    const entry = seen.get(peer);
+    if (entry !== undefined) entry.datagrams += 1;
     socket.send(msg, rinfo.port, rinfo.address);
   });
   await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
   return {
     port: socket.address().port,
     headers,
+    peers,
     errors,
     close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
   };
@@ -144,10 +172,57 @@ export interface Dnsmasq {
   stop(): Promise<void>;
 }
 
-/** dnsmasq on 127.0.0.1:<free port> answering `portway.test` with 10.1.2.3 (and nothing else). */
+/**
+ * dnsmasq on 127.0.0.1:<free port> answering `portway.test` with 10.1.2.3 (and nothing else).
+ *
+ * dnsmasq binds the port on TCP as well as UDP, without SO_REUSEADDR, so a port that is free for UDP can still be
+ * refused ("Address already in use") by a TCP socket of another test, even one in TIME-WAIT (a test or bench that
+ * opens thousands of connections leaves the whole ephemeral range in TIME-WAIT for a minute). When dnsmasq exits
+ * at start for that reason, another port is tried.
+ */
 export const startDnsmasq = async (): Promise<Dnsmasq> => {
+  const ATTEMPTS = 5;
+  for (let attempt = 1; ; attempt++) {
+    const started = await startDnsmasqOnce();
+    if (started.ok) return started.dnsmasq;
+    if (!started.addressInUse || attempt >= ATTEMPTS) throw started.error;
+  }
+};
+
+/**
+ * A port under Linux's ephemeral range (32768–60999 by default), free for TCP and UDP right now. Ports in the
+ * ephemeral range may be held by TIME-WAIT sockets, which Node's own bind check ignores (it sets SO_REUSEADDR) but
+ * dnsmasq's bind does not; nobody connects from ports below it.
+ */
+const portBelowEphemeralRange = async (): Promise<number> => {
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await portFree(port)) return port;
+  }
+};
+
+const portFree = async (port: number): Promise<boolean> => {
+  const tcp = await new Promise<boolean>((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen({ port, host: "127.0.0.1", exclusive: true }, () => server.close(() => resolve(true)));
+  });
+  if (!tcp) return false;
+  return new Promise<boolean>((resolve) => {
+    const socket = createSocket("udp4");
+    socket.once("error", () => {
+      socket.close();
+      resolve(false);
+    });
+    socket.bind(port, "127.0.0.1", () => socket.close(() => resolve(true)));
+  });
+};
+
+type DnsmasqStart = { ok: true; dnsmasq: Dnsmasq } | { ok: false; addressInUse: boolean; error: Error };
+
+const startDnsmasqOnce = async (): Promise<DnsmasqStart> => {
   const dir = await mkdtemp(join(tmpdir(), "portway-dnsmasq-"));
-  const port = await freeUdpPort();
+  const port = await portBelowEphemeralRange();
   const child: ChildProcess = spawn(
     "/usr/sbin/dnsmasq",
     [
@@ -162,33 +237,36 @@ export const startDnsmasq = async (): Promise<Dnsmasq> => {
       "--user=root",
       "--log-facility=-",
     ],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    // Start-up errors go to stdout or stderr depending on the dnsmasq build: keep both.
+    { stdio: ["ignore", "pipe", "pipe"] },
   );
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  let output = "";
+  child.stdout?.on("data", (d: Buffer) => (output += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (output += d.toString()));
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     await exited;
     await rm(dir, { recursive: true, force: true });
   };
+  const probe = await udpClient();
   try {
-    const probe = await udpClient();
-    try {
-      // A minimal DNS query for portway.test A; any reply means dnsmasq is up.
-      const query = Buffer.concat([
-        Buffer.from([0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]),
-        Buffer.from([7, ...Buffer.from("portway"), 4, ...Buffer.from("test"), 0, 0, 1, 0, 1]),
-      ]);
-      await udpRequest(probe, port, query, 5000, 200).catch((error: unknown) => {
-        throw new Error(`dnsmasq did not answer (${String(error)}; stderr: ${stderr})`);
-      });
-    } finally {
-      probe.close();
-    }
-  } catch (error) {
+    // A minimal DNS query for portway.test A; any reply means dnsmasq is up.
+    const query = Buffer.concat([
+      Buffer.from([0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]),
+      Buffer.from([7, ...Buffer.from("portway"), 4, ...Buffer.from("test"), 0, 0, 1, 0, 1]),
+    ]);
+    const answered = await Promise.race([
+      udpRequest(probe, port, query, 5000, 200).then(
+        () => "answered" as const,
+        (error: unknown) => new Error(`dnsmasq on port ${port} did not answer (${String(error)}; output: ${output})`),
+      ),
+      exited.then(() => new Error(`dnsmasq on port ${port} exited at start (code ${String(child.exitCode)}): ${output.trim()}`)),
+    ]);
+    if (answered === "answered") return { ok: true, dnsmasq: { port, stop } };
     await stop();
-    throw error;
+    return { ok: false, addressInUse: /address already in use/i.test(output), error: answered };
+  } finally {
+    probe.close();
   }
-  return { port, stop };
 };
