@@ -39,3 +39,37 @@ export const feedEdgeActors = (
   events: Stream.Stream<NativeEdgeEvent | EventStreamProblem>,
   onProblem: (problem: EventStreamProblem) => void = () => undefined,
 ): Effect.Effect<void> => feed(events, actors.ingest, onProblem);
+
+/**
+ * Native batches handed to the actors synchronously, in the addon's callback (`EventChannel.tap`): one `ingest`
+ * per native batch, no queue and no fiber wake-up in between — those cost more per connection than the actors
+ * themselves (ADR 0007). Batches that arrive before the actors exist (the addon's `hub.listening` during
+ * hubStart) are held and handed over on `attach`; after `detach` batches are dropped (the actors have ended).
+ */
+export interface SyncFeed<E> {
+  /** Give to `EventChannel.tap`. */
+  readonly push: (events: ReadonlyArray<E>) => void;
+  readonly attach: (ingest: (events: Iterable<E>) => void) => void;
+  readonly detach: () => void;
+}
+
+export const makeSyncFeed = <E>(): SyncFeed<E> => {
+  let held: E[] | undefined = [];
+  let ingest: ((events: Iterable<E>) => void) | undefined;
+  return {
+    push: (events) => {
+      if (ingest !== undefined) ingest(events);
+      else if (held !== undefined) for (const e of events) held.push(e);
+    },
+    attach: (to) => {
+      const before = held ?? [];
+      held = undefined;
+      ingest = to;
+      if (before.length > 0) to(before);
+    },
+    detach: () => {
+      held = undefined;
+      ingest = undefined;
+    },
+  };
+};

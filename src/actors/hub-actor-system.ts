@@ -8,10 +8,10 @@ import type { Actor } from "xstate";
 import type { NativeHubEvent, NativeHubEventOf } from "../native/events.js";
 import { hubMachine, type HubOutput, type HubRecoveredData, type HubStopReason } from "../machines/hub.js";
 import { hubSessionMachine } from "../machines/hub-session.js";
-import { tcpStreamMachine } from "../machines/tcp-stream.js";
 import { fromPlainEffect } from "./from-effect.js";
 import { RecentKeys } from "./recent-keys.js";
-import { startLoggedActor, type Clock, type EventSink } from "./logged-actor.js";
+import { factLogger, startLoggedActor, type Clock, type EventSink } from "./logged-actor.js";
+import { TcpStreamRunner } from "./tcp-stream-runner.js";
 
 export interface HubActorTiming {
   /** A stream whose tunnel is gone waits this long for the addon's final `stream.closed`. */
@@ -107,7 +107,8 @@ export interface HubActorSystem {
 }
 
 type SessionActor = Actor<typeof hubSessionMachine>;
-type StreamActor = Actor<typeof tcpStreamMachine>;
+/** A TCP stream's machine, on its compiled common path until it needs the interpreter (tcp-stream-runner.ts). */
+type StreamActor = TcpStreamRunner;
 
 const streamKey = (sessionId: string, streamId: number): string => `${sessionId}\u0000${streamId}`;
 
@@ -198,9 +199,7 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
       return undefined;
     }
     if (!sessions.has(event.sessionId)) report({ type: "unknownSession", event: event.type, sessionId: event.sessionId });
-    const stream = startLoggedActor({
-      ...common,
-      machine: tcpStreamMachine,
+    const stream = new TcpStreamRunner({
       input: {
         edgeId: event.edgeId,
         sessionId: event.sessionId,
@@ -210,7 +209,8 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
         target: event.target,
         closeGraceMs: timing.streamCloseGraceMs,
       },
-      identity: { edgeId: event.edgeId, sessionId: event.sessionId, streamId: String(event.streamId) },
+      clock: options.clock,
+      onFact: factLogger({ ...common, identity: { edgeId: event.edgeId, sessionId: event.sessionId, streamId: String(event.streamId) } }),
       onDone: () => {
         streams.delete(key);
         endedStreams.add(key);
@@ -330,7 +330,7 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     }
     const open: OpenStreamView[] = [];
     for (const stream of streams.values()) {
-      const s = stream.getSnapshot();
+      const s = stream.view();
       if (s.value === "closed") continue;
       const c = s.context;
       open.push({

@@ -72,29 +72,45 @@ export interface LoggedActorOptions<M extends AnyStateMachine> {
   readonly onSinkError: (error: unknown, event: DomainEvent) => void;
 }
 
+export interface FactLoggerOptions {
+  readonly identity: ActorIdentity;
+  readonly hubId: string;
+  readonly sink: EventSink;
+  /** Stamps facts the machine could not time itself (`time: null`). */
+  readonly now: () => number;
+  /** Called when the sink throws; the event is lost but the actor carries on. */
+  readonly onSinkError: (error: unknown, event: DomainEvent) => void;
+}
+
+/** Turns an actor's numbered facts into catalog domain events for a non-blocking sink. */
+export const factLogger =
+  (options: FactLoggerOptions) =>
+  (f: Fact<EventType>, seq: number): void => {
+    const event = makeEvent({
+      type: f.type,
+      hubId: options.hubId,
+      edgeId: options.identity.edgeId,
+      sessionId: options.identity.sessionId,
+      streamId: options.identity.streamId,
+      seq,
+      time: toEpochMs(f.time ?? options.now()),
+      data: f.data,
+    } as Parameters<typeof makeEvent>[0]);
+    try {
+      options.sink.append(event);
+    } catch (error) {
+      options.onSinkError(error, event);
+    }
+  };
+
 /** For machines whose facts are catalog events (`Fact`): each fact becomes a `DomainEvent`. */
-export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> =>
-  startNumberedActor({
+export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> => {
+  const log = factLogger(options);
+  return startNumberedActor({
     machine: options.machine,
     input: options.input,
     clock: options.clock,
     onDone: options.onDone,
-    onFact: (emitted, seq) => {
-      const f = emitted as Fact<EventType>;
-      const event = makeEvent({
-        type: f.type,
-        hubId: options.hubId,
-        edgeId: options.identity.edgeId,
-        sessionId: options.identity.sessionId,
-        streamId: options.identity.streamId,
-        seq,
-        time: toEpochMs(f.time ?? options.now()),
-        data: f.data,
-      } as Parameters<typeof makeEvent>[0]);
-      try {
-        options.sink.append(event);
-      } catch (error) {
-        options.onSinkError(error, event);
-      }
-    },
+    onFact: (emitted, seq) => log(emitted as Fact<EventType>, seq),
   });
+};

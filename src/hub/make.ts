@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { Deferred, Duration, Effect, Either, Exit, Fiber, type Queue, Ref, Runtime, Stream, type Scope } from "effect";
-import { feedHubActors } from "../actors/feed.js";
+import { makeSyncFeed, type SyncFeed } from "../actors/feed.js";
 import { createHubActorSystem, type HubActorSystem } from "../actors/hub-actor-system.js";
 import {
   resolveAllowedEdges,
@@ -77,8 +77,8 @@ interface StartActorsOptions {
   readonly addon: NativeAddon;
   readonly tunnelPort: number;
   readonly fingerprint: string;
-  /** The channel subscription taken before hubStart (ends with the channel's end marker). */
-  readonly feed: Queue.Dequeue<NativeHubEvent | EventStreamProblem | symbol>;
+  /** Tapped on the event channel before hubStart; holds what arrives until the actors exist. */
+  readonly feed: SyncFeed<NativeHubEvent>;
   readonly logAs: (level: EventLogLevel, msg: string) => void;
 }
 
@@ -111,18 +111,16 @@ const startActors = (o: StartActorsOptions) =>
       },
     });
 
-    const feed = Stream.fromQueue(o.feed).pipe(
-      Stream.takeWhile((e): e is NativeHubEvent | EventStreamProblem => !isEnd(e)),
-    );
-    const feeding = yield* Effect.forkDaemon(feedHubActors(actors, feed));
+    // Fed synchronously, one ingest per native batch, inside the addon's callback (ADR 0007).
+    o.feed.attach(actors.ingest);
     actors.listening(o.tunnelPort);
     // Runs before the addon hub's release: the actors' drain stops the addon hub and waits for its final
-    // events (fed by `feeding`); once every actor has ended, nothing the feed could still bring matters.
+    // events (still fed by the tap); once every actor has ended, nothing the feed could still bring matters.
     yield* Effect.addFinalizer((exit) =>
       Effect.interruptible(Effect.promise(() => actors.stop(stopReasonOf(exit)))).pipe(
         Effect.timeout(ACTORS_STOP_TIMEOUT),
         Effect.catchAll(() => Effect.sync(() => o.logAs("warn", "event actors did not settle within 15 s; closing anyway"))),
-        Effect.zipRight(Fiber.interrupt(feeding)),
+        Effect.zipRight(Effect.sync(() => o.feed.detach())),
       ),
     );
 
@@ -234,8 +232,9 @@ export const makeHub = (
     const deferred = cluster !== undefined && supportsDeferredAdmission(addon);
 
     const channel = yield* makeEventChannel(decodeNativeHubEvent, `hub ${config.hubId}`);
-    // Subscribed before hubStart: the actors must see every native event, `hub.listening` included.
-    const actorFeed = events === undefined ? undefined : yield* channel.subscribe;
+    // Tapped before hubStart: the actors must see every native event, `hub.listening` included.
+    const actorFeed = events === undefined ? undefined : makeSyncFeed<NativeHubEvent>();
+    if (actorFeed !== undefined) yield* channel.tap(actorFeed.push);
     const clusterFeed = cluster === undefined ? undefined : yield* channel.subscribe;
     const configJson = JSON.stringify({
       ...nativeHubConfig(config, identity),
