@@ -339,7 +339,7 @@ export const makeHub = (
 /** The addon can hold an edge between the secret check and the ownership decision (contract: `admission`). */
 const supportsDeferredAdmission = (addon: NativeAddon): boolean =>
   typeof (addon as unknown as Record<string, unknown>)["hubAdmitEdge"] === "function" &&
-  Either.isRight(decodeNativeHubEvent({ seq: 1, type: "edge.admitting", time: 0, edgeId: "e", sessionId: "s", remoteAddr: "127.0.0.1:1" }));
+  Either.isRight(decodeNativeHubEvent({ seq: 1, type: "edge.admitting", atMs: 0, edgeId: "e", sessionId: "s", remoteAddr: "127.0.0.1:1" }));
 
 /** The cluster registry's view of an allowed edge: `secret` holds the verifier (the clear secret is not known). */
 const allowedEdgeOfEntry = (e: EdgeEntry): AllowedEdge => ({
