@@ -52,7 +52,16 @@ const code = () => {
   } catch {
     // not a git checkout
   }
-  return { commit, ...(process.env.BENCH_PORTWAY_ROOT ? { portwayRoot: process.env.BENCH_PORTWAY_ROOT } : {}) };
+  const snapshot = process.env.BENCH_PORTWAY_ROOT;
+  if (!snapshot) return { commit };
+  // A snapshot says what it was built from in its `.commit` file (one line), when it is not a git checkout itself.
+  let snapshotOf = "unknown";
+  try {
+    snapshotOf = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: snapshot, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+  } catch {
+    if (existsSync(join(snapshot, ".commit"))) snapshotOf = readFileSync(join(snapshot, ".commit"), "utf8").trim();
+  }
+  return { commit: snapshotOf, benchCommit: commit, portwayRoot: snapshot };
 };
 
 const fmt = (value, digits = 2) => (value === undefined || value === null || Number.isNaN(value) ? "n/a" : value.toFixed(digits));
@@ -426,7 +435,7 @@ const notes = (name) => {
 
 const renderSection = (section, result) => {
   const lines = [];
-  const at = result.code ? ` at commit ${result.code.commit}${result.code.portwayRoot ? " (hub and edge from a built snapshot of it)" : ""}` : "";
+  const at = result.code ? (result.code.portwayRoot ? `, hub and edge from a built snapshot of ${result.code.commit}` : ` at commit ${result.code.commit}`) : "";
   lines.push(`Measured ${result.date}${at} (section \`${section.name}\`); 1-minute load average ${fmt(result.loadBefore)} at its start, ${fmt(result.loadAfter)} at its end.`);
   lines.push(`Knobs: ${Object.entries(result.knobs).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : v}`).join(", ")}. Rerun alone: \`npm run bench -- --only ${section.name}\`.`, "");
   lines.push(...section.render(result));

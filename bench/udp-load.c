@@ -5,7 +5,8 @@
 //   udp-load send HOST PORT RATE SECONDS SIZE   RATE in datagrams/s, 0 = as fast as possible.
 //       Sends 3 warm-up datagrams 100 ms apart (they open a tunnel session and are not counted), then numbered
 //       datagrams of SIZE bytes for SECONDS, paced against the monotonic clock (catching up in batches of at most
-//       64 with one sendmmsg). Prints {"sent":N,"seconds":S}.
+//       64 with one sendmmsg). Prints {"sent":N,"seconds":S,"cpuSeconds":C} (C: its own user + system CPU, which
+//       includes the kernel's loopback delivery to the receiving socket).
 //   udp-load sink
 //       Binds 127.0.0.1:0 with a 4 MiB receive buffer, prints "listening PORT", then counts measured datagrams.
 //       Commands on stdin, one per line: "z" zeroes the counters and prints "ok"; "r" prints
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,7 +94,10 @@ static int do_send(const char *host, int port, double rate, double seconds, int 
     }
     sent += (uint64_t)r;
   }
-  printf("{\"sent\":%llu,\"seconds\":%.6f}\n", (unsigned long long)sent, now_s() - start);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+  printf("{\"sent\":%llu,\"seconds\":%.6f,\"cpuSeconds\":%.6f}\n", (unsigned long long)sent, now_s() - start, cpu);
   return 0;
 }
 
