@@ -72,7 +72,7 @@ export const HubStopReason = Schema.Literal("shutdown", "signal", "error");
 export type HubStopReason = typeof HubStopReason.Type;
 
 /** Why a hub refused an edge whose secret was right (HA admission, docs/cluster.md). */
-export const EdgeRefuseReason = Schema.Literal("notOwner", "ownershipUnavailable", "admissionTimeout");
+export const EdgeRefuseReason = Schema.Literal("notOwner", "ownershipUnavailable", "admissionTimeout", "ioError");
 export type EdgeRefuseReason = typeof EdgeRefuseReason.Type;
 
 /**
