@@ -4,9 +4,9 @@
 // uses the transport under test.
 import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { connectTcp, hashExchange, readUntilEnd } from "./helpers/client.js";
+import { connectTcp, echoRoundTrip, hashExchange, readUntilEnd } from "./helpers/client.js";
 import { rssKiB } from "./helpers/rss.js";
-import { startEndFirstTarget, startHashTarget, startReplyAfterEndTarget } from "./helpers/targets.js";
+import { startEchoTarget, startEndFirstTarget, startHashTarget, startReplyAfterEndTarget, startResetTarget } from "./helpers/targets.js";
 import { useTeardown } from "./helpers/teardown.js";
 import { startTunnel, TRANSPORTS } from "./helpers/tunnel.js";
 import { recordEvents, waitFor } from "./helpers/wait.js";
@@ -95,6 +95,49 @@ describe.each(TRANSPORTS)("tunnel data path over %s", (transport) => {
     expect(connection.bytesReceived).toBe(payload.length);
     expect(connection.receivedSha256).toBe(createHash("sha256").update(payload).digest("hex"));
     expect(target.errors).toEqual([]);
+  });
+
+  it("abort: a client's reset reaches the target as a reset, not a FIN, and other streams carry on", async () => {
+    const target = teardown.track(await startEchoTarget("v1"));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
+    const closed = recordEvents<StreamClosed>(tunnel.hub, "streamClosed");
+    teardown.add(closed.stop);
+    const port = tunnel.listenPorts[0] as number;
+    const other = await connectTcp(port);
+    teardown.add(() => other.destroy());
+    await echoRoundTrip(other);
+
+    const client = await connectTcp(port);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client, randomBytes(100_000));
+    const connection = await waitFor(() => target.connections[1], { what: "the aborted stream's target connection" });
+    client.resetAndDestroy();
+    await waitFor(() => connection.closed, { what: "the target connection to close" });
+    expect(connection.sawEnd, "the target saw a FIN: the abort was turned into an orderly close").toBe(false);
+    expect(connection.socketError).toBe("ECONNRESET");
+    const event = await waitFor(() => closed.seen[0], { what: "streamClosed of the aborted stream" });
+    expect(event.reason).toBe("reset");
+
+    await echoRoundTrip(other, Buffer.from("still here"));
+    expect((await tunnel.edge.getStatus()).connected).toBe(true);
+    expect(target.errors).toEqual([]);
+  });
+
+  it("abort: a target's reset reaches the client as a reset, not a FIN", async () => {
+    const target = teardown.track(await startResetTarget("v1", 10));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
+    const closed = recordEvents<StreamClosed>(tunnel.hub, "streamClosed");
+    teardown.add(closed.stop);
+    const client = await connectTcp(tunnel.listenPorts[0] as number);
+    teardown.add(() => client.destroy());
+    const ended = new Promise<string>((resolve) => {
+      client.once("end", () => resolve("FIN"));
+      client.once("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+    });
+    client.write(randomBytes(64));
+    expect(await ended).toBe("ECONNRESET");
+    const event = await waitFor(() => closed.seen[0], { what: "streamClosed of the reset stream" });
+    expect(event.reason).toBe("reset");
   });
 
   it("a client that does not read holds back its target without unbounded buffering, and other streams keep flowing", async () => {

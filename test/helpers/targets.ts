@@ -15,6 +15,8 @@ export interface TargetConnection {
   /** True once the peer's FIN arrived. */
   sawEnd: boolean;
   closed: boolean;
+  /** Code of the socket error the connection ended with, if any (`ECONNRESET` when the hub reset it). */
+  socketError?: string;
 }
 
 export interface Target {
@@ -50,6 +52,9 @@ const startTarget = async (proxy: ProxyMode, handle: Handler): Promise<Target> =
         closed: false,
       };
       connections.push(connection);
+      socket.on("error", (error: NodeJS.ErrnoException) => {
+        connection.socketError ??= error.code ?? error.message;
+      });
       socket.on("close", () => {
         connection.closed = true;
       });
@@ -213,4 +218,14 @@ export const startEndFirstTarget = (proxy: ProxyMode = "v1", greeting = "hello\n
     await once(socket, "end");
     connection.sawEnd = true;
     connection.receivedSha256 = hash.digest("hex");
+  });
+
+/** Reads; once `after` bytes have arrived it resets the connection (RST, no FIN): the target-side abort. */
+export const startResetTarget = (proxy: ProxyMode = "v1", after = 1): Promise<Target> =>
+  startTarget(proxy, async (socket, connection) => {
+    socket.on("data", (chunk: Buffer) => {
+      connection.bytesReceived += chunk.length;
+      if (connection.bytesReceived >= after && !socket.destroyed) socket.resetAndDestroy();
+    });
+    socket.resume();
   });
