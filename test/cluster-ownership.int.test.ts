@@ -178,6 +178,21 @@ describe("ownership leases (real JetStream KV)", () => {
     expect(a.own.status().released).toBe(1);
   });
 
+  it("a hub waiting out a live lease gets the edge as soon as the owner releases it", async () => {
+    const b = await buckets();
+    const a = await fakeHub(b, "hub-a");
+    const c = await fakeHub(b, "hub-b");
+    await a.admitting("e1", "sa1");
+    const t0 = Date.now();
+    c.own.onNativeEvent({ type: "edge.admitting", edgeId: "e1", sessionId: "sb1" });
+    await new Promise((r) => setTimeout(r, 100));
+    a.disconnected("e1", "sa1", "hubShutdown");
+    const got = await waitFor(() => c.admits.get("sb1"), { what: "hub-b deciding" });
+    expect(got).toMatchObject({ ok: true });
+    expect(got.at - t0).toBeLessThan(LEASE_MS);
+    expect(c.takeovers).toEqual([]);
+  });
+
   it("the same hub reclaims its edge for a new session; the old session's end releases nothing", async () => {
     const b = await buckets();
     const a = await fakeHub(b, "hub-a");

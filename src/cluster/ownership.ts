@@ -276,7 +276,12 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
         }
         if (verdict.kind === "wait") {
           waited = true;
-          await sleep(verdict.untilMs - now());
+          // Until the lease would run out; looking every 250 ms, so a release (or a renewal) ends the wait early.
+          while (!stopped && now() < verdict.untilMs) {
+            await sleep(Math.min(250, verdict.untilMs - now()));
+            const seen = await readOwner(edgeId).catch(() => undefined);
+            if (seen === undefined || seen === null || seen.revision !== verdict.revision) break;
+          }
           continue;
         }
         if (verdict.kind === "refuse") {
