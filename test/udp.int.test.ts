@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
+import { freeUdpPort } from "./helpers/ports.js";
 import { startDnsmasq, startUdpProxyEcho, startUdpTunnel, udpClient, udpRequest } from "./helpers/udp.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -148,5 +149,44 @@ describe("UDP through the tunnel", () => {
     expect(closed[0]?.packetsIn).toBeGreaterThanOrEqual(1);
     // With the slot free again, the second client gets through.
     expect((await udpRequest(second, tunnel.udpPort, Buffer.from("two again"))).toString()).toBe("two again");
+  });
+  it.each(TRANSPORTS)("hot reload of UDP ports keeps a live session on a kept port (%s)", async (transportMode) => {
+    const echo = await startUdpProxyEcho();
+    cleanups.push(() => echo.close());
+    const hubOpened: Array<{ clientAddr: string; edgePort: number }> = [];
+    const tunnel = await startUdpTunnel({
+      target: `127.0.0.1:${echo.port}`,
+      proxyUdp: "v2",
+      edgeExtra: { transportMode },
+      beforeEdgeStart: (_edge, hub) => hub.on("udpSessionOpened", (e) => hubOpened.push(e)),
+    });
+    cleanups.push(() => tunnel.stop());
+    expect((await tunnel.edge.getStatus()).transport).toBe(transportMode);
+    const kept = tunnel.udpPort;
+    const client = await udpClient();
+    cleanups.push(() => void client.close());
+    expect((await udpRequest(client, kept, Buffer.from("before"))).toString()).toBe("before");
+
+    // Add a port, then remove it again, while the session on the kept port lives on.
+    const added = await freeUdpPort();
+    const edge = { id: tunnel.edgeId, secret: tunnel.secret, listenPorts: [], targets: { [kept]: `127.0.0.1:${echo.port}`, [added]: `127.0.0.1:${echo.port}` } };
+    await tunnel.hub.updateAllowedEdges([{ ...edge, listenPortsUdp: [kept, added] }]);
+    await waitFor(async () => ((await tunnel.edge.getStatus()).listenPortsUdp ?? []).includes(added), { what: `edge listening on udp ${added}` });
+    const other = await udpClient();
+    cleanups.push(() => void other.close());
+    expect((await udpRequest(other, added, Buffer.from("on the new port"))).toString()).toBe("on the new port");
+    expect((await udpRequest(client, kept, Buffer.from("during"))).toString()).toBe("during");
+
+    await tunnel.hub.updateAllowedEdges([{ ...edge, listenPortsUdp: [kept] }]);
+    await waitFor(async () => !((await tunnel.edge.getStatus()).listenPortsUdp ?? []).includes(added), { what: `edge no longer on udp ${added}` });
+    await expect(udpRequest(other, added, Buffer.from("gone"), 600, 200)).rejects.toThrow(/no UDP reply/);
+    expect((await udpRequest(client, kept, Buffer.from("after"))).toString()).toBe("after");
+
+    // The kept client's session was never reopened: one session (one PROXY header) for it throughout.
+    const keptAddr = `127.0.0.1:${client.address().port}`;
+    await waitFor(() => hubOpened.length >= 2, { timeoutMs: 5000, what: "udpSessionOpened events" });
+    expect(hubOpened.filter((e) => e.clientAddr === keptAddr)).toHaveLength(1);
+    expect(echo.headers.filter((h) => h.sourcePort === client.address().port)).toHaveLength(1);
+    expect(echo.errors).toEqual([]);
   });
 });

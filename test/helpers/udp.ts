@@ -16,6 +16,7 @@ export interface UdpTunnelFixture {
   readonly edge: RemoteIngressEdge;
   readonly hubFixture: HubFixture;
   readonly edgeId: string;
+  readonly secret: string;
   /** The edge's public UDP port. */
   readonly udpPort: number;
   stop(): Promise<void>;
@@ -67,7 +68,7 @@ export const startUdpTunnel = async (options: {
     await stop();
     throw error;
   }
-  return { hub: hubFixture.hub, edge, hubFixture, edgeId, udpPort, stop };
+  return { hub: hubFixture.hub, edge, hubFixture, edgeId, secret, udpPort, stop };
 };
 
 /** What the echo target saw from one peer (one hub upstream socket = one UDP session). */
