@@ -144,7 +144,9 @@ describe.each(TRANSPORTS)("tunnel data path over %s", (transport) => {
     const target = teardown.track(await startHashTarget("v1"));
     const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
     const port = tunnel.listenPorts[0] as number;
-    const SLOW_TOTAL = 200 * MiB;
+    // Same shape over QUIC with a smaller stalled stream: QUIC moves bulk data in ~1,200-byte userspace packets and
+    // takes about 4× as long per MiB here; 64 MiB is still twice the 32 MiB bound asserted below.
+    const SLOW_TOTAL = transport === "quic" ? 64 * MiB : 200 * MiB;
 
     // Warm up (first TLS records, allocator arenas) so the baseline is not taken on a cold process.
     await hashExchange(port, 4 * MiB, 4 * MiB);
