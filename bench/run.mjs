@@ -5,6 +5,7 @@
 //   npm run bench                          every section
 //   npm run bench -- --only udp,quic       only these sections (or BENCH_ONLY=udp,quic node bench/run.mjs)
 //   node bench/run.mjs --list              the sections
+//   node bench/run.mjs --render            rebuild docs/performance.md from bench/results/ without measuring
 //
 // Sections: tcp (bulk, connections/s, latency over TLS vs direct vs socat×2), idle (memory per idle stream),
 // events (event log cost and lag), udp (datagrams/s and loss, tcpTls vs quic vs direct), quic (TCP over QUIC vs
@@ -363,6 +364,7 @@ const selected = () => {
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--only" && i + 1 < argv.length) raw = argv[++i];
     else if (argv[i].startsWith("--only=")) raw = argv[i].slice("--only=".length);
+    else if (argv[i] === "--render") return [];
     else throw new Error(`unknown argument ${argv[i]} (use --only SECTION,… or --list)`);
   }
   if (!raw) return SECTIONS;
@@ -468,8 +470,13 @@ const report = (m, ran) => {
   lines.push("npm run bench -- --only udp,quic       # some sections; the others keep their last figures");
   lines.push("BENCH_ONLY=udp BENCH_ROUNDS=5 node bench/run.mjs");
   lines.push("node bench/run.mjs --list              # the sections");
+  lines.push("node bench/run.mjs --render            # rebuild this file from bench/results/*.json, measuring nothing");
+  lines.push("node bench/udp-profile.mjs --transport quic --rate 50000 --size 1200   # where UDP time goes (perf, per-thread CPU)");
   lines.push("```", "");
-  lines.push(`Sections: ${SECTIONS.map((s) => `\`${s.name}\``).join(", ")}. Knobs are environment variables, listed at the top of bench/run.mjs.`, "");
+  lines.push(`Sections: ${SECTIONS.map((s) => `\`${s.name}\``).join(", ")}. Knobs are environment variables, listed at the top of bench/run.mjs.`);
+  lines.push("While other work rebuilds the tree, run hub and edge from a built copy: `BENCH_PORTWAY_ROOT=/path/to/copy` (its");
+  lines.push("`bin/`, `dist/`, `native/index.node`; a `.commit` file there says what it was built from). The UDP section compiles");
+  lines.push("`bench/udp-load.c` with `cc`.", "");
   const targets = [];
   for (const section of SECTIONS) {
     const result = ran.get(section.name) ?? loadResult(section.name);
