@@ -1,6 +1,12 @@
 // Issue 5: one NATS node of three dies under traffic through a cluster hub with R3 streams and buckets.
-// No event is lost or duplicated (stored stream.opened/closed counted against what the clients did), the
-// hub keeps appending while the node is down, and the node rejoins and catches up (its replicas current).
+// No event is lost or duplicated (stored stream.opened/closed counted against what the clients and the
+// target saw), the hub keeps appending while the node is down, and the node rejoins and catches up (its
+// replicas current).
+//
+// Client connections may fail for a moment: when the lost node led the owners bucket, lease renewals fail
+// until JetStream elects a new leader, and the hub fences the edge (leaseLost) — by design (docs/cluster.md,
+// "What a partition does"). The test counts those failures, requires service to come back, and requires
+// every stream that reached the target to be in the log exactly once, opened and closed.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -33,7 +39,7 @@ describe("cluster hub on a 3-node NATS cluster", () => {
 
   it("a NATS node killed under traffic (R3): no event lost or duplicated, appends go on, the node rejoins and catches up", async () => {
     const cluster = `kill${randomBytes(3).toString("hex")}`;
-    const target = teardown.track(await startEchoTarget("none"));
+    const target = teardown.track(await startEchoTarget("v1"));
     const [listenPort] = (await freePorts(1)) as [number];
     const secret = randomBytes(16).toString("hex");
     const dataDir = await mkdtemp(join(tmpdir(), "portway-hub-nats-kill-"));
@@ -46,7 +52,7 @@ describe("cluster hub on a 3-node NATS cluster", () => {
       hubId: "hub-k",
       tunnelPort: await freePort(),
       bindHost: "127.0.0.1",
-      proxyProtocol: { tcp: "none" },
+      proxyProtocol: { tcp: "v1" },
       dataDir,
       nats: nats.servers,
       cluster: { name: cluster, replicas: 3 },
@@ -71,16 +77,25 @@ describe("cluster hub on a 3-node NATS cluster", () => {
     let done = 0;
     let failed = 0;
     let running = true;
+    let lastOkAt = Date.now();
+    let longestGapMs = 0;
+    /** Client address (`127.0.0.1:port`, as the PROXY header and the events carry it) → successful exchanges. */
+    const succeeded = new Map<string, number>();
     const loop = async () => {
       while (running) {
         try {
           const socket = await connectTcp(listenPort);
+          const local = `127.0.0.1:${socket.localPort ?? 0}`;
           await echoRoundTrip(socket, randomBytes(256));
           socket.end();
           socket.destroy();
           done += 1;
+          succeeded.set(local, (succeeded.get(local) ?? 0) + 1);
+          longestGapMs = Math.max(longestGapMs, Date.now() - lastOkAt);
+          lastOkAt = Date.now();
         } catch {
           failed += 1;
+          await new Promise((r) => setTimeout(r, 20));
         }
       }
     };
@@ -108,9 +123,9 @@ describe("cluster hub on a 3-node NATS cluster", () => {
     await waitFor(() => done >= restartedAt + 50, { what: "traffic after the node came back", timeoutMs: 30_000 });
     running = false;
     await Promise.all(loops);
-    expect(failed).toBe(0);
 
-    // Every client connection is in the log exactly once, opened and closed.
+    // Every stream that reached the target is in the log exactly once, opened and closed; every successful
+    // client exchange among them.
     await hub.flushEvents();
     const mine = (events: DomainEvent[], type: string) => events.filter((e) => e.type === type && e.edgeId === "edge-k");
     let stored: DomainEvent[] = [];
@@ -118,17 +133,30 @@ describe("cluster hub on a 3-node NATS cluster", () => {
       async () => {
         await hub.flushEvents();
         stored = await storedEvents(nats.servers);
-        return mine(stored, "stream.closed").length >= done;
+        return mine(stored, "stream.closed").length >= target.connections.length;
       },
-      { what: `${done} stream.closed events stored`, timeoutMs: 30_000 },
+      { what: `${target.connections.length} stream.closed events stored`, timeoutMs: 30_000 },
     );
     const opened = mine(stored, "stream.opened");
     const closed = mine(stored, "stream.closed");
     const ids = (es: DomainEvent[]) => new Set(es.map((e) => `${e.sessionId}/${e.streamId}`));
-    expect(opened.length).toBe(done);
-    expect(closed.length).toBe(done);
-    expect(ids(opened).size).toBe(done);
+    const streamsAtTarget = target.connections.length;
+    expect(streamsAtTarget).toBeGreaterThanOrEqual(done);
+    expect(opened.length).toBe(streamsAtTarget);
+    expect(closed.length).toBe(streamsAtTarget);
+    expect(ids(opened).size).toBe(streamsAtTarget);
     expect(ids(closed)).toEqual(ids(opened));
+    const loggedClients = new Map<string, number>();
+    for (const e of opened) {
+      const addr = String((e.data as { clientAddr?: unknown }).clientAddr);
+      loggedClients.set(addr, (loggedClients.get(addr) ?? 0) + 1);
+    }
+    const missing = [...succeeded].filter(([addr, n]) => (loggedClients.get(addr) ?? 0) < n);
+    expect(missing).toEqual([]);
+    console.info(
+      `[cluster-nats] ${done} exchanges ok, ${failed} client attempts failed, longest gap between successes ${longestGapMs} ms, ` +
+        `${streamsAtTarget} streams at the target = ${opened.length} opened = ${closed.length} closed in the log`,
+    );
     const status = await appended();
     expect(status?.droppedEvents).toBe(0);
 

@@ -184,6 +184,12 @@ describe("cluster registry on a 3-node NATS cluster", () => {
     await waitFor(async () => (await Effect.runPromise(b.hub.service?.allowedEdges ?? Effect.succeed([]))).some((e) => e.id === "edge-2"), { what: "hub B sees edge-2" });
     expect(JSON.parse((await cli("edges", "remove", "--id", "edge-2", "--json")).stdout)).toEqual({ cluster, id: "edge-2", removed: true });
     await waitFor(async () => !(await Effect.runPromise(b.hub.service?.allowedEdges ?? Effect.succeed([]))).some((e) => e.id === "edge-2"), { what: "hub B drops edge-2" });
+    // The registry's list as allowedEdges returns it (verifiers in place of secrets) writes back unchanged.
+    const edgesKv = await kvm.open(bucketNames(cluster).edges);
+    const revision = (await edgesKv.get("edge-1"))?.revision;
+    await a.hub.updateAllowedEdges([...(await Effect.runPromise(a.hub.service?.allowedEdges ?? Effect.succeed([])))]);
+    expect((await edgesKv.get("edge-1"))?.revision).toBe(revision);
+    expect((await edge.getStatus()).connected).toBe(true);
     // An unknown cluster is a clear error (exit 1).
     const missing = await run(process.execPath, [join(import.meta.dirname, "..", "bin", "portway.js"), "cluster", "status", "--nats", nats.servers, "--cluster", "nosuch"]).catch((e: { code: number; stderr: string }) => e);
     expect(missing).toMatchObject({ code: 1, stderr: expect.stringMatching(/no cluster "nosuch"/) });

@@ -7,7 +7,7 @@ import type { KV, KvEntry } from "@nats-io/kv";
 import { Effect, Either, type Scope } from "effect";
 import type { AllowedEdge } from "../config/hub.js";
 import { decodeEntry, EdgeEntrySchema, encodeEntry, type EdgeEntry } from "./buckets.js";
-import { makeSecretVerifier, verifierSalt } from "./verifier.js";
+import { isSecretVerifier, makeSecretVerifier, verifierSalt } from "./verifier.js";
 
 /** What `hubUpdateEdges`/`hubStart` take for one edge in cluster mode (a `NativeEdge` with a verifier). */
 export interface NativeVerifierEdge {
@@ -42,10 +42,17 @@ const sameSettings = (a: EdgeEntry, b: EdgeEntry): boolean =>
 export const edgeEntryFor = (edge: AllowedEdge, previous: EdgeEntry | undefined, by: string, now: number): EdgeEntry => {
   const salt = previous === undefined ? undefined : verifierSalt(previous.secretVerifier);
   const sameSecret = salt !== undefined && previous !== undefined && makeSecretVerifier(edge.secret, salt) === previous.secretVerifier;
+  // A `secret` that is already a verifier (e.g. the registry's own list, as `allowedEdges` returns it in
+  // cluster mode, or one computed offline so the config holds no clear secret) is stored as it is.
+  const verifier = isSecretVerifier(edge.secret)
+    ? edge.secret
+    : sameSecret && previous !== undefined
+      ? previous.secretVerifier
+      : makeSecretVerifier(edge.secret);
   return {
     v: 1,
     id: edge.id,
-    secretVerifier: sameSecret && previous !== undefined ? previous.secretVerifier : makeSecretVerifier(edge.secret),
+    secretVerifier: verifier,
     listenPorts: [...edge.listenPorts],
     listenPortsUdp: [...edge.listenPortsUdp],
     targets: Object.fromEntries(Object.entries(edge.targets).map(([port, target]) => [port, target])),
