@@ -329,7 +329,8 @@ const eventsSection = {
     const appendRate = f.append?.batched?.eventsPerSec;
     return [
       { target: "(issue 3) ≥ 200k lifecycle events/s appended durably", measured: appendRate === undefined ? "n/a" : `${fmt(appendRate, 0)} events/s`, ok: appendRate === undefined ? undefined : appendRate >= 200_000 },
-      { target: "(issue 3) events on cost ≤ 10 % of new connections/s (measured rate)", measured: c.cost === undefined ? "n/a" : `${fmt(100 * c.cost, 1)} %`, ok: c.cost === undefined ? undefined : c.cost <= 0.1 },
+      // Negative: events on ran faster than off, i.e. the machine's load moved more than events cost.
+      { target: "(issue 3) events on cost ≤ 10 % of new connections/s (measured rate)", measured: c.cost === undefined ? "n/a" : `${fmt(100 * c.cost, 1)} %`, ok: c.cost === undefined ? undefined : c.cost < 0 ? null : c.cost <= 0.1 },
       { target: "(issue 3) the same, from CPU per connection (load-independent)", measured: c.cpuCost === undefined ? "n/a" : `${fmt(100 * c.cpuCost, 1)} %`, ok: c.cpuCost === undefined ? undefined : c.cpuCost <= 0.1 },
     ];
   },
@@ -427,7 +428,7 @@ const oldBlocks = () => {
 };
 
 /** ok: true met, false missed, null inconclusive (the baseline was noisier than the path), undefined not measured. */
-const verdict = (ok) => (ok === undefined ? "not measured" : ok === null ? "inconclusive (baseline noisier than the tunnel; rerun)" : ok ? "**met**" : "**missed**");
+const verdict = (ok) => (ok === undefined ? "not measured" : ok === null ? "inconclusive (the baseline was noisier than the difference; rerun)" : ok ? "**met**" : "**missed**");
 
 /** A hand-written analysis kept next to the figures (bench/results/<name>.notes.md), included under the section. */
 const notes = (name) => {
