@@ -321,3 +321,59 @@ describe("hub actor system", () => {
     expect(events[0]?.data).toEqual(data);
   });
 });
+
+describe("hub actor system: UDP sessions", () => {
+  const udp = { edgeId: "e1", sessionId: "s1", edgePort: 53, clientAddr: "203.0.113.9:53000", target: "10.0.0.53:53" };
+  const totals = { packetsIn: 3, packetsOut: 2, bytesIn: 90, bytesOut: 400 };
+  const nat = (body: Record<string, unknown>, seq: number, atMs: number) => ({ ...body, seq: 100 + seq, atMs }) as unknown as NativeHubEvent;
+
+  it("runs one actor per session: opened, then expired by the addon with its totals (and udp.closed expired)", () => {
+    const { actors, of, feed, problems } = system({ timing: { udpIdleTimeoutMs: 5_000 } });
+    actors.ingest([feed.listening(), feed.connected("e1", "s1")]);
+    actors.ingest([
+      nat({ type: "udp.opened", ...udp, udpSessionId: 1 }, 1, 2_000),
+      nat({ type: "udp.opened", ...udp, udpSessionId: 2, clientAddr: "203.0.113.9:53001" }, 2, 2_100),
+    ]);
+    actors.ingest([
+      nat({ type: "udp.expired", ...udp, udpSessionId: 1, ...totals, durationMs: 9_000, reason: "idle" }, 3, 11_000),
+      nat({ type: "udp.closed", ...udp, udpSessionId: 2, clientAddr: "203.0.113.9:53001", ...totals, durationMs: 100, reason: "targetError" }, 4, 2_200),
+    ]);
+    expect(of("udp.opened").map((e) => [e.streamId, e.seq])).toEqual([["1", 1], ["2", 1]]);
+    expect(of("udp.expired")).toEqual([expect.objectContaining({ streamId: "1", seq: 2, time: 11_000, data: { idleMs: 5_000 } })]);
+    expect(of("udp.closed")).toEqual([
+      expect.objectContaining({ streamId: "1", seq: 3, data: { edgePort: 53, clientAddr: udp.clientAddr, target: udp.target, ...totals, durationMs: 9_000, reason: "expired", message: "" } }),
+      expect.objectContaining({ streamId: "2", seq: 2, data: expect.objectContaining({ reason: "targetUnreachable", packetsIn: 3, durationMs: 100 }) }),
+    ]);
+    expect(problems).toEqual([]);
+    expect(actors.snapshot().edges[0]?.activeStreams).toBe(0);
+  });
+
+  it("closes open UDP sessions with the addon's counts when the tunnel goes, or on its own after the grace", () => {
+    const { actors, of, feed, clock } = system();
+    actors.ingest([feed.listening(), feed.connected("e1", "s1")]);
+    actors.ingest([nat({ type: "udp.opened", ...udp, udpSessionId: 1 }, 1, 2_000), nat({ type: "udp.opened", ...udp, udpSessionId: 2 }, 2, 2_000)]);
+    actors.ingest([feed.disconnected("e1", "s1", "edgeClosed", 3_000)]);
+    actors.ingest([nat({ type: "udp.closed", ...udp, udpSessionId: 1, ...totals, durationMs: 1_000, reason: "tunnelLost" }, 3, 3_000)]);
+    expect(of("udp.closed").map((e) => e.streamId)).toEqual(["1"]);
+    clock.increment(1_000);
+    expect(of("udp.closed").map((e) => [e.streamId, (e.data as { reason: string }).reason, (e.data as { packetsIn: number }).packetsIn])).toEqual([
+      ["1", "tunnelLost", 3],
+      ["2", "tunnelLost", 0],
+    ]);
+  });
+
+  it("logs rate-limited refusals and oversized drops as notices of the hub run, without a lifecycle", () => {
+    const { actors, of, feed, problems } = system();
+    actors.ingest([feed.listening(), feed.connected("e1", "s1")]);
+    actors.ingest([
+      nat({ type: "udp.refused", edgeId: "e1", edgePort: 53, clientAddr: "203.0.113.10:1", reason: "sessionCap", count: 4 }, 1, 2_000),
+      nat({ type: "udp.oversized", edgeId: "e1", edgePort: 53, clientAddr: "203.0.113.10:1", size: 70_000, maxSize: 65_507, count: 1 }, 2, 2_001),
+      nat({ type: "udp.refused", edgeId: "e1", edgePort: 53, clientAddr: "203.0.113.10:1", reason: "somethingNew", count: 1 }, 3, 2_002),
+    ]);
+    expect([...of("udp.refused"), ...of("udp.oversized")]).toEqual([
+      expect.objectContaining({ sessionId: "run-2.udp", streamId: null, seq: 1, edgeId: "e1", data: { edgePort: 53, clientAddr: "203.0.113.10:1", reason: "sessionCap", count: 4 } }),
+      expect.objectContaining({ sessionId: "run-2.udp", streamId: null, seq: 2, data: { edgePort: 53, clientAddr: "203.0.113.10:1", size: 70_000, maxSize: 65_507, count: 1 } }),
+    ]);
+    expect(problems).toEqual([{ type: "unknownUdpReason", event: "udp.refused", reason: "somethingNew" }]);
+  });
+});

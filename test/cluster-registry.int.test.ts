@@ -2,6 +2,7 @@
 // two hubs on a real 3-node NATS cluster (edges, targets and hubs are real processes/sockets).
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { createServer } from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -65,6 +66,44 @@ describe("cluster config", () => {
     expect([explicit.pingIntervalMs, explicit.idleTimeoutMs, explicit.events.replicas]).toEqual([2000, 9000, 1]);
     const single = await Effect.runPromise(resolveHubOptions({}));
     expect([single.pingIntervalMs, single.idleTimeoutMs, single.cluster]).toEqual([5000, 15_000, undefined]);
+  });
+});
+
+describe("infra/nats-cluster.mjs", () => {
+  it("starts a 3-node JetStream cluster on one machine, reports it, and stops it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "portway-infra-"));
+    teardown.add(() => rm(dir, { recursive: true, force: true }));
+    const script = join(import.meta.dirname, "..", "infra", "nats-cluster.mjs");
+    // A base port whose 9 ports (P+0..2, P+100..102, P+200..202) are free.
+    let base = 0;
+    for (let attempt = 0; attempt < 20 && base === 0; attempt++) {
+      const candidate = 20_000 + Math.floor(Math.random() * 30_000);
+      const probes = await Promise.all(
+        [0, 1, 2, 100, 101, 102, 200, 201, 202].map(
+          (d) =>
+            new Promise<boolean>((resolve) => {
+              const server = createServer();
+              server.once("error", () => resolve(false));
+              server.listen({ port: candidate + d, host: "127.0.0.1", exclusive: true }, () => server.close(() => resolve(true)));
+            }),
+        ),
+      );
+      if (probes.every(Boolean)) base = candidate;
+    }
+    teardown.add(() => run(process.execPath, [script, "stop", "--dir", dir]).catch(() => undefined));
+    const started = await run(process.execPath, [script, "start", "--dir", dir, "--base-port", String(base)]);
+    expect(started.stdout).toContain(`nats://127.0.0.1:${base},nats://127.0.0.1:${base + 1},nats://127.0.0.1:${base + 2}`);
+    const status = JSON.parse((await run(process.execPath, [script, "status", "--dir", dir, "--json"])).stdout) as {
+      nodes: Array<{ name: string; running: boolean; up: boolean; metaLeader: string | null }>;
+    };
+    expect(status.nodes.map((n) => [n.name, n.running, n.up])).toEqual([
+      ["n1", true, true],
+      ["n2", true, true],
+      ["n3", true, true],
+    ]);
+    expect(new Set(status.nodes.map((n) => n.metaLeader)).size).toBe(1);
+    await run(process.execPath, [script, "stop", "--dir", dir]);
+    expect(await tryConnect(base)).toBe("ECONNREFUSED");
   });
 });
 

@@ -49,6 +49,19 @@ describe("frozen event fixtures", () => {
     });
   });
 
+  it("upcasts udp.closed v1 (datagramsIn/Out) to v2 with the addon's names packetsIn/Out", () => {
+    const v1 = fixtures.find((f) => f.file === "udp.closed.v1.json")?.raw as { data: Record<string, unknown> };
+    const r = upcastEvent(v1);
+    expect(Either.isRight(r)).toBe(true);
+    if (Either.isLeft(r) || r.right.type !== "udp.closed") return;
+    const { datagramsIn, datagramsOut, ...rest } = v1.data;
+    expect(r.right.v).toBe(2);
+    expect(r.right.data).toEqual({ ...rest, packetsIn: datagramsIn, packetsOut: datagramsOut });
+    expect(r.right.data).not.toHaveProperty("datagramsIn");
+    // A v1 event that already uses the new names is not a v1 event.
+    expect(Either.isLeft(upcastEvent({ ...v1, data: { ...rest, packetsIn: 1, packetsOut: 1 } }))).toBe(true);
+  });
+
   it("current-version fixtures decode unchanged", () => {
     const f = fixtures.find((x) => x.file === "stream.closed.v1.json")?.raw;
     const r = upcastEvent(f);

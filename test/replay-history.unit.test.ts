@@ -12,7 +12,7 @@ const sessionA: DomainEvent[] = [
   makeEvent({ type: "stream.closed", hubId, edgeId: "e1", sessionId: "A", streamId: "1", seq: 2, time: t + 110, data: { ...where, bytesIn: 100, bytesOut: 2000, durationMs: 100, reason: "clientClosed", message: "" } }),
   makeEvent({ type: "udp.opened", hubId, edgeId: "e1", sessionId: "A", streamId: "u1", seq: 1, time: t + 20, data: { edgePort: 53, clientAddr: "203.0.113.9:53000", target: "10.0.0.53:53" } }),
   makeEvent({ type: "udp.expired", hubId, edgeId: "e1", sessionId: "A", streamId: "u1", seq: 2, time: t + 30020, data: { idleMs: 30000 } }),
-  makeEvent({ type: "udp.closed", hubId, edgeId: "e1", sessionId: "A", streamId: "u1", seq: 3, time: t + 30020, data: { edgePort: 53, clientAddr: "203.0.113.9:53000", target: "10.0.0.53:53", bytesIn: 60, bytesOut: 240, datagramsIn: 1, datagramsOut: 1, durationMs: 30000, reason: "expired", message: "" } }),
+  makeEvent({ type: "udp.closed", hubId, edgeId: "e1", sessionId: "A", streamId: "u1", seq: 3, time: t + 30020, data: { edgePort: 53, clientAddr: "203.0.113.9:53000", target: "10.0.0.53:53", bytesIn: 60, bytesOut: 240, packetsIn: 1, packetsOut: 1, durationMs: 30000, reason: "expired", message: "" } }),
   makeEvent({ type: "edge.superseded", hubId, edgeId: "e1", sessionId: "A", streamId: null, seq: 2, time: t + 40000, data: { bySessionId: "B", remoteAddr: "198.51.100.2:2" } }),
   makeEvent({ type: "edge.disconnected", hubId, edgeId: "e1", sessionId: "A", streamId: null, seq: 3, time: t + 40000, data: { reason: "superseded", message: "", durationMs: 40000 } }),
 ];
@@ -40,7 +40,7 @@ describe("history projection", () => {
     const h = projectHistory(all, "e1");
     expect(h.connections).toEqual([
       expect.objectContaining({ protocol: "tcp", sessionId: "A", id: "1", clientAddr: "203.0.113.7:5000", edgePort: 443, target: "10.0.0.5:443", openedAt: t + 10, closedAt: t + 110, bytesIn: 100, bytesOut: 2000, durationMs: 100, closeReason: "clientClosed" }),
-      expect.objectContaining({ protocol: "udp", id: "u1", bytesIn: 60, bytesOut: 240, datagramsIn: 1, closeReason: "expired" }),
+      expect.objectContaining({ protocol: "udp", id: "u1", bytesIn: 60, bytesOut: 240, packetsIn: 1, closeReason: "expired" }),
       expect.objectContaining({ protocol: "tcp", sessionId: "B", id: "1", closedAt: null, closeReason: null }),
     ]);
   });
@@ -54,6 +54,8 @@ describe("history projection", () => {
       openConnections: 1,
       bytesIn: 160,
       bytesOut: 2240,
+      packetsIn: 1,
+      packetsOut: 1,
       authFailures: 1,
       closeReasons: { clientClosed: 1, expired: 1 },
     });

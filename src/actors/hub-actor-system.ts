@@ -8,6 +8,9 @@ import type { Actor } from "xstate";
 import type { NativeHubEvent, NativeHubEventOf } from "../native/events.js";
 import { hubMachine, type HubOutput, type HubRecoveredData, type HubStopReason } from "../machines/hub.js";
 import { hubSessionMachine } from "../machines/hub-session.js";
+import { udpSessionMachine, type UdpAddonCloseReason, type UdpTotals } from "../machines/udp-session.js";
+import type { EventData, UdpRefuseReason } from "../events/catalog.js";
+import { makeEvent } from "../events/envelope.js";
 import { fromPlainEffect } from "./from-effect.js";
 import { RecentKeys } from "./recent-keys.js";
 import { factLogger, startLoggedActor, type Clock, type EventSink } from "./logged-actor.js";
@@ -22,6 +25,8 @@ export interface HubActorTiming {
   readonly drainTimeoutMs: number;
   /** How many ended sessions and streams are remembered to catch late or repeated events. */
   readonly rememberEnded: number;
+  /** The addon's UDP idle timeout (hub `udpIdleTimeoutMs`): the `idleMs` of `udp.expired`. */
+  readonly udpIdleTimeoutMs: number;
 }
 
 export const defaultHubActorTiming: HubActorTiming = {
@@ -29,6 +34,7 @@ export const defaultHubActorTiming: HubActorTiming = {
   sessionCloseTimeoutMs: 5_000,
   drainTimeoutMs: 10_000,
   rememberEnded: 10_000,
+  udpIdleTimeoutMs: 60_000,
 };
 
 /** Something in the event feed that the actors could not make sense of; reported, never thrown. */
@@ -36,6 +42,9 @@ export type HubActorProblem =
   | { readonly type: "unknownSession"; readonly event: NativeHubEvent["type"]; readonly sessionId: string }
   | { readonly type: "duplicateSession"; readonly sessionId: string }
   | { readonly type: "duplicateStream"; readonly sessionId: string; readonly streamId: number }
+  | { readonly type: "duplicateUdpSession"; readonly sessionId: string; readonly udpSessionId: number }
+  /** A UDP notice with a reason the catalog does not know; not logged. */
+  | { readonly type: "unknownUdpReason"; readonly event: NativeHubEvent["type"]; readonly reason: string }
   /** An event for a session or stream whose actor already ended; dropped. */
   | { readonly type: "lateEvent"; readonly event: NativeHubEvent["type"]; readonly sessionId: string; readonly streamId: number | null }
   | { readonly type: "protocolError"; readonly remoteAddr: string; readonly sessionId: string | null; readonly message: string }
@@ -107,10 +116,36 @@ export interface HubActorSystem {
 }
 
 type SessionActor = Actor<typeof hubSessionMachine>;
+type UdpActor = Actor<typeof udpSessionMachine>;
 /** A TCP stream's machine, on its compiled common path until it needs the interpreter (tcp-stream-runner.ts). */
 type StreamActor = TcpStreamRunner;
 
 const streamKey = (sessionId: string, streamId: number): string => `${sessionId}\u0000${streamId}`;
+
+/** The addon's UDP close reasons (docs/architecture.md) in the catalog's words. */
+const udpCloseReasonOf = (reason: string): UdpAddonCloseReason | undefined => {
+  switch (reason) {
+    case "targetError":
+      return "targetUnreachable";
+    case "shutdown":
+      return "hubShutdown";
+    case "tunnelLost":
+    case "sessionCap":
+    case "portClosed":
+      return reason;
+    default:
+      return undefined;
+  }
+};
+
+const isUdpRefuseReason = (reason: string): reason is UdpRefuseReason => reason === "sessionCap" || reason === "portClosed";
+
+const totalsOf = (e: { readonly bytesIn: number; readonly bytesOut: number; readonly packetsIn: number; readonly packetsOut: number }): UdpTotals => ({
+  bytesIn: e.bytesIn,
+  bytesOut: e.bytesOut,
+  packetsIn: e.packetsIn,
+  packetsOut: e.packetsOut,
+});
 
 export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSystem => {
   const timing: HubActorTiming = { ...defaultHubActorTiming, ...options.timing };
@@ -138,6 +173,11 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
   const streamsOfSession = new Map<string, Set<string>>();
   const endedSessions = new RecentKeys(timing.rememberEnded);
   const endedStreams = new RecentKeys(timing.rememberEnded);
+  const udpSessions = new Map<string, UdpActor>();
+  const udpOfSession = new Map<string, Set<string>>();
+  const endedUdp = new RecentKeys(timing.rememberEnded);
+  /** seq of this run's UDP notices (`udp.refused`, `udp.oversized`), one actor-less identity per hub run. */
+  let udpNoticeSeq = 0;
   let authAttempts = 0;
   let hubDone = false;
 
@@ -146,7 +186,7 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     resolveSettled = resolve;
   });
   const checkSettled = () => {
-    if (hubDone && sessions.size === 0 && streams.size === 0) {
+    if (hubDone && sessions.size === 0 && streams.size === 0 && udpSessions.size === 0) {
       const output = hub.getSnapshot().output;
       if (output !== undefined) resolveSettled(output);
     }
@@ -154,6 +194,7 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
 
   const shutdownEverything = (atMs: number) => {
     for (const stream of [...streams.values()]) stream.send({ type: "policy.shutdown", atMs });
+    for (const udp of [...udpSessions.values()]) udp.send({ type: "policy.shutdown", atMs });
     for (const session of [...sessions.values()]) session.send({ type: "policy.shutdown", atMs });
   };
 
@@ -232,6 +273,76 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     return stream;
   };
 
+  /** The UDP session's actor; started on its first event (normally `udp.opened`, which it logs). */
+  const udpFor = (event: NativeHubEventOf<"udp.opened" | "udp.expired" | "udp.closed">): UdpActor | undefined => {
+    const key = streamKey(event.sessionId, event.udpSessionId);
+    const existing = udpSessions.get(key);
+    if (existing !== undefined) return existing;
+    if (endedUdp.has(key)) {
+      report({ type: "lateEvent", event: event.type, sessionId: event.sessionId, streamId: event.udpSessionId });
+      return undefined;
+    }
+    if (!sessions.has(event.sessionId)) report({ type: "unknownSession", event: event.type, sessionId: event.sessionId });
+    const udp = startLoggedActor({
+      ...common,
+      machine: udpSessionMachine,
+      input: {
+        edgeId: event.edgeId,
+        sessionId: event.sessionId,
+        udpId: String(event.udpSessionId),
+        edgePort: event.edgePort,
+        clientAddr: event.clientAddr,
+        target: event.target,
+        // An end without its opening (missed): it opened durationMs before it ended.
+        atMs: event.type === "udp.opened" ? event.atMs : Math.max(0, event.atMs - event.durationMs),
+        // The addon keeps the idle timer and reports udp.expired.
+        idleAfterMs: null,
+        expireAfterMs: 0,
+        closeGraceMs: timing.streamCloseGraceMs,
+      },
+      identity: { edgeId: event.edgeId, sessionId: event.sessionId, streamId: String(event.udpSessionId) },
+      onDone: () => {
+        udpSessions.delete(key);
+        endedUdp.add(key);
+        const ofSession = udpOfSession.get(event.sessionId);
+        ofSession?.delete(key);
+        if (ofSession?.size === 0) udpOfSession.delete(event.sessionId);
+        checkSettled();
+      },
+    });
+    udpSessions.set(key, udp);
+    const ofSession = udpOfSession.get(event.sessionId) ?? new Set<string>();
+    ofSession.add(key);
+    udpOfSession.set(event.sessionId, ofSession);
+    if (hubDone || !sessions.has(event.sessionId)) udp.send({ type: hubDone ? "policy.shutdown" : "policy.tunnelLost", atMs: event.atMs });
+    return udp;
+  };
+
+  /** `udp.refused` / `udp.oversized`: no lifecycle, one identity per hub run (`<runId>.udp`). */
+  const notice = (
+    edgeId: string | null,
+    atMs: number,
+    body:
+      | { readonly type: "udp.refused"; readonly data: EventData<"udp.refused"> }
+      | { readonly type: "udp.oversized"; readonly data: EventData<"udp.oversized"> },
+  ): void => {
+    udpNoticeSeq += 1;
+    const event = makeEvent({
+      ...body,
+      hubId: options.hubId,
+      edgeId,
+      sessionId: `${options.runId}.udp`,
+      streamId: null,
+      seq: udpNoticeSeq,
+      time: Math.max(0, Math.round(atMs)),
+    } as Parameters<typeof makeEvent>[0]);
+    try {
+      options.sink.append(event);
+    } catch (error) {
+      report({ type: "sinkFailed", eventType: event.type, message: error instanceof Error ? error.message : String(error) });
+    }
+  };
+
   const dispatch = (event: NativeHubEvent): void => {
     switch (event.type) {
       case "hub.listening":
@@ -287,6 +398,9 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
           for (const key of streamsOfSession.get(event.sessionId) ?? []) {
             streams.get(key)?.send({ type: "policy.tunnelLost", atMs: event.atMs });
           }
+          for (const key of [...(udpOfSession.get(event.sessionId) ?? [])]) {
+            udpSessions.get(key)?.send({ type: "policy.tunnelLost", atMs: event.atMs });
+          }
         }
         session.send(event);
         return;
@@ -304,6 +418,43 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
         return;
       case "tunnel.protocolError":
         report({ type: "protocolError", remoteAddr: event.remoteAddr, sessionId: event.sessionId, message: event.message });
+        return;
+      case "udp.opened":
+        if (udpSessions.has(streamKey(event.sessionId, event.udpSessionId))) {
+          report({ type: "duplicateUdpSession", sessionId: event.sessionId, udpSessionId: event.udpSessionId });
+          return;
+        }
+        udpFor(event);
+        return;
+      case "udp.expired":
+        udpFor(event)?.send({ type: "udp.expired", atMs: event.atMs, idleMs: timing.udpIdleTimeoutMs, totals: totalsOf(event) });
+        return;
+      case "udp.closed": {
+        const reason = udpCloseReasonOf(event.reason);
+        udpFor(event)?.send({
+          type: "udp.closed",
+          atMs: event.atMs,
+          reason: reason ?? "protocolError",
+          message: reason === undefined ? `the addon closed it with reason ${event.reason}` : "",
+          totals: totalsOf(event),
+        });
+        return;
+      }
+      case "udp.refused":
+        if (!isUdpRefuseReason(event.reason)) {
+          report({ type: "unknownUdpReason", event: event.type, reason: event.reason });
+          return;
+        }
+        notice(event.edgeId ?? null, event.atMs, {
+          type: "udp.refused",
+          data: { edgePort: event.edgePort, clientAddr: event.clientAddr, reason: event.reason, count: event.count },
+        });
+        return;
+      case "udp.oversized":
+        notice(event.edgeId ?? null, event.atMs, {
+          type: "udp.oversized",
+          data: { edgePort: event.edgePort, clientAddr: event.clientAddr, size: event.size, maxSize: event.maxSize, count: event.count },
+        });
         return;
     }
   };

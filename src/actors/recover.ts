@@ -8,7 +8,7 @@
  * end may come before its start: ended actors are remembered (bounded) and their late events ignored.
  * Memory is proportional to what is open plus that bounded memory, not to the length of the log.
  */
-import type { ActorKind, EventData, EventType } from "../events/catalog.js";
+import { NOTICE_TYPES, type ActorKind, type EventData, type EventType } from "../events/catalog.js";
 import { makeEvent, type DomainEvent } from "../events/envelope.js";
 import { actorKey } from "../events/ids.js";
 import { RecentKeys } from "./recent-keys.js";
@@ -96,8 +96,8 @@ export const recover = (events: Iterable<DomainEvent>, options: RecoverOptions):
   for (const event of events) {
     if (event.hubId !== options.hubId) continue;
     replayed += 1;
-    // Dropped-event notices belong to the publisher's own actor (`<runId>.publisher`), which has no lifecycle.
-    if (event.type === "hub.eventsDropped") continue;
+    // Notices (dropped events, refused or oversized UDP) belong to no lifecycle: nothing to close.
+    if (NOTICE_TYPES.has(event.type)) continue;
     const kind = kindOf(event);
     if (kind === "hub") {
       if (event.sessionId === options.currentRunId) continue;
@@ -201,7 +201,7 @@ export const recover = (events: Iterable<DomainEvent>, options: RecoverOptions):
         closeStreams.push(
           actor.kind === "stream"
             ? makeEvent({ ...identity, type: "stream.closed", data: common })
-            : makeEvent({ ...identity, type: "udp.closed", data: { ...common, datagramsIn: 0, datagramsOut: 0 } }),
+            : makeEvent({ ...identity, type: "udp.closed", data: { ...common, packetsIn: 0, packetsOut: 0 } }),
         );
         break;
       }

@@ -72,6 +72,9 @@ const typePaint = (e: DomainEvent, p: Paint): ((s: string) => string) => {
     case "hub.eventsDropped":
     case "edge.authFailed":
       return p.bad;
+    case "udp.refused":
+    case "udp.oversized":
+      return p.warn;
     case "stream.closed":
     case "udp.closed":
       return e.data.reason === "clientClosed" || e.data.reason === "targetClosed" || e.data.reason === "expired" ? p.warn : p.bad;
@@ -130,8 +133,16 @@ export const describeEvent = (e: DomainEvent): string => {
       return `idle for ${formatDuration(e.data.idleMs)}`;
     case "udp.closed":
       return (
-        `${route(e.data.clientAddr, e.data.edgePort, e.data.target)}  in ${formatBytes(e.data.bytesIn)} (${e.data.datagramsIn} datagrams), ` +
-        `out ${formatBytes(e.data.bytesOut)} (${e.data.datagramsOut}), ${formatDuration(e.data.durationMs)}, ${e.data.reason}`
+        `${route(e.data.clientAddr, e.data.edgePort, e.data.target)}  in ${formatBytes(e.data.bytesIn)} (${e.data.packetsIn} packets), ` +
+        `out ${formatBytes(e.data.bytesOut)} (${e.data.packetsOut}), ${formatDuration(e.data.durationMs)}, ${e.data.reason}` +
+        `${e.data.message === "" ? "" : ` (${e.data.message})`}`
+      );
+    case "udp.refused":
+      return `${show(e.data.clientAddr)} → :${e.data.edgePort} refused (${e.data.reason}), ${e.data.count} since the previous notice`;
+    case "udp.oversized":
+      return (
+        `${show(e.data.clientAddr)} → :${e.data.edgePort} dropped a ${e.data.size}-byte datagram` +
+        `${e.data.maxSize === null ? "" : ` (max ${e.data.maxSize})`}, ${e.data.count} since the previous notice`
       );
   }
 };
@@ -161,14 +172,17 @@ const sessionRow = (s: SessionView): string[] => [
   s.to === null ? "(open)" : `${show(s.endReason)}${s.supersededBy === null ? "" : ` by ${short(s.supersededBy)}`}`,
 ];
 
+/** UDP rows show packets next to bytes: `1.2 KiB/12p`. */
+const withPackets = (bytes: string, packets: number | null): string => (packets === null ? bytes : `${bytes}/${packets}p`);
+
 const connectionRow = (c: ConnectionView): string[] => [
   formatTime(c.openedAt),
   c.protocol,
   show(c.clientAddr),
   c.edgePort === null ? "-" : String(c.edgePort),
   show(c.target),
-  formatBytes(c.bytesIn),
-  formatBytes(c.bytesOut),
+  withPackets(formatBytes(c.bytesIn), c.packetsIn),
+  withPackets(formatBytes(c.bytesOut), c.packetsOut),
   formatDuration(c.durationMs),
   c.closedAt === null ? "(open)" : show(c.closeReason),
 ];
@@ -202,7 +216,8 @@ export const formatHistory = (h: EdgeHistory, o: HistoryTextOptions): string => 
   lines.push(
     "",
     `Totals: ${t.sessions} sessions, ${t.connections} connections, ${formatBytes(t.bytesIn)} in (client→target), ` +
-      `${formatBytes(t.bytesOut)} out (target→client); close reasons: ${reasons || "-"}; failed handshakes: ${t.authFailures}`,
+      `${formatBytes(t.bytesOut)} out (target→client)` +
+      `${t.udp === 0 ? "" : `, UDP packets ${t.packetsIn} in, ${t.packetsOut} out`}; close reasons: ${reasons || "-"}; failed handshakes: ${t.authFailures}`,
   );
   return `${lines.join("\n")}\n`;
 };

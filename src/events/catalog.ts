@@ -59,6 +59,10 @@ export type StreamCloseReason = typeof StreamCloseReason.Type;
 export const UdpCloseReason = Schema.Literal(
   "expired",
   "targetUnreachable",
+  /** The addon closed it to make room under the per-edge session cap. */
+  "sessionCap",
+  /** Its edge port was closed (config pushed without it). */
+  "portClosed",
   "tunnelLost",
   "hubShutdown",
   "hubRestarted",
@@ -204,18 +208,44 @@ export const UdpExpired = Schema.Struct({
   idleMs: Count,
 });
 
+/**
+ * v2: `packetsIn`/`packetsOut` (the addon's names) instead of v1's `datagramsIn`/`datagramsOut`.
+ * In = client→target, out = target→client, for bytes and packets alike.
+ */
 export const UdpClosed = Schema.Struct({
   edgePort: Port,
   clientAddr: Schema.String,
   target: NullableString,
   bytesIn: Count,
   bytesOut: Count,
-  datagramsIn: Count,
-  datagramsOut: Count,
+  packetsIn: Count,
+  packetsOut: Count,
   durationMs: Count,
   reason: UdpCloseReason,
   message: Schema.String,
   writtenBy: WrittenBy,
+});
+
+export const UdpRefuseReason = Schema.Literal("sessionCap", "portClosed");
+export type UdpRefuseReason = typeof UdpRefuseReason.Type;
+
+// ---- UDP notices (no lifecycle: sessionId = `<hub run id>.udp`, streamId = null, seq per hub run) ----
+
+/** New UDP clients were refused; at most one per second per edge, `count` = refusals since the previous one. */
+export const UdpRefused = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  reason: UdpRefuseReason,
+  count: Count,
+});
+
+/** Datagrams too large for the tunnel or the target path were dropped (never truncated); rate-limited likewise. */
+export const UdpOversized = Schema.Struct({
+  edgePort: Port,
+  clientAddr: Schema.String,
+  size: Count,
+  maxSize: Schema.NullOr(Count),
+  count: Count,
 });
 
 /** Current data schema of every event type. */
@@ -236,6 +266,8 @@ export const EventDataSchemas = {
   "udp.opened": UdpOpened,
   "udp.expired": UdpExpired,
   "udp.closed": UdpClosed,
+  "udp.refused": UdpRefused,
+  "udp.oversized": UdpOversized,
 } as const;
 
 export type EventType = keyof typeof EventDataSchemas;
@@ -262,8 +294,13 @@ export const CURRENT_VERSIONS: { readonly [T in EventType]: number } = {
   "stream.closed": 1,
   "udp.opened": 1,
   "udp.expired": 1,
-  "udp.closed": 1,
+  "udp.closed": 2,
+  "udp.refused": 1,
+  "udp.oversized": 1,
 };
+
+/** Events that belong to no actor's lifecycle (nothing opens or closes them): recovery passes them by. */
+export const NOTICE_TYPES: ReadonlySet<EventType> = new Set<EventType>(["hub.eventsDropped", "udp.refused", "udp.oversized"]);
 
 /** The actor kind is the first segment of the type: it picks the subject token and the actor identity. */
 export type ActorKind = "hub" | "edge" | "stream" | "udp";

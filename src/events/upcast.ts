@@ -5,7 +5,7 @@
  * Old data schemas are kept here, frozen; fixtures of each version live in test/fixtures/events/.
  */
 import { Data, Either, ParseResult, Schema } from "effect";
-import { CURRENT_VERSIONS, EdgeDisconnectReason, EventDataSchemas, type EventType } from "./catalog.js";
+import { CURRENT_VERSIONS, EdgeDisconnectReason, EventDataSchemas, UdpCloseReason, type EventType } from "./catalog.js";
 import { RawEnvelope, type DomainEvent } from "./envelope.js";
 
 export class EventDecodeError extends Data.TaggedError("EventDecodeError")<{
@@ -40,6 +40,21 @@ export const EdgeFailedOverV1 = Schema.Struct({
   toHubId: Schema.String,
 });
 
+/** udp.closed v1: the packet counts were called datagramsIn/datagramsOut (the addon says packets). */
+export const UdpClosedV1 = Schema.Struct({
+  edgePort: Schema.Int.pipe(Schema.between(0, 65535)),
+  clientAddr: Schema.String,
+  target: Schema.NullOr(Schema.String),
+  bytesIn: Schema.NonNegativeInt,
+  bytesOut: Schema.NonNegativeInt,
+  datagramsIn: Schema.NonNegativeInt,
+  datagramsOut: Schema.NonNegativeInt,
+  durationMs: Schema.NonNegativeInt,
+  reason: UdpCloseReason,
+  message: Schema.String,
+  writtenBy: Schema.optional(Schema.String),
+});
+
 /** One step per (type, from-version): data at v → data at v+1. Checked against the old schema first. */
 interface Upcaster {
   readonly from: Schema.Schema.AnyNoContext;
@@ -51,6 +66,15 @@ const UPCASTERS: { readonly [T in EventType]?: { readonly [v: number]: Upcaster 
     1: {
       from: EdgeDisconnectedV1,
       up: (d) => ({ ...(d as typeof EdgeDisconnectedV1.Type), durationMs: null }),
+    },
+  },
+  "udp.closed": {
+    1: {
+      from: UdpClosedV1,
+      up: (d) => {
+        const { datagramsIn, datagramsOut, ...rest } = d as typeof UdpClosedV1.Type;
+        return { ...rest, packetsIn: datagramsIn, packetsOut: datagramsOut };
+      },
     },
   },
   "edge.failedOver": {

@@ -80,6 +80,8 @@ interface StartActorsOptions {
   /** Tapped on the event channel before hubStart; holds what arrives until the actors exist. */
   readonly feed: SyncFeed<NativeHubEvent>;
   readonly logAs: (level: EventLogLevel, msg: string) => void;
+  /** The addon's UDP idle timeout, for `udp.expired` (undefined: the addon's default). */
+  readonly udpIdleTimeoutMs: number | undefined;
 }
 
 /**
@@ -105,6 +107,7 @@ const startActors = (o: StartActorsOptions) =>
       fingerprint: o.fingerprint,
       sink,
       drain: Effect.tryPromise(() => o.addon.hubStop(o.handle)),
+      ...(o.udpIdleTimeoutMs === undefined ? {} : { timing: { udpIdleTimeoutMs: o.udpIdleTimeoutMs } }),
       report: (problem) => {
         problems += 1;
         if (problems <= 20) o.logAs("warn", `event actors: ${JSON.stringify(problem)}`);
@@ -267,7 +270,7 @@ export const makeHub = (
     const withActors =
       events === undefined || actorFeed === undefined
         ? undefined
-        : yield* startActors({ hubId: config.hubId, runId, events, handle, addon, tunnelPort, fingerprint: identity.fingerprint, feed: actorFeed, logAs });
+        : yield* startActors({ hubId: config.hubId, runId, events, handle, addon, tunnelPort, fingerprint: identity.fingerprint, feed: actorFeed, logAs, udpIdleTimeoutMs: config.udpIdleTimeoutMs });
     const eventLog = withActors?.eventLog;
     const actors = withActors?.actors;
 

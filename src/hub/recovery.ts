@@ -16,7 +16,7 @@
 import { Data, Duration, Effect, Schedule } from "effect";
 import { recover } from "../actors/recover.js";
 import { RecentKeys } from "../actors/recent-keys.js";
-import type { ActorKind } from "../events/catalog.js";
+import { NOTICE_TYPES, type ActorKind } from "../events/catalog.js";
 import type { DomainEvent } from "../events/envelope.js";
 import { actorKey } from "../events/ids.js";
 import type { NatsClientService } from "../nats/connection.js";
@@ -120,7 +120,7 @@ export const recoverFromLog = (opts: RecoverFromLogOptions): Effect.Effect<Recov
         })) {
           if (isOwn(e.sessionId)) continue;
           replayed += 1;
-          if (e.type === "hub.eventsDropped") continue;
+          if (NOTICE_TYPES.has(e.type)) continue;
           const key = actorKey({ hubId: e.hubId, kind: kindOf(e), sessionId: e.sessionId, streamId: e.streamId });
           if (TERMINAL.has(e.type)) {
             pending.delete(key);

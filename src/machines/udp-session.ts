@@ -13,26 +13,51 @@ export interface UdpSessionInput {
   readonly clientAddr: string;
   readonly target: string | null;
   readonly atMs: number;
-  /** No datagram for this long → idle. */
-  readonly idleAfterMs: number;
-  /** Idle for this much longer → expired. */
+  /**
+   * No datagram for this long → idle (then `expireAfterMs` more → expired). `null`: the addon keeps the idle
+   * timer (the native relay sees every datagram, the actors only its lifecycle events) and reports the expiry
+   * with `udp.expired`; the machine then has no timer of its own while active.
+   */
+  readonly idleAfterMs: number | null;
+  /** Idle for this much longer → expired (own timers only). */
   readonly expireAfterMs: number;
+  /** After the tunnel is lost or the hub shuts down, how long to wait for the addon's own close (with counts). */
+  readonly closeGraceMs: number;
 }
 
 /** Addon-side reasons a UDP session can end (expiry and recovery are decided in TypeScript). */
-export type UdpAddonCloseReason = Extract<UdpCloseReason, "targetUnreachable" | "protocolError" | "tunnelLost" | "hubShutdown">;
+export type UdpAddonCloseReason = Extract<
+  UdpCloseReason,
+  "targetUnreachable" | "protocolError" | "tunnelLost" | "hubShutdown" | "sessionCap" | "portClosed"
+>;
 
-/** Activity arrives as per-batch deltas, never per datagram. */
+/** A session's counters as the addon reports them at its end (absolute, not deltas). */
+export interface UdpTotals {
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly packetsIn: number;
+  readonly packetsOut: number;
+}
+
+/** Activity arrives as per-batch deltas, never per datagram; the addon's end events carry totals. */
 export type UdpSessionEvent =
   | {
       readonly type: "udp.activity";
       readonly atMs: number;
       readonly bytesIn: number;
       readonly bytesOut: number;
-      readonly datagramsIn: number;
-      readonly datagramsOut: number;
+      readonly packetsIn: number;
+      readonly packetsOut: number;
     }
-  | { readonly type: "udp.closed"; readonly atMs: number; readonly reason: UdpAddonCloseReason; readonly message?: string | null }
+  /** The addon's idle timer expired the session. */
+  | { readonly type: "udp.expired"; readonly atMs: number; readonly idleMs: number; readonly totals: UdpTotals }
+  | {
+      readonly type: "udp.closed";
+      readonly atMs: number;
+      readonly reason: UdpAddonCloseReason;
+      readonly message?: string | null;
+      readonly totals?: UdpTotals;
+    }
   | { readonly type: "policy.tunnelLost"; readonly atMs: number }
   | { readonly type: "policy.shutdown"; readonly atMs: number };
 
@@ -44,11 +69,13 @@ export interface UdpSessionContext extends UdpSessionInput {
   readonly lastActivityAtMs: number;
   readonly bytesIn: number;
   readonly bytesOut: number;
-  readonly datagramsIn: number;
-  readonly datagramsOut: number;
+  readonly packetsIn: number;
+  readonly packetsOut: number;
   readonly closeReason: UdpCloseReason | null;
   readonly closedAtMs: number | null;
   readonly closeMessage: string;
+  /** How long it was idle when it expired, when the addon said so. */
+  readonly idleMs: number | null;
 }
 
 export interface UdpSessionOutput {
@@ -64,12 +91,17 @@ const closedData = (context: UdpSessionContext): UdpClosedData => ({
   target: context.target,
   bytesIn: context.bytesIn,
   bytesOut: context.bytesOut,
-  datagramsIn: context.datagramsIn,
-  datagramsOut: context.datagramsOut,
+  packetsIn: context.packetsIn,
+  packetsOut: context.packetsOut,
   durationMs: Math.max(0, closedAt(context) - context.openedAtMs),
   reason: context.closeReason ?? "expired",
   message: context.closeMessage,
 });
+
+const totalsOf = (totals: UdpTotals | undefined) =>
+  totals === undefined
+    ? {}
+    : { bytesIn: totals.bytesIn, bytesOut: totals.bytesOut, packetsIn: totals.packetsIn, packetsOut: totals.packetsOut };
 
 const closeOn = (reason: "tunnelLost" | "hubShutdown") =>
   assign<UdpSessionContext, UdpSessionEvent, undefined, UdpSessionEvent, never>(({ event }) => ({
@@ -95,14 +127,19 @@ export const udpSessionMachine = setup({
             lastActivityAtMs: Math.max(context.lastActivityAtMs, event.atMs),
             bytesIn: context.bytesIn + event.bytesIn,
             bytesOut: context.bytesOut + event.bytesOut,
-            datagramsIn: context.datagramsIn + event.datagramsIn,
-            datagramsOut: context.datagramsOut + event.datagramsOut,
+            packetsIn: context.packetsIn + event.packetsIn,
+            packetsOut: context.packetsOut + event.packetsOut,
           }
         : {},
     ),
     closeByAddon: assign(({ event }) =>
       event.type === "udp.closed"
-        ? { closeReason: event.reason, closedAtMs: event.atMs, closeMessage: event.message ?? "" }
+        ? { closeReason: event.reason, closedAtMs: event.atMs, closeMessage: event.message ?? "", ...totalsOf(event.totals) }
+        : {},
+    ),
+    expireByAddon: assign(({ event }) =>
+      event.type === "udp.expired"
+        ? { closeReason: "expired" as const, closedAtMs: event.atMs, closeMessage: "", idleMs: event.idleMs, ...totalsOf(event.totals) }
         : {},
     ),
     closeByTunnelLoss: closeOn("tunnelLost"),
@@ -110,18 +147,21 @@ export const udpSessionMachine = setup({
     recordExpiry: assign(({ context }) => ({
       closeReason: "expired" as const,
       // Deterministic: the session expired exactly when both timers ran out after the last datagram.
-      closedAtMs: context.lastActivityAtMs + context.idleAfterMs + context.expireAfterMs,
+      closedAtMs: context.lastActivityAtMs + (context.idleAfterMs ?? 0) + context.expireAfterMs,
       closeMessage: "",
     })),
   },
   guards: {
     /** A zero delta (a counter report with no datagrams) is not activity and must not keep a session alive. */
     carriesTraffic: ({ event }) =>
-      event.type === "udp.activity" && event.datagramsIn + event.datagramsOut + event.bytesIn + event.bytesOut > 0,
+      event.type === "udp.activity" && event.packetsIn + event.packetsOut + event.bytesIn + event.bytesOut > 0,
+    /** The machine keeps the idle timer itself (`idleAfterMs` set) rather than the addon. */
+    ownsExpiry: ({ context }) => context.idleAfterMs !== null,
   },
   delays: {
-    idleAfter: ({ context }) => context.idleAfterMs,
+    idleAfter: ({ context }) => context.idleAfterMs ?? 0,
     expireAfter: ({ context }) => context.expireAfterMs,
+    closeGrace: ({ context }) => context.closeGraceMs,
   },
 }).createMachine({
   id: "udpSession",
@@ -132,11 +172,12 @@ export const udpSessionMachine = setup({
     lastActivityAtMs: input.atMs,
     bytesIn: 0,
     bytesOut: 0,
-    datagramsIn: 0,
-    datagramsOut: 0,
+    packetsIn: 0,
+    packetsOut: 0,
     closeReason: null,
     closedAtMs: null,
     closeMessage: "",
+    idleMs: null,
   }),
   entry: {
     type: "emit",
@@ -149,9 +190,10 @@ export const udpSessionMachine = setup({
   },
   output: ({ context }) => ({ atMs: closedAt(context), closed: closedData(context) }),
   on: {
+    "udp.expired": { target: ".expired", actions: "expireByAddon" },
     "udp.closed": { target: ".closed", actions: "closeByAddon" },
-    "policy.tunnelLost": { target: ".closed", actions: "closeByTunnelLoss" },
-    "policy.shutdown": { target: ".closed", actions: "closeByShutdown" },
+    "policy.tunnelLost": { target: ".closing", actions: "closeByTunnelLoss" },
+    "policy.shutdown": { target: ".closing", actions: "closeByShutdown" },
   },
   states: {
     active: {
@@ -159,12 +201,22 @@ export const udpSessionMachine = setup({
         // Re-entering restarts the idle timer.
         "udp.activity": { guard: "carriesTraffic", target: "active", reenter: true, actions: "recordActivity" },
       },
-      after: { idleAfter: "idle" },
+      // With the addon keeping the timer (idleAfterMs null) this fires at once and the guard declines it.
+      after: { idleAfter: { guard: "ownsExpiry", target: "idle" } },
     },
     idle: {
       // Idle and resumed are not logged: the catalog records a UDP session's expiry, not its quiet spells.
       on: { "udp.activity": { guard: "carriesTraffic", target: "active", actions: "recordActivity" } },
       after: { expireAfter: { target: "expired", actions: "recordExpiry" } },
+    },
+    closing: {
+      // The tunnel is gone or the hub is stopping. The addon normally still reports this session's end with its
+      // counts, so wait a little for that before closing on our own (with the reason recorded on entry).
+      on: {
+        "policy.tunnelLost": { actions: [] },
+        "policy.shutdown": { actions: [] },
+      },
+      after: { closeGrace: "closed" },
     },
     expired: {
       type: "final",
@@ -172,7 +224,9 @@ export const udpSessionMachine = setup({
         {
           type: "emit",
           params: ({ context }) =>
-            fact("udp.expired", closedAt(context), { idleMs: context.idleAfterMs + context.expireAfterMs }),
+            fact("udp.expired", closedAt(context), {
+              idleMs: context.idleMs ?? (context.idleAfterMs ?? 0) + context.expireAfterMs,
+            }),
         },
         { type: "emit", params: ({ context }) => fact("udp.closed", closedAt(context), closedData(context)) },
       ],

@@ -39,8 +39,8 @@ export interface ConnectionView {
   readonly durationMs: number | null;
   readonly closeReason: string | null;
   readonly closeMessage: string | null;
-  readonly datagramsIn: number | null;
-  readonly datagramsOut: number | null;
+  readonly packetsIn: number | null;
+  readonly packetsOut: number | null;
 }
 
 export interface HistoryTotals {
@@ -51,6 +51,10 @@ export interface HistoryTotals {
   readonly openConnections: number;
   readonly bytesIn: number;
   readonly bytesOut: number;
+  /** UDP sessions only: client → target packets. */
+  readonly packetsIn: number;
+  /** UDP sessions only: target → client packets. */
+  readonly packetsOut: number;
   readonly authFailures: number;
   readonly closeReasons: Readonly<Record<string, number>>;
 }
@@ -100,8 +104,8 @@ const newConnection = (e: DomainEvent, edgeId: string, protocol: "tcp" | "udp"):
   durationMs: null,
   closeReason: null,
   closeMessage: null,
-  datagramsIn: null,
-  datagramsOut: null,
+  packetsIn: null,
+  packetsOut: null,
 });
 
 /** Incremental form: feed events with apply(), read with view(). */
@@ -182,8 +186,8 @@ export class HistoryProjection {
         c.closeReason = e.data.reason;
         c.closeMessage = e.data.message;
         if (e.type === "udp.closed") {
-          c.datagramsIn = e.data.datagramsIn;
-          c.datagramsOut = e.data.datagramsOut;
+          c.packetsIn = e.data.packetsIn;
+          c.packetsOut = e.data.packetsOut;
         }
         break;
       }
@@ -211,11 +215,15 @@ export class HistoryProjection {
     const closeReasons: Record<string, number> = {};
     let bytesIn = 0;
     let bytesOut = 0;
+    let packetsIn = 0;
+    let packetsOut = 0;
     let open = 0;
     let tcp = 0;
     for (const c of connections) {
       bytesIn += c.bytesIn;
       bytesOut += c.bytesOut;
+      packetsIn += c.packetsIn ?? 0;
+      packetsOut += c.packetsOut ?? 0;
       if (c.closedAt === null) open++;
       if (c.protocol === "tcp") tcp++;
       if (c.closeReason !== null) closeReasons[c.closeReason] = (closeReasons[c.closeReason] ?? 0) + 1;
@@ -232,6 +240,8 @@ export class HistoryProjection {
         openConnections: open,
         bytesIn,
         bytesOut,
+        packetsIn,
+        packetsOut,
         authFailures: st?.authFailures ?? 0,
         closeReasons,
       },

@@ -12,6 +12,7 @@ const input: UdpSessionInput = {
   atMs: 10_000,
   idleAfterMs: 30_000,
   expireAfterMs: 60_000,
+  closeGraceMs: 2_000,
 };
 
 function start() {
@@ -24,7 +25,7 @@ function start() {
 }
 
 const activity = (atMs: number, bytesIn: number, bytesOut: number) =>
-  ({ type: "udp.activity", atMs, bytesIn, bytesOut, datagramsIn: 1, datagramsOut: 1 }) as const;
+  ({ type: "udp.activity", atMs, bytesIn, bytesOut, packetsIn: 1, packetsOut: 1 }) as const;
 
 describe("udpSessionMachine", () => {
   it("starts active and reports its opening", () => {
@@ -63,15 +64,15 @@ describe("udpSessionMachine", () => {
     expect(actor.getSnapshot().context).toMatchObject({
       bytesIn: 150,
       bytesOut: 400,
-      datagramsIn: 2,
-      datagramsOut: 2,
+      packetsIn: 2,
+      packetsOut: 2,
       lastActivityAtMs: 50_000,
     });
     clock.increment(60_000);
     expect(facts.at(-1)).toMatchObject({
       type: "udp.closed",
       time: 140_000,
-      data: { reason: "expired", bytesIn: 150, bytesOut: 400, datagramsIn: 2, durationMs: 130_000 },
+      data: { reason: "expired", bytesIn: 150, bytesOut: 400, packetsIn: 2, durationMs: 130_000 },
     });
   });
 
@@ -90,10 +91,10 @@ describe("udpSessionMachine", () => {
   it("does not count a zero-delta activity report as traffic (guard carriesTraffic)", () => {
     const { actor, clock } = start();
     clock.increment(20_000);
-    actor.send({ type: "udp.activity", atMs: 30_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    actor.send({ type: "udp.activity", atMs: 30_000, bytesIn: 0, bytesOut: 0, packetsIn: 0, packetsOut: 0 });
     clock.increment(10_000);
     expect(actor.getSnapshot().value).toBe("idle");
-    actor.send({ type: "udp.activity", atMs: 41_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    actor.send({ type: "udp.activity", atMs: 41_000, bytesIn: 0, bytesOut: 0, packetsIn: 0, packetsOut: 0 });
     expect(actor.getSnapshot().value).toBe("idle");
     expect(actor.getSnapshot().context.lastActivityAtMs).toBe(10_000);
   });
@@ -103,7 +104,7 @@ describe("udpSessionMachine", () => {
     const clock = new SimulatedClock();
     const actor = createActor(machine, { input, clock }).start();
     clock.increment(29_000);
-    actor.send({ type: "udp.activity", atMs: 39_000, bytesIn: 0, bytesOut: 0, datagramsIn: 0, datagramsOut: 0 });
+    actor.send({ type: "udp.activity", atMs: 39_000, bytesIn: 0, bytesOut: 0, packetsIn: 0, packetsOut: 0 });
     clock.increment(29_000);
     expect(actor.getSnapshot().value).toBe("active");
   });
@@ -111,9 +112,9 @@ describe("udpSessionMachine", () => {
   it.each([
     [{ type: "udp.closed", atMs: 50_000, reason: "targetUnreachable", message: "ICMP port unreachable" }, "targetUnreachable"],
     [{ type: "udp.closed", atMs: 50_000, reason: "protocolError" }, "protocolError"],
-    [{ type: "policy.tunnelLost", atMs: 50_000 }, "tunnelLost"],
-    [{ type: "policy.shutdown", atMs: 50_000 }, "hubShutdown"],
-  ] as const)("%o closes it with reason %s, from active or idle", (event, reason) => {
+    [{ type: "udp.closed", atMs: 50_000, reason: "sessionCap" }, "sessionCap"],
+    [{ type: "udp.closed", atMs: 50_000, reason: "portClosed" }, "portClosed"],
+  ] as const)("the addon's %o closes it with reason %s, from active or idle", (event, reason) => {
     for (const idleFirst of [false, true]) {
       const { actor, facts, clock } = start();
       actor.send(activity(11_000, 7, 9));
@@ -132,8 +133,8 @@ describe("udpSessionMachine", () => {
           message: "message" in event ? event.message : "",
           bytesIn: 7,
           bytesOut: 9,
-          datagramsIn: 1,
-          datagramsOut: 1,
+          packetsIn: 1,
+          packetsOut: 1,
           durationMs: 40_000,
         },
       });
@@ -141,5 +142,70 @@ describe("udpSessionMachine", () => {
       clock.increment(1_000_000);
       expect(facts.filter((f) => f.type === "udp.closed")).toHaveLength(1);
     }
+  });
+
+  it.each([
+    [{ type: "policy.tunnelLost", atMs: 50_000 }, "tunnelLost"],
+    [{ type: "policy.shutdown", atMs: 50_000 }, "hubShutdown"],
+  ] as const)("%o waits the grace for the addon's close, then closes on its own with reason %s", (event, reason) => {
+    const { actor, facts, clock } = start();
+    actor.send(activity(11_000, 7, 9));
+    clock.increment(40_000);
+    actor.send(event);
+    expect(actor.getSnapshot().value).toBe("closing");
+    actor.send({ ...event, atMs: 50_500 });
+    clock.increment(1_999);
+    expect(actor.getSnapshot().value).toBe("closing");
+    clock.increment(1);
+    expect(actor.getSnapshot().value).toBe("closed");
+    expect(facts.map((f) => f.type)).toEqual(["udp.opened", "udp.closed"]);
+    expect(facts.at(-1)).toMatchObject({ time: 50_000, data: { reason, bytesIn: 7, packetsIn: 1, durationMs: 40_000 } });
+  });
+
+  it("takes the addon's close with its totals during the grace", () => {
+    const { actor, facts, clock } = start();
+    actor.send({ type: "policy.tunnelLost", atMs: 50_000 });
+    clock.increment(500);
+    const totals = { bytesIn: 300, bytesOut: 900, packetsIn: 3, packetsOut: 3 };
+    actor.send({ type: "udp.closed", atMs: 50_400, reason: "tunnelLost", totals });
+    expect(actor.getSnapshot().value).toBe("closed");
+    expect(facts.at(-1)).toMatchObject({ time: 50_400, data: { reason: "tunnelLost", ...totals, durationMs: 40_400 } });
+    clock.increment(10_000);
+    expect(facts.filter((f) => f.type === "udp.closed")).toHaveLength(1);
+  });
+
+  describe("with the addon keeping the idle timer (idleAfterMs null, as on the hub)", () => {
+    const addonInput: UdpSessionInput = { ...input, idleAfterMs: null };
+    const startAddon = () => {
+      const facts: UdpSessionFact[] = [];
+      const clock = new SimulatedClock();
+      clock.set(input.atMs);
+      const machine = udpSessionMachine.provide({ actions: { emit: (_, fact) => void facts.push(fact) } });
+      const actor = createActor(machine, { input: addonInput, clock }).start();
+      return { actor, facts, clock };
+    };
+
+    it("never goes idle or expires on its own", () => {
+      const { actor, facts, clock } = startAddon();
+      clock.increment(10_000_000);
+      expect(actor.getSnapshot().value).toBe("active");
+      expect(facts.map((f) => f.type)).toEqual(["udp.opened"]);
+    });
+
+    it("expires on the addon's udp.expired with the addon's totals and idle time", () => {
+      const { actor, facts } = startAddon();
+      const totals = { bytesIn: 1_000, bytesOut: 2_000, packetsIn: 10, packetsOut: 10 };
+      actor.send({ type: "udp.expired", atMs: 25_000, idleMs: 5_000, totals });
+      expect(actor.getSnapshot().status).toBe("done");
+      expect(facts).toEqual([
+        expect.objectContaining({ type: "udp.opened", time: 10_000 }),
+        { type: "udp.expired", time: 25_000, data: { idleMs: 5_000 } },
+        {
+          type: "udp.closed",
+          time: 25_000,
+          data: { edgePort: 53, clientAddr: "198.51.100.7:40000", target: "10.0.0.53:53", ...totals, durationMs: 15_000, reason: "expired", message: "" },
+        },
+      ]);
+    });
   });
 });
