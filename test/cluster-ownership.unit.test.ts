@@ -9,6 +9,8 @@ import {
   parseOwnerEntry,
   type OwnerEntry,
 } from "../src/cluster/lease.js";
+import { takeoverEvents } from "../src/cluster/takeover.js";
+import { makeEvent } from "../src/events/envelope.js";
 
 const me = { hubId: "hub-a", runId: "run-a" };
 const entry = (over: Partial<OwnerEntry> = {}): OwnerEntry => ({
@@ -124,5 +126,34 @@ describe("parseOwnerEntry", () => {
     expect(parseOwnerEntry({ ...entry(), renewedAt: -1 })).toBeNull();
     expect(parseOwnerEntry("x")).toBeNull();
     expect(parseOwnerEntry(null)).toBeNull();
+  });
+});
+
+describe("takeoverEvents (pure)", () => {
+  const previous = { v: 1 as const, edgeId: "e1", hubId: "dead", runId: "r-dead", sessionId: "s-dead", since: 1_000, renewedAt: 5_000, leaseMs: 2_000 };
+  const facts = { previous, toHubId: "hub-b", toSessionId: "s-new", atMs: 7_500 };
+  const where = { edgePort: 80, clientAddr: "127.0.0.1:1", target: null };
+  const base = { hubId: "dead", edgeId: "e1", sessionId: "s-dead" };
+
+  it("an ended session only gets its open streams closed; another hub's or session's events are ignored", () => {
+    const events = [
+      makeEvent({ ...base, streamId: null, type: "edge.connected", seq: 1, time: 1_000, data: { remoteAddr: "x" } }),
+      makeEvent({ ...base, streamId: "1", type: "stream.opened", seq: 1, time: 1_100, data: where }),
+      makeEvent({ ...base, streamId: null, type: "edge.disconnected", seq: 2, time: 4_000, data: { reason: "leaseLost", message: "", durationMs: 3_000 } }),
+      makeEvent({ ...base, sessionId: "other", streamId: "2", type: "stream.opened", seq: 1, time: 1_200, data: where }),
+      makeEvent({ ...base, hubId: "alive", streamId: "3", type: "stream.opened", seq: 1, time: 1_200, data: where }),
+    ];
+    const r = takeoverEvents(events, facts);
+    expect(r).toMatchObject({ streamsClosed: 1, udpClosed: 0, sessionClosed: false, gapMs: 2_500 });
+    expect(r.events.map((e) => `${e.hubId}/${e.sessionId}/${e.streamId}:${e.type}#${e.seq}`)).toEqual(["dead/s-dead/1:stream.closed#2"]);
+    expect(r.events[0]!.data).toMatchObject({ reason: "hubLost", writtenBy: "hub-b", durationMs: 6_400 });
+  });
+
+  it("an unknown session still gets edge.failedOver and edge.disconnected(hubLost), from seq 1", () => {
+    const r = takeoverEvents([], facts);
+    expect(r.events.map((e) => `${e.type}#${e.seq}`)).toEqual(["edge.failedOver#1", "edge.disconnected#2"]);
+    expect(r.events[1]!.data).toMatchObject({ reason: "hubLost", durationMs: 6_500, writtenBy: "hub-b" });
+    // Deterministic: the same facts give the same ids.
+    expect(takeoverEvents([], { ...facts, toHubId: "hub-c" }).events.map((e) => e.id)).toEqual(r.events.map((e) => e.id));
   });
 });
