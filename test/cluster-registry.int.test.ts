@@ -177,6 +177,7 @@ describe("cluster registry on a 3-node NATS cluster", () => {
     await waitFor(async () => (await tryConnect(portB)) === "ECONNREFUSED", { what: "portB closed on the edge", timeoutMs: 5000, intervalMs: 10 });
     const closedMs = Date.now() - t0;
     await removing;
+    console.info(`[cluster-registry] registry change on hub A → edge on hub B: port opened after ${openedMs} ms, closed after ${closedMs} ms`);
     expect(openedMs).toBeLessThan(1000);
     expect(closedMs).toBeLessThan(1000);
     expect((await edge.getStatus()).connected).toBe(true);
