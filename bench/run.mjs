@@ -9,7 +9,7 @@
 //
 // Sections: tcp (bulk, connections/s, latency over TLS vs direct vs socat×2), idle (memory per idle stream),
 // events (event log cost and lag), udp (datagrams/s and loss, tcpTls vs quic vs direct), quic (TCP over QUIC vs
-// TLS vs direct). Each section's figures are kept in bench/results/<section>.json (committed); the document is
+// TLS vs direct), cluster (bench/cluster-events.mjs: R3 vs R1 appends), failover (bench/failover.mjs). Each section's figures are kept in bench/results/<section>.json (committed); the document is
 // rebuilt from all of them, so a partial run keeps the other sections' last figures and the Targets table covers
 // every section. A section whose setup fails keeps its previous figures (the failure is printed).
 //
@@ -19,11 +19,12 @@
 // BENCH_EVENTS_APPEND [400000] events for bench/events-append.mjs, BENCH_LAG_RATE [200] streams/s and
 // BENCH_LAG_SECONDS [5] for the close → readable lag, BENCH_EVENT_ROUNDS [5] rounds of events on/off,
 // BENCH_UDP_SECONDS [2] per UDP run, BENCH_UDP_RATES [10000,25000,50000,100000], BENCH_UDP_SIZES [64,1200],
+// BENCH_CLUSTER_EVENTS [200000], BENCH_CLUSTER_ROUNDS [3], BENCH_FAILOVER_KILLS [20], BENCH_FAILOVER_MODE [both],
 // BENCH_OUT [docs/performance.md], BENCH_RESULTS [bench/results], BENCH_PORTWAY_ROOT [this checkout] (whose bin/portway.js
 // runs hub and edge: point it at a built snapshot when others rebuild the working tree during the run).
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { availableParallelism, loadavg, totalmem } from "node:os";
+import { execFile, execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { appendFigures, closeToReadableLag, connectionCost } from "./events.mjs";
 import { connectionRate, iperf3, latency, median, openIdle, rssKiB } from "./measure.mjs";
@@ -350,7 +351,77 @@ const eventCost = (f) => {
   };
 };
 
-const SECTIONS = [tcpSection, idleSection, eventsSection, udpSection, quicSection];
+/**
+ * A section measured by a standalone script of bench/ that takes `--json FILE` and prints that JSON on stdout
+ * followed by its own markdown (bench/cluster-events.mjs, bench/failover.mjs). The figures kept are the script's
+ * JSON and its markdown; the markdown's first heading becomes a plain line, or goes if it repeats the section title.
+ */
+const scriptSection = ({ name, title, script, knobs, args, targets }) => ({
+  name,
+  title,
+  knobs,
+  run: async ({ knobs: k, log: say }) => {
+    const dir = mkdtempSync(join(tmpdir(), `portway-bench-${name}-`));
+    const jsonFile = join(dir, "out.json");
+    try {
+      const env = { ...process.env };
+      if (process.env.BENCH_PORTWAY_ROOT) env.PORTWAY_DIST = join(process.env.BENCH_PORTWAY_ROOT, "dist");
+      say(`node bench/${script} ${[...args(k), "--json", jsonFile].join(" ")}`);
+      const stdout = await new Promise((resolve, reject) =>
+        execFile(process.execPath, [join(root, "bench", script), ...args(k), "--json", jsonFile], { cwd: root, env, maxBuffer: 256 * 1024 * 1024 }, (error, out, err) =>
+          error ? reject(new Error(`bench/${script} exited with ${error.code ?? error.signal}: ${String(err).trim().slice(-1500)}`)) : resolve(String(out)),
+        ),
+      );
+      const json = readFileSync(jsonFile, "utf8");
+      const report = JSON.parse(json);
+      const rest = stdout.startsWith(json) ? stdout.slice(json.length) : (report.markdown ?? "");
+      return { report: { ...report, markdown: undefined }, markdown: rest.trim() };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+  render: ({ figures }) => [
+    ...figures.markdown
+      .replace(/^#+\s*(.*)\n?/, (_, heading) => (heading.trim() === title ? "" : `${heading}\n`))
+      .trim()
+      .split("\n"),
+    "",
+  ],
+  targets: (result) => targets(result.figures.report),
+});
+
+const clusterSection = scriptSection({
+  name: "cluster",
+  title: "Event log on a 3-node NATS cluster: R3 vs R1",
+  script: "cluster-events.mjs",
+  knobs: () => ({ BENCH_CLUSTER_EVENTS: env("BENCH_CLUSTER_EVENTS", 200_000), BENCH_CLUSTER_ROUNDS: env("BENCH_CLUSTER_ROUNDS", 3) }),
+  args: (k) => ["--events", String(k.BENCH_CLUSTER_EVENTS), "--rounds", String(k.BENCH_CLUSTER_ROUNDS)],
+  // Issue 5 asks for the figures, not a bound.
+  targets: () => [],
+});
+
+const failoverSection = scriptSection({
+  name: "failover",
+  title: "Failover between hubs",
+  script: "failover.mjs",
+  knobs: () => ({ BENCH_FAILOVER_KILLS: env("BENCH_FAILOVER_KILLS", 20), BENCH_FAILOVER_MODE: process.env.BENCH_FAILOVER_MODE ?? "both" }),
+  args: (k) => ["--kills", String(k.BENCH_FAILOVER_KILLS), "--mode", k.BENCH_FAILOVER_MODE],
+  targets: (report) =>
+    Object.entries(report.summary ?? {}).flatMap(([mode, s]) => [
+      {
+        target: `(issue 5) detection ≤ 3 s after the owning hub fails (${mode === "kill" ? "SIGKILL" : "SIGSTOP"})`,
+        measured: `${s.within3sDetection}/${s.kills} within 3 s; p99 ${s.detectionMs?.p99} ms, max ${s.detectionMs?.max} ms`,
+        ok: s.kills > 0 ? s.within3sDetection === s.kills : undefined,
+      },
+      {
+        target: `(issue 5) new connections accepted again ≤ 5 s after the hub's death (${mode === "kill" ? "SIGKILL" : "SIGSTOP"})`,
+        measured: `${s.within5sService}/${s.kills} within 5 s; p99 ${s.firstSuccessMs?.p99} ms, max ${s.firstSuccessMs?.max} ms`,
+        ok: s.kills > 0 ? s.within5sService === s.kills : undefined,
+      },
+    ]),
+});
+
+const SECTIONS = [tcpSection, idleSection, eventsSection, udpSection, quicSection, clusterSection, failoverSection];
 
 // ---------------------------------------------------------------------------------------------------------------
 // Running sections, storing their results, and rebuilding the document.
