@@ -9,9 +9,11 @@
 //
 // Sections: tcp (bulk, connections/s, latency over TLS vs direct vs socat×2), idle (memory per idle stream),
 // events (event log cost and lag), udp (datagrams/s and loss, tcpTls vs quic vs direct), quic (TCP over QUIC vs
-// TLS vs direct), cluster (bench/cluster-events.mjs: R3 vs R1 appends), failover (bench/failover.mjs). Each section's figures are kept in bench/results/<section>.json (committed); the document is
-// rebuilt from all of them, so a partial run keeps the other sections' last figures and the Targets table covers
-// every section. A section whose setup fails keeps its previous figures (the failure is printed).
+// TLS vs direct), cluster (bench/cluster-events.mjs: R3 vs R1 appends), failover (bench/failover.mjs). Each
+// section's figures are kept in bench/results/<section>.json (committed); the document is rebuilt from all of them,
+// so a partial run keeps the other sections' last figures and the Targets table covers every section. A section
+// whose setup fails keeps its previous figures (the failure is printed). A section without results keeps the block
+// between its `<!-- section:NAME -->` markers in the current document.
 //
 // Environment knobs (defaults in brackets): BENCH_ROUNDS [3] (each measurement runs this many times, the paths
 // interleaved, and the median is reported: the machine is usually shared), BENCH_SECONDS [5] per iperf3 run,
@@ -20,8 +22,8 @@
 // BENCH_LAG_SECONDS [5] for the close → readable lag, BENCH_EVENT_ROUNDS [5] rounds of events on/off,
 // BENCH_UDP_SECONDS [2] per UDP run, BENCH_UDP_RATES [10000,25000,50000,100000], BENCH_UDP_SIZES [64,1200],
 // BENCH_CLUSTER_EVENTS [200000], BENCH_CLUSTER_ROUNDS [3], BENCH_FAILOVER_KILLS [20], BENCH_FAILOVER_MODE [both],
-// BENCH_OUT [docs/performance.md], BENCH_RESULTS [bench/results], BENCH_PORTWAY_ROOT [this checkout] (whose bin/portway.js
-// runs hub and edge: point it at a built snapshot when others rebuild the working tree during the run).
+// BENCH_OUT [docs/performance.md], BENCH_RESULTS [bench/results], BENCH_PORTWAY_ROOT [this checkout] (whose
+// bin/portway.js runs hub and edge: point it at a built snapshot when others rebuild the working tree during a run).
 import { execFile, execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir, totalmem } from "node:os";
@@ -489,13 +491,22 @@ const runSection = async (section) => {
   }
 };
 
-/** The blocks between `<!-- section:NAME -->` and `<!-- /section:NAME -->` of the current document. */
-const oldBlocks = () => {
+/**
+ * From the current document: the blocks between `<!-- section:NAME -->` and `<!-- /section:NAME -->`, and the
+ * Targets rows per section (`| target | section | measured | verdict |`), for sections that have no results file.
+ */
+const oldDocument = () => {
   const blocks = new Map();
-  if (!existsSync(OUT)) return blocks;
+  const rows = new Map();
+  if (!existsSync(OUT)) return { blocks, rows };
   const text = readFileSync(OUT, "utf8");
   for (const m of text.matchAll(/<!-- section:([\w-]+) -->\n([\s\S]*?)<!-- \/section:\1 -->/g)) blocks.set(m[1], m[2]);
-  return blocks;
+  const targets = text.split("\n## Targets")[1] ?? "";
+  for (const line of targets.split("\n")) {
+    const cells = line.split(" | ");
+    if (cells.length === 4 && blocks.has(cells[1])) rows.set(cells[1], [...(rows.get(cells[1]) ?? []), line]);
+  }
+  return { blocks, rows };
 };
 
 /** ok: true met, false missed, null inconclusive (the baseline was noisier than the path), undefined not measured. */
@@ -524,11 +535,12 @@ const renderSection = (section, result) => {
 };
 
 const report = (m, ran) => {
-  const blocks = oldBlocks();
+  const { blocks, rows: oldRows } = oldDocument();
   const lines = [];
   lines.push("# Performance", "");
   lines.push("Written by `bench/run.mjs` (do not edit by hand; rerun it). Each section's figures come from its last run, kept in");
-  lines.push("`bench/results/<section>.json`; a section's date and load average are given with it. Compare ratios within a");
+  lines.push("`bench/results/<section>.json`; a section's date and load average are given with it; the written analyses come from");
+  lines.push("`bench/results/<section>.notes.md` (edit those, then `node bench/run.mjs --render`). Compare ratios within a");
   lines.push("section (every figure has its direct-loopback baseline measured in the same run, rounds interleaved) rather than");
   lines.push("absolute numbers across runs or machines.", "");
   lines.push("## Machine", "");
@@ -558,6 +570,7 @@ const report = (m, ran) => {
       for (const t of section.targets(result)) targets.push({ ...t, section: section.name });
     } else if (blocks.has(section.name)) {
       lines.push(blocks.get(section.name).trimEnd(), "");
+      for (const row of oldRows.get(section.name) ?? []) targets.push({ row });
     } else {
       lines.push(`Not measured yet: \`npm run bench -- --only ${section.name}\`.`, "");
     }
@@ -566,7 +579,7 @@ const report = (m, ran) => {
   lines.push("## Targets", "");
   lines.push("From every section's last figures (the section is named; its date is above).", "");
   lines.push("| target | section | measured | verdict |", "| --- | --- | --- | --- |");
-  for (const t of targets) lines.push(`| ${t.target} | ${t.section} | ${t.measured} | ${verdict(t.ok)} |`);
+  for (const t of targets) lines.push(t.row ?? `| ${t.target} | ${t.section} | ${t.measured} | ${verdict(t.ok)} |`);
   lines.push("");
   return lines.join("\n");
 };
