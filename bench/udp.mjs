@@ -196,7 +196,7 @@ const udpVerdicts = ({ figures }) => {
       const loss = median(half.map((r) => r.lossPct));
       const delivered = median(half.map((r) => r.deliveredPps));
       const tunnelMax = median(select(runs, { size, kind: "max", path: transport }).map((r) => r.deliveredPps));
-      // The best fixed rate the tunnel carried with < 0.1 % loss (median of rounds), as a share of direct max.
+      // The highest fixed rate the tunnel carried with < 0.1 % loss (median of rounds).
       const clean = [...new Set(select(runs, { size, kind: "fixed", path: transport }).map((r) => r.rate))]
         .filter((rate) => (median(select(runs, { size, kind: "fixed", path: transport, rate }).map((r) => r.lossPct)) ?? 100) < UDP_TARGET.maxLossPct)
         .sort((a, b) => b - a)[0];
