@@ -232,7 +232,8 @@ export const makeHub = (
             log: logAs,
           });
     const initialEdges = cluster === undefined ? undefined : yield* clusterStartEdges(cluster, config.edges);
-    const deferred = cluster !== undefined && supportsDeferredAdmission(addon);
+    // Cluster mode always defers admission to ownership (the addon is loaded only when it has hubAdmitEdge).
+    const deferred = cluster !== undefined;
 
     const channel = yield* makeEventChannel(decodeNativeHubEvent, `hub ${config.hubId}`);
     // Tapped before hubStart: the actors must see every native event, `hub.listening` included.
@@ -338,11 +339,6 @@ export const makeHub = (
   });
 
 // ---- cluster mode (docs/cluster.md) ---------------------------------------------------------------------
-
-/** The addon can hold an edge between the secret check and the ownership decision (contract: `admission`). */
-const supportsDeferredAdmission = (addon: NativeAddon): boolean =>
-  typeof (addon as unknown as Record<string, unknown>)["hubAdmitEdge"] === "function" &&
-  Either.isRight(decodeNativeHubEvent({ seq: 1, type: "edge.admitting", atMs: 0, edgeId: "e", sessionId: "s", remoteAddr: "127.0.0.1:1" }));
 
 /** The cluster registry's view of an allowed edge: `secret` holds the verifier (the clear secret is not known). */
 const allowedEdgeOfEntry = (e: EdgeEntry): AllowedEdge => ({
