@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { makeEvent, type DomainEvent } from "../src/events/envelope.js";
+import { describeEvent, formatHistory } from "../src/cli/event-format.js";
 import { HistoryProjection, projectHistory } from "../src/nats/history.js";
 
 const hubId = "hub-1";
@@ -82,5 +83,24 @@ describe("history projection", () => {
     const conn = makeEvent({ type: "edge.connected", hubId, edgeId: "e3", sessionId: "D", streamId: null, seq: 1, time: t, data: { remoteAddr: "r" } });
     expect(projectHistory([conn, v1ish], "e3").sessions[0]?.durationMs).toBe(500);
     expect(projectHistory([v1ish, conn], "e3").sessions[0]?.durationMs).toBe(500);
+  });
+});
+
+describe("history text with UDP sessions", () => {
+  it("shows each UDP session's client, edge port, target, bytes/packets each way, duration and reason, and UDP totals", () => {
+    const text = formatHistory(projectHistory(all, "e1"), { limit: 0 });
+    const row = text.split("\n").find((l) => l.includes("203.0.113.9:53000")) ?? "";
+    expect(row).toMatch(/udp\s+203\.0\.113\.9:53000\s+53\s+10\.0\.0\.53:53\s+60 B\/1p\s+240 B\/1p\s+30\.0 s\s+expired/);
+    expect(text).toMatch(/UDP packets 1 in, 1 out/);
+    expect(text).toMatch(/Connections \(3: 2 TCP, 1 UDP, 1 open\)/);
+  });
+
+  it("describes UDP closes with packets, and the UDP notices", () => {
+    const closed = sessionA.find((e) => e.type === "udp.closed") as DomainEvent;
+    expect(describeEvent(closed)).toMatch(/in 60 B \(1 packets\), out 240 B \(1\), .*expired/);
+    const refused = makeEvent({ type: "udp.refused", hubId, edgeId: "e1", sessionId: "run.udp", streamId: null, seq: 1, time: t, data: { edgePort: 53, clientAddr: "203.0.113.10:1", reason: "sessionCap", count: 4 } });
+    expect(describeEvent(refused)).toBe("203.0.113.10:1 → :53 refused (sessionCap), 4 since the previous notice");
+    const oversized = makeEvent({ type: "udp.oversized", hubId, edgeId: "e1", sessionId: "run.udp", streamId: null, seq: 2, time: t, data: { edgePort: 53, clientAddr: "203.0.113.10:1", size: 70000, maxSize: null, count: 2 } });
+    expect(describeEvent(oversized)).toBe("203.0.113.10:1 → :53 dropped a 70000-byte datagram, 2 since the previous notice");
   });
 });
