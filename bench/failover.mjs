@@ -4,7 +4,7 @@
 // every 20 ms (one at a time, 1 s timeout). Repeatedly the hub that owns the edge is made to fail, then
 // restarted; the next round fails whichever hub owns the edge then.
 //
-//   node bench/failover.mjs [--kills 20] [--mode kill|freeze|both] [--json out.json]
+//   node bench/failover.mjs [--kills 20] [--mode kill|freeze|both] [--edge-idle-ms 3000] [--json out.json]
 //
 // Modes: `kill` = SIGKILL (the kernel closes the hub's sockets: the edge sees the end at once);
 // `freeze` = SIGSTOP (a hung hub or a dead host: only the edge's idle timeout notices), then SIGKILL.
@@ -12,7 +12,8 @@
 //   detection      the edge status no longer shows a tunnel to the failed hub,
 //   reconnection   the edge status shows a tunnel to the other hub,
 //   first success  a client connection opened after the failure completed its echo (service back).
-// Edge: ping 1000 ms, idle 3000 ms (the multi-hub defaults); hubs: lease 2000 ms, ping/idle 1000/3000.
+// Edge: ping 1000 ms, idle 3000 ms (the multi-hub defaults; --edge-idle-ms changes the idle timeout, ping =
+// min(1000, idle/3)); hubs: lease 2000 ms, ping/idle 1000/3000.
 // Needs dist/ (`npm run build:ts`), native/index.node and .tools/bin/nats-server (`npm run setup`).
 // Prints JSON on stdout, then a markdown section.
 import { spawn, spawnSync } from "node:child_process";
@@ -33,6 +34,7 @@ const arg = (name, def) => {
 const KILLS = Number(arg("kills", "20"));
 const MODE = arg("mode", "both");
 const jsonOut = arg("json", undefined);
+const EDGE_IDLE_MS = Number(arg("edge-idle-ms", "3000"));
 const modes = MODE === "both" ? ["kill", "freeze"] : [MODE];
 if (!modes.every((m) => m === "kill" || m === "freeze") || !(KILLS > 0)) {
   process.stderr.write("usage: node bench/failover.mjs [--kills N] [--mode kill|freeze|both] [--json FILE]\n");
@@ -184,8 +186,8 @@ await edge.start({
   secret,
   bindAddress: "127.0.0.1",
   hubCertFingerprint: fingerprint,
-  pingIntervalMs: 1_000,
-  idleTimeoutMs: 3_000,
+  pingIntervalMs: Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3)),
+  idleTimeoutMs: EDGE_IDLE_MS,
   reconnectInitialMs: 50,
   reconnectMaxMs: 300,
 });
@@ -304,7 +306,7 @@ const report = {
   date: new Date().toISOString(),
   commit,
   machine: { cpus: cpus().length, model: cpus()[0]?.model ?? null, loadavg: loadavg() },
-  setup: { hubs: 2, natsNodes: 3, replicas: 3, leaseMs: 2_000, edgePingMs: 1_000, edgeIdleMs: 3_000, probeEveryMs: 20, probeTimeoutMs: 1_000 },
+  setup: { hubs: 2, natsNodes: 3, replicas: 3, leaseMs: 2_000, edgePingMs: Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3)), edgeIdleMs: EDGE_IDLE_MS, probeEveryMs: 20, probeTimeoutMs: 1_000 },
   summary,
   rounds: results,
 };
@@ -317,7 +319,7 @@ const md = [
   "",
   `### Failover (bench/failover.mjs, ${KILLS} failures per mode, commit ${commit ?? "?"})`,
   "",
-  `2 hubs (CLI) of one cluster on a 3-node NATS cluster (R3), lease 2000 ms; edge ping 1000 / idle 3000 ms; a client opens a`,
+  `2 hubs (CLI) of one cluster on a 3-node NATS cluster (R3), lease 2000 ms; edge ping ${Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3))} / idle ${EDGE_IDLE_MS} ms; a client opens a`,
   `new connection every 20 ms (1 s timeout). Times in ms from the failure. ${cpus().length} CPUs, load ${loadavg().map((l) => l.toFixed(1)).join(" ")}.`,
   "",
 ];
