@@ -202,7 +202,7 @@ describe("cluster registry on a 3-node NATS cluster", () => {
     const { stdout } = await cli("status", "--json");
     const status = JSON.parse(stdout) as {
       hubs: Array<{ hubId: string; alive: boolean; heartbeatAgeMs: number; tunnel: string }>;
-      edges: Array<{ id: string; listenPorts: number[] }>;
+      edges: Array<{ id: string; listenPorts: number[]; owner: { hubId: string; hubAlive: boolean; expired: boolean; leaseAgeMs: number } | null }>;
       replication: Array<{ stream: string; replicas: number; exists: boolean; leader: string | null; members: Array<{ state: string }> }>;
     };
     expect(status.hubs.map((h) => [h.hubId, h.alive, h.tunnel])).toEqual([
@@ -210,6 +210,8 @@ describe("cluster registry on a 3-node NATS cluster", () => {
       ["hub-b", true, `127.0.0.1:${b.tunnelPort}`],
     ]);
     expect(status.edges.map((e) => [e.id, e.listenPorts])).toEqual([["edge-1", [portA]]]);
+    // edge-1 is served by hub B: its owner entry (written by ownership) names hub B, with a fresh lease.
+    expect(status.edges[0]?.owner).toMatchObject({ hubId: "hub-b", hubAlive: true, expired: false });
     expect(stdout).not.toContain(secret);
     const kvStreams = status.replication.filter((r) => r.stream.startsWith(`KV_pw_${cluster}_`));
     expect(kvStreams.map((r) => [r.exists, r.replicas, r.members.length])).toEqual([
@@ -217,7 +219,9 @@ describe("cluster registry on a 3-node NATS cluster", () => {
       [true, 3, 3],
       [true, 3, 3],
     ]);
-    expect((await cli("status")).stdout).toMatch(/hub-a\s+alive/);
+    const text = (await cli("status")).stdout;
+    expect(text).toMatch(/hub-a\s+alive/);
+    expect(text).toMatch(/edge-1\s+tcp \d+\s+owner hub-b, lease \d+ ms old/);
 
     // `portway cluster edges set|remove` change the registry as updateAllowedEdges does: hub B applies them.
     await cli("edges", "set", "--id", "edge-2", "--secret", "other-secret", "--ports", `${portB}`);
