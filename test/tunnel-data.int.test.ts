@@ -123,6 +123,24 @@ describe.each(TRANSPORTS)("tunnel data path over %s", (transport) => {
     expect(target.errors).toEqual([]);
   });
 
+  it("abort: clients that reset right after connecting cost only their own streams, not the tunnel", async () => {
+    // Over QUIC the edge has sent a stream's OPEN header when it learns of the reset; the reset that follows lets
+    // the hub discard the unread header. That stream, not the tunnel, must end (the hub once closed the tunnel).
+    const target = teardown.track(await startEchoTarget("v1"));
+    const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));
+    const dropped = recordEvents<{ reason: string; message: string }>(tunnel.hub, "edgeDisconnected");
+    teardown.add(dropped.stop);
+    const port = tunnel.listenPorts[0] as number;
+    const sessionBefore = (await tunnel.edge.getStatus()).sessionId;
+    for (let i = 0; i < 100; i++) (await connectTcp(port)).resetAndDestroy();
+    await waitFor(async () => (await tunnel.edge.getStatus()).activeStreams === 0, { what: "edge activeStreams back to 0" });
+    const client = await connectTcp(port);
+    teardown.add(() => client.destroy());
+    await echoRoundTrip(client);
+    expect(dropped.seen.map((e) => `${e.reason}: ${e.message}`)).toEqual([]);
+    expect((await tunnel.edge.getStatus()).sessionId).toBe(sessionBefore);
+  });
+
   it("abort: a target's reset reaches the client as a reset, not a FIN", async () => {
     const target = teardown.track(await startResetTarget("v1", 10));
     const tunnel = teardown.track(await startTunnel({ routes: [{ target: target.address }], transport }));

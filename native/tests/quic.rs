@@ -225,3 +225,45 @@ fn malformed_quic_input_is_a_protocol_error() {
         hub.hub.stop().await;
     });
 }
+
+/// A stream the edge resets before the hub has read its `Open` header (the edge does this when its
+/// client resets right after connecting; a reset lets the hub discard the unread header) ends only
+/// that stream: the hub resets its side back, the tunnel stays up and keeps carrying streams.
+/// Regression: the hub treated it as a protocol error and closed the whole tunnel.
+#[test]
+fn a_stream_reset_before_its_open_header_ends_only_that_stream() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let edge_port = free_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
+            json!({}),
+        )
+        .await;
+        let (_endpoint, conn, _control, _control_recv) =
+            fake_quic_edge(hub.port, &id.fingerprint).await;
+        hub.events.wait_type("edge.connected").await;
+
+        // Part of an OPEN header, then a reset: the header can never be completed.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0x01, 0, 0]).await.unwrap();
+        send.reset(quinn::VarInt::from_u32(7)).unwrap();
+        let mut buf = [0u8; 16];
+        let answer = tokio::time::timeout(WAIT, recv.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer, Err(quinn::ReadError::Reset(_))),
+            "the hub should reset its side of the abandoned stream, got {answer:?}"
+        );
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        assert!(hub.events.of_type("edge.disconnected").is_empty());
+        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        assert_eq!(status["edges"][0]["edgeId"], "e1", "{status}");
+        drop(conn);
+        hub.hub.stop().await;
+    });
+}

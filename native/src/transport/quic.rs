@@ -713,7 +713,13 @@ async fn accept_streams(
                     let stream = handle.stream(stream_id, send, recv);
                     let _ = events.send(TunnelEvent::Opened(stream, open));
                 }
-                Ok(Err(message)) => {
+                // The edge gave up on the stream (its client reset at once) or the connection is
+                // going: nothing to relay, and no fault of the tunnel.
+                Ok(Err(OpenHeaderError::Abandoned)) => {
+                    let mut send = send;
+                    let _ = send.reset(code_of(CloseReason::Reset));
+                }
+                Ok(Err(OpenHeaderError::Protocol(message))) => {
                     let _ = fail.send(TunnelEnd::Protocol(message));
                 }
                 // A stream that never says what it is: drop it (reset), keep the tunnel.
@@ -726,39 +732,62 @@ async fn accept_streams(
     }
 }
 
+/// Why a new stream yields no `Open` header.
+#[derive(Debug)]
+enum OpenHeaderError {
+    /// The edge reset the stream (or the connection went) before its header was read. An edge
+    /// does this when its client resets right after connecting: the edge has already sent the
+    /// header, but a reset lets the receiver discard unread data, so the header may never be seen.
+    /// Not a protocol error: only this stream ends.
+    Abandoned,
+    /// The stream does not start with a well-formed `Open`: the tunnel ends.
+    Protocol(String),
+}
+
+impl OpenHeaderError {
+    fn of(err: quinn::ReadExactError, context: &str) -> Self {
+        match err {
+            quinn::ReadExactError::ReadError(
+                quinn::ReadError::Reset(_) | quinn::ReadError::ConnectionLost(_),
+            ) => Self::Abandoned,
+            other => Self::Protocol(format!("stream ended {context} its OPEN header: {other}")),
+        }
+    }
+}
+
 /// Reads exactly one `Open` frame from the start of a new stream (nothing past it).
 async fn read_open_header(
     mut recv: quinn::RecvStream,
-) -> Result<(quinn::RecvStream, u32, StreamOpen), String> {
+) -> Result<(quinn::RecvStream, u32, StreamOpen), OpenHeaderError> {
     use crate::protocol::frame::FRAME_HEADER_LEN;
     let mut header = [0u8; FRAME_HEADER_LEN];
     recv.read_exact(&mut header)
         .await
-        .map_err(|e| format!("stream ended before its OPEN header: {e}"))?;
+        .map_err(|e| OpenHeaderError::of(e, "before"))?;
     if header[0] != crate::protocol::frame::frame_type::OPEN {
-        return Err(format!(
+        return Err(OpenHeaderError::Protocol(format!(
             "a QUIC stream must start with OPEN, got frame type 0x{:02x}",
             header[0]
-        ));
+        )));
     }
     let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
     // Decide from the header alone (type, stream id, length) before reading the payload.
     let mut decoder = FrameDecoder::default();
     if let Err(e) = decoder.decode(&mut BytesMut::from(&header[..])) {
-        return Err(e.to_string());
+        return Err(OpenHeaderError::Protocol(e.to_string()));
     }
     let mut frame = BytesMut::from(&header[..]);
     frame.resize(FRAME_HEADER_LEN + len, 0);
     recv.read_exact(&mut frame[FRAME_HEADER_LEN..])
         .await
-        .map_err(|e| format!("stream ended inside its OPEN header: {e}"))?;
+        .map_err(|e| OpenHeaderError::of(e, "inside"))?;
     match decoder.decode(&mut frame) {
         Ok(Some(Frame::Open { stream_id, open })) => Ok((recv, stream_id, open)),
-        Ok(Some(other)) => Err(format!(
+        Ok(Some(other)) => Err(OpenHeaderError::Protocol(format!(
             "a QUIC stream must start with OPEN, got {}",
             other.name()
-        )),
-        Ok(None) => Err("incomplete OPEN header".into()),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Ok(None) => Err(OpenHeaderError::Protocol("incomplete OPEN header".into())),
+        Err(e) => Err(OpenHeaderError::Protocol(e.to_string())),
     }
 }
