@@ -5,11 +5,21 @@
 // docs/performance.md quotes its output.
 //
 //   node bench/udp-profile.mjs [--transport tcpTls|quic] [--rate PPS (0 = max)] [--size BYTES] [--seconds S] [--no-perf]
+//   node bench/udp-profile.mjs --counters [--transport …] [--rate …] [--size …] [--seconds …]
+//
+// --counters runs hub and edge in this process through the library (RemoteIngressHub/RemoteIngressEdge, events off,
+// one addon runtime like native/examples/measure) instead of CLI processes, to read the addon's own counters from
+// getStatus() before and after the run: which side dropped how many datagrams (udpDropped: a full queue or socket
+// buffer inside the tunnel; udpOversized; udpRefused), next to the kernel's RcvbufErrors. Uses the dist/ of
+// BENCH_PORTWAY_ROOT when set.
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { cpuSecondsOf } from "./measure.mjs";
+import { freePort, freeUdpPort, root } from "./processes.mjs";
 import { buildUdpLoad, startUdpSink, udpRun } from "./udp.mjs";
 import { startTunnelCli } from "./tunnel-cli.mjs";
 
@@ -20,6 +30,7 @@ const { values: opts } = parseArgs({
     size: { type: "string", default: "64" },
     seconds: { type: "string", default: "4" },
     "no-perf": { type: "boolean", default: false },
+    counters: { type: "boolean", default: false },
   },
 });
 const rate = Number(opts.rate);
@@ -41,6 +52,64 @@ const threadCpu = (pid) => {
   }
   return out;
 };
+
+/** Hub and edge in this process, events off; returns the UDP port, and their counters on demand. */
+const startInProcess = async (sinkPort) => {
+  const dist = join(process.env.BENCH_PORTWAY_ROOT ?? root, "dist", "index.js");
+  const { RemoteIngressHub, RemoteIngressEdge } = await import(pathToFileURL(dist).href);
+  const dataDir = mkdtempSync(join(tmpdir(), "portway-udp-profile-"));
+  const port = await freeUdpPort();
+  const hub = new RemoteIngressHub();
+  await hub.start({ tunnelPort: await freePort({ udp: true }), bindHost: "127.0.0.1", events: false, dataDir, proxyProtocol: { tcp: "none", udp: "none" } });
+  await hub.updateAllowedEdges([{ id: "e1", secret: "s", listenPortsUdp: [port], targets: { [port]: `127.0.0.1:${sinkPort}` } }]);
+  const hs = await hub.getStatus();
+  const edge = new RemoteIngressEdge();
+  await edge.start({ hubHost: "127.0.0.1", hubPort: hs.tunnelPort, edgeId: "e1", secret: "s", hubCertFingerprint: hs.hubFingerprint, bindAddress: "127.0.0.1", transportMode: opts.transport });
+  const deadline = Date.now() + 15_000;
+  while (!((await edge.getStatus()).listenPortsUdp ?? []).includes(port)) {
+    if (Date.now() > deadline) throw new Error("edge did not open its UDP port");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const counters = async () => {
+    const e = await edge.getStatus();
+    const h = (await hub.getStatus()).connectedEdges.find((c) => c.edgeId === "e1") ?? {};
+    return { edgeDropped: e.udpDropped ?? 0, edgeOversized: e.udpOversized ?? 0, hubDropped: h.udpDropped ?? 0, hubOversized: h.udpOversized ?? 0, hubRefused: h.udpRefused ?? 0 };
+  };
+  return {
+    port,
+    transport: (await edge.getStatus()).transport,
+    counters,
+    stop: async () => {
+      await edge.stop();
+      await hub.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+};
+
+if (opts.counters) {
+  const { bin } = buildUdpLoad();
+  const sink = await startUdpSink(bin);
+  const tunnel = await startInProcess(sink.port);
+  try {
+    await udpRun({ bin, sink, port: tunnel.port, rate: 10_000, seconds: 1, size });
+    const before = await tunnel.counters();
+    const r = await udpRun({ bin, sink, port: tunnel.port, rate, seconds, size, pids: { "hub+edge": process.pid } });
+    const after = await tunnel.counters();
+    const delta = Object.fromEntries(Object.keys(after).map((k) => [k, after[k] - before[k]]));
+    const lost = r.sent - r.received;
+    console.log(`${tunnel.transport} (hub and edge in one process), ${size}-byte datagrams, offered ${rate || "max"} pps for ${seconds} s:`);
+    console.log(`  sent ${r.sent}, received ${r.received} (${r.deliveredPps.toFixed(0)} pps), lost ${lost} (${r.lossPct.toFixed(3)} %)`);
+    console.log(`  counted by the addon: edge udpDropped ${delta.edgeDropped}, hub udpDropped ${delta.hubDropped}, oversized ${delta.edgeOversized + delta.hubOversized}, refused ${delta.hubRefused}`);
+    console.log(`  kernel RcvbufErrors +${r.rcvbufErrors} (system-wide: the edge listener, the tunnel's QUIC sockets, the hub upstream socket, the sink)`);
+    console.log(`  not counted by either: ${lost - delta.edgeDropped - delta.hubDropped - r.rcvbufErrors}`);
+    console.log(`  hub+edge: ${r.cpuUsPerPacket["hub+edge"]?.toFixed(2)} µs CPU per delivered datagram (includes this process's polling)`);
+  } finally {
+    await tunnel.stop();
+    await sink.stop();
+  }
+  process.exit(0);
+}
 
 const perfAvailable = !opts["no-perf"] && existsSync("/usr/bin/perf");
 const { bin } = buildUdpLoad();
