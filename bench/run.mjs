@@ -556,6 +556,7 @@ const report = (m, ran) => {
   lines.push("node bench/run.mjs --list              # the sections");
   lines.push("node bench/run.mjs --render            # rebuild this file from bench/results/*.json, measuring nothing");
   lines.push("node bench/udp-profile.mjs --transport quic --rate 50000 --size 1200   # where UDP time goes (perf, per-thread CPU)");
+  lines.push("node bench/udp-profile.mjs --counters --transport quic --rate 50000 --size 1200   # where datagrams are lost (addon counters)");
   lines.push("```", "");
   lines.push(`Sections: ${SECTIONS.map((s) => `\`${s.name}\``).join(", ")}. Knobs are environment variables, listed at the top of bench/run.mjs.`);
   lines.push("While other work rebuilds the tree, run hub and edge from a built copy: `BENCH_PORTWAY_ROOT=/path/to/copy` (its");
