@@ -407,6 +407,11 @@ describe.skipIf(!addonHasAdmission)("multi-hub failover (3-node NATS cluster, re
     // B refused while A held a live lease, then took the edge once A let go.
     expect(refusals.some((r) => r.reason === "notOwner")).toBe(true);
     expect((await b.getStatus()).cluster?.refused).toBeGreaterThan(0);
+    // …and logged it (a one-shot edge actor, like a failed handshake).
+    await waitFor(async () => (await eventsOf(e1.id)).some((e) => e.type === "edge.refused" && e.hubId === "hub-b" && (e.data as { reason: string }).reason === "notOwner"), {
+      what: "edge.refused(notOwner) in the log",
+      intervalMs: 200,
+    });
     expect(expectSingleOwner(seen, e1.id)).toBeLessThanOrEqual(1);
   });
 

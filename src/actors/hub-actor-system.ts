@@ -9,7 +9,7 @@ import type { NativeHubEvent, NativeHubEventOf } from "../native/events.js";
 import { hubMachine, type HubOutput, type HubRecoveredData, type HubStopReason } from "../machines/hub.js";
 import { hubSessionMachine } from "../machines/hub-session.js";
 import { udpSessionMachine, type UdpAddonCloseReason, type UdpTotals } from "../machines/udp-session.js";
-import type { EventData, UdpRefuseReason } from "../events/catalog.js";
+import { EdgeRefuseReason, type EventData, type UdpRefuseReason } from "../events/catalog.js";
 import { makeEvent } from "../events/envelope.js";
 import { fromPlainEffect } from "./from-effect.js";
 import { RecentKeys } from "./recent-keys.js";
@@ -45,6 +45,7 @@ export type HubActorProblem =
   | { readonly type: "duplicateUdpSession"; readonly sessionId: string; readonly udpSessionId: number }
   /** A UDP notice with a reason the catalog does not know; not logged. */
   | { readonly type: "unknownUdpReason"; readonly event: NativeHubEvent["type"]; readonly reason: string }
+  | { readonly type: "unknownEdgeRefuseReason"; readonly event: NativeHubEvent["type"]; readonly reason: string }
   /** An event for a session or stream whose actor already ended; dropped. */
   | { readonly type: "lateEvent"; readonly event: NativeHubEvent["type"]; readonly sessionId: string; readonly streamId: number | null }
   | { readonly type: "protocolError"; readonly remoteAddr: string; readonly sessionId: string | null; readonly message: string }
@@ -139,6 +140,7 @@ const udpCloseReasonOf = (reason: string): UdpAddonCloseReason | undefined => {
 };
 
 const isUdpRefuseReason = (reason: string): reason is UdpRefuseReason => reason === "sessionCap" || reason === "portClosed";
+const isEdgeRefuseReason = (reason: string): reason is EdgeRefuseReason => (EdgeRefuseReason.literals as ReadonlyArray<string>).includes(reason);
 
 const totalsOf = (e: { readonly bytesIn: number; readonly bytesOut: number; readonly packetsIn: number; readonly packetsOut: number }): UdpTotals => ({
   bytesIn: e.bytesIn,
@@ -450,6 +452,29 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
           data: { edgePort: event.edgePort, clientAddr: event.clientAddr, reason: event.reason, count: event.count },
         });
         return;
+      case "edge.refused": {
+        // Deferred admission said no (HA ownership): a one-shot actor, like a failed handshake.
+        if (!isEdgeRefuseReason(event.reason)) {
+          report({ type: "unknownEdgeRefuseReason", event: event.type, reason: event.reason });
+          return;
+        }
+        const refused = makeEvent({
+          type: "edge.refused",
+          hubId: options.hubId,
+          edgeId: event.edgeId,
+          sessionId: event.sessionId,
+          streamId: null,
+          seq: 1,
+          time: Math.max(0, Math.round(event.atMs)),
+          data: { remoteAddr: event.remoteAddr, reason: event.reason, message: event.message },
+        });
+        try {
+          options.sink.append(refused);
+        } catch (error) {
+          report({ type: "sinkFailed", eventType: refused.type, message: error instanceof Error ? error.message : String(error) });
+        }
+        return;
+      }
       case "udp.oversized":
         notice(event.edgeId ?? null, event.atMs, {
           type: "udp.oversized",

@@ -77,6 +77,7 @@ const TERMINAL: ReadonlySet<EventType> = new Set<EventType>([
   "hub.stopped",
   "edge.disconnected",
   "edge.authFailed",
+  "edge.refused",
   "stream.closed",
   "udp.closed",
 ]);

@@ -58,7 +58,7 @@ export interface RecoverFromLogOptions {
   readonly marginMs?: number;
 }
 
-const TERMINAL = new Set<string>(["hub.stopped", "edge.disconnected", "edge.authFailed", "stream.closed", "udp.closed"]);
+const TERMINAL = new Set<string>(["hub.stopped", "edge.disconnected", "edge.authFailed", "edge.refused", "stream.closed", "udp.closed"]);
 const kindOf = (e: DomainEvent): ActorKind => e.type.slice(0, e.type.indexOf(".")) as ActorKind;
 const errMsg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
