@@ -383,9 +383,9 @@ interface ClusterWiringOptions {
 }
 
 /**
- * The registry watch (every change → `hubUpdateEdges` with verifiers) and, with deferred admission, the
- * admission of edges that passed the secret check. Until ownership (src/cluster/ownership.ts) is wired, every
- * such edge is admitted (contract section 7).
+ * The registry watch (every change → `hubUpdateEdges` with verifiers) and, with deferred admission, ownership
+ * (src/cluster/ownership.ts): it admits or refuses each edge that passed the secret check, renews the leases of
+ * the edges this hub serves, drops an edge whose lease is lost, and closes a dead hub's leftovers on takeover.
  */
 const startClusterWiring = (o: ClusterWiringOptions) =>
   Effect.gen(function* () {
