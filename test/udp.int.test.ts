@@ -56,6 +56,7 @@ describe("UDP through the tunnel", () => {
       },
     });
     cleanups.push(() => tunnel.stop());
+    expect((await tunnel.edge.getStatus()).transport).toBe(transportMode);
 
     const clients = [await udpClient(), await udpClient()];
     for (const c of clients) cleanups.push(() => void c.close());
