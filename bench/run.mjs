@@ -366,11 +366,12 @@ const scriptSection = ({ name, title, script, knobs, args, targets }) => ({
     const dir = mkdtempSync(join(tmpdir(), `portway-bench-${name}-`));
     const jsonFile = join(dir, "out.json");
     try {
-      const env = { ...process.env };
-      if (process.env.BENCH_PORTWAY_ROOT) env.PORTWAY_DIST = join(process.env.BENCH_PORTWAY_ROOT, "dist");
-      say(`node bench/${script} ${[...args(k), "--json", jsonFile].join(" ")}`);
+      // With a snapshot, its own copy of the script runs, so script, dist/, native/ and bin/ all come from it.
+      const base = process.env.BENCH_PORTWAY_ROOT ?? root;
+      const env = { ...process.env, PORTWAY_DIST: join(base, "dist") };
+      say(`node ${join(base, "bench", script)} ${[...args(k), "--json", jsonFile].join(" ")}`);
       const stdout = await new Promise((resolve, reject) =>
-        execFile(process.execPath, [join(root, "bench", script), ...args(k), "--json", jsonFile], { cwd: root, env, maxBuffer: 256 * 1024 * 1024 }, (error, out, err) =>
+        execFile(process.execPath, [join(base, "bench", script), ...args(k), "--json", jsonFile], { cwd: base, env, maxBuffer: 256 * 1024 * 1024 }, (error, out, err) =>
           error ? reject(new Error(`bench/${script} exited with ${error.code ?? error.signal}: ${String(err).trim().slice(-1500)}`)) : resolve(String(out)),
         ),
       );
