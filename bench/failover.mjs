@@ -154,7 +154,7 @@ for (const [i, hubId] of hubIds.entries()) {
 const startHub = async (h) => {
   const child = spawn(process.execPath, [join(root, "bin", "portway.js"), "hub", "--config", h.config], {
     cwd: root,
-    env: { ...process.env, NO_COLOR: "1", ...(process.env.PORTWAY_DIST ? {} : {}) },
+    env: { ...process.env, NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
