@@ -32,8 +32,15 @@ export interface PublisherOptions {
   readonly hubId: string;
   /** The hub run id: identity of the publisher's own hub.eventsDropped events. */
   readonly runId: string;
-  /** Max time an event waits for its batch to fill. Default 2 ms. */
+  /**
+   * Max time an event waits for its batch to fill, at low event rates. Default 2 ms. The linger grows with the
+   * event rate (`lingerMsPerEventPerMs` × events/ms, up to `maxLingerMs`): fewer, larger messages when busy.
+   */
   readonly lingerMs?: number;
+  /** Upper bound of the rate-adaptive linger. Default 20 ms; equal to `lingerMs` turns adaptation off. */
+  readonly maxLingerMs?: number;
+  /** Linger per event/ms of recent append rate. Default 5 (≈ 400 events/s → 2 ms, ≥ 4,000 events/s → 20 ms). */
+  readonly lingerMsPerEventPerMs?: number;
   readonly maxBatchEvents?: number;
   /** Batches whose JSON exceeds this are split. Default 512 KiB. */
   readonly maxBatchBytes?: number;
@@ -81,6 +88,8 @@ interface Sealed {
 
 const DEFAULTS = {
   lingerMs: 2,
+  maxLingerMs: 20,
+  lingerMsPerEventPerMs: 5,
   maxBatchEvents: 1024,
   maxBatchBytes: 512 * 1024,
   maxMessageBytes: 4 * 1024 * 1024,
@@ -100,6 +109,12 @@ export class EventPublisher {
   private readonly subjects = new Map<string, Map<string, string>>();
   private openEvents = 0;
   private lingerTimer: NodeJS.Timeout | undefined;
+  /** Current linger (rate-adaptive, between lingerMs and maxLingerMs) and when the open window started. */
+  private linger: number;
+  /** When the previous linger window ended (its rate counts the quiet time since). */
+  private lastWindowEnd = 0;
+  /** Recent append rate, events per ms (EWMA over linger windows). */
+  private eventRate = 0;
   private nextN = 1;
   private mode: PublisherMode = "direct";
   /** Direct mode: sealed, not yet sent. */
@@ -139,6 +154,7 @@ export class EventPublisher {
     this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => k in DEFAULTS && v !== undefined)) };
     this.log = opts.log ?? ((level, msg) => (level === "info" ? undefined : console.error(`[events] ${msg}`)));
     this.now = opts.now ?? Date.now;
+    this.linger = this.o.lingerMs;
     this.unsubscribe = sink.onUp(() => this.scheduleDrain(0));
     if (!outbox.isEmpty()) {
       this.mode = "outbox";
@@ -169,7 +185,7 @@ export class EventPublisher {
       this.seal(subject, b.events);
       this.pump();
     } else if (!this.lingerTimer) {
-      this.lingerTimer = setTimeout(() => this.sealAll(), this.o.lingerMs);
+      this.lingerTimer = setTimeout(() => this.sealAll(true), this.linger);
     }
   }
 
@@ -195,14 +211,30 @@ export class EventPublisher {
     for (const e of events) this.append(e);
   }
 
-  private sealAll(): void {
+  private sealAll(lingerEnded = false): void {
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.lingerTimer = undefined;
+    if (lingerEnded) this.adaptLinger(this.openEvents);
     const open = this.open;
     this.open = new Map();
     this.openEvents = 0;
     for (const [subject, b] of open) this.seal(subject, b.events);
     this.pump();
+  }
+
+  /**
+   * Each publish costs the hub and the server far more than an event in it (ADR 0007): when events come fast,
+   * wait longer so each message carries more of them. Rate = events of the window just ended over the time since
+   * the previous window ended (quiet time included; the timer may fire late on a busy loop). It rises smoothly
+   * and falls at once: one window after a burst ends, the linger is back at `lingerMs`.
+   */
+  private adaptLinger(events: number): void {
+    if (this.o.maxLingerMs <= this.o.lingerMs) return;
+    const now = performance.now();
+    const rate = events / Math.max(now - this.lastWindowEnd, this.linger);
+    this.lastWindowEnd = now;
+    this.eventRate = rate < this.eventRate ? rate : 0.7 * this.eventRate + 0.3 * rate;
+    this.linger = Math.min(this.o.maxLingerMs, Math.max(this.o.lingerMs, this.eventRate * this.o.lingerMsPerEventPerMs));
   }
 
   private seal(subject: string, events: DomainEvent[]): void {
