@@ -77,6 +77,19 @@ describe("portway CLI", () => {
     expect(decodeConnectionToken(out().trim())).toMatchObject({ hubHost: "hub.example", hubPort: 8443, edgeId: "e1", secret: "s", hubCertFingerprint: FP });
   });
 
+  it("prints a token with several hubs from repeated --hub", () => {
+    const out = captureStdout();
+    Effect.runSync(
+      runCommand(["token", "--hub", "a.example:8443", "--edge-id", "e1", "--hub=[::1]:9443", "--secret", "s", "--hub", "c.example", "--fingerprint", FP], {}),
+    );
+    expect(decodeConnectionToken(out().trim()).hubs).toEqual([
+      { host: "a.example", port: 8443 },
+      { host: "::1", port: 9443 },
+      { host: "c.example", port: 8443 },
+    ]);
+    expect(failure(runCommand(["token", "--hub", "a:b:c", "--edge-id", "e1", "--secret", "s"], {}))).toMatchObject({ field: "hubs" });
+  });
+
   it("takes the token's port and secret from the hub config, and env for the rest", () => {
     const dir = mkdtempSync(join(tmpdir(), "portway-cli-"));
     try {

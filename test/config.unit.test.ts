@@ -156,7 +156,28 @@ describe("edge config", () => {
       idleTimeoutMs: 15000,
       reconnectInitialMs: 250,
       reconnectMaxMs: 30000,
+      gapHoldMs: 3000,
     });
+  });
+
+  it("detects a dead hub faster when the edge has several hubs (flags override)", () => {
+    const several = encodeConnectionToken({
+      hubs: [
+        { host: "a.example", port: 8443 },
+        { host: "b.example", port: 8443 },
+      ],
+      edgeId: "e1",
+      secret: "s",
+    });
+    const fast = Effect.runSync(resolveEdgeOptions({ token: several }));
+    expect(fast).toMatchObject({ pingIntervalMs: 1000, idleTimeoutMs: 3000, gapHoldMs: 3000 });
+    expect(fast.hubs.map((h) => h.host)).toEqual(["a.example", "b.example"]);
+    const flagged = Effect.runSync(
+      loadEdgeConfig({ flags: { token: several, "ping-interval-ms": "400", "idle-timeout-ms": "1500", "gap-hold-ms": "0" } }),
+    );
+    expect(flagged).toMatchObject({ pingIntervalMs: 400, idleTimeoutMs: 1500, gapHoldMs: 0 });
+    // An explicit ping interval alone keeps the idle timeout above it.
+    expect(Effect.runSync(resolveEdgeOptions({ token: several, pingIntervalMs: 2500 }))).toMatchObject({ idleTimeoutMs: 5000 });
   });
 
   it("accepts the explicit seed shape", () => {

@@ -168,6 +168,10 @@ pub struct EdgeConfigJson {
     /// STUN servers ("host:port") for public address discovery; empty = off.
     #[serde(default)]
     pub stun_servers: Vec<String>,
+    /// A client connection arriving while no tunnel is up waits this long for one, then is reset
+    /// (0 = reset at once).
+    #[serde(default = "default_gap_hold_ms")]
+    pub gap_hold_ms: u64,
 }
 
 impl std::fmt::Debug for EdgeConfigJson {
@@ -215,6 +219,9 @@ fn default_max_udp_sessions() -> u32 {
 }
 fn default_stun_secs() -> u32 {
     300
+}
+fn default_gap_hold_ms() -> u64 {
+    3_000
 }
 fn default_reconnect_initial_ms() -> u64 {
     250
@@ -404,6 +411,7 @@ pub struct EdgeSettings {
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     pub quic_fallback_timeout: Duration,
+    pub gap_hold: Duration,
 }
 
 pub fn normalize_fingerprint(fp: &str) -> Result<String, AddonError> {
@@ -460,7 +468,12 @@ pub fn parse_edge_config(json: &str) -> Result<EdgeSettings, AddonError> {
             )));
         }
     }
+    let gap_hold = match raw.gap_hold_ms {
+        0 => Duration::ZERO,
+        ms => check_ms("gapHoldMs", ms)?,
+    };
     Ok(EdgeSettings {
+        gap_hold,
         quic_fallback_timeout: check_ms("quicFallbackTimeoutMs", raw.quic_fallback_timeout_ms)?,
         raw,
         fingerprint,

@@ -1,13 +1,21 @@
 //! The edge role: keeps one tunnel to a hub up and serves the public listeners over it.
 //!
 //! Choices:
-//! - Connecting tries the configured hubs in order; when all fail it waits a jittered exponential
-//!   backoff (reconnectInitialMs doubling up to reconnectMaxMs, uniform in [d/2, d]). A session
-//!   that lasted at least `STABLE_SESSION` resets the backoff.
+//! - Connecting rotates through the configured hubs: after a session with hub i ends (or hub i
+//!   refuses), the next attempt goes to hub i+1 (wrapping) at once. Only when a full round (every
+//!   hub once) fails does it wait a jittered exponential backoff (reconnectInitialMs doubling up
+//!   to reconnectMaxMs, uniform in [d/2, d]). A session shorter than `FRESH_ROUND` does not start
+//!   a new round (a hub that accepts and drops at once cannot make the edge spin); one that lasted
+//!   at least `STABLE_SESSION` resets the backoff. With a single hub every retry waits the backoff.
 //! - An auth rejection or a pinned-fingerprint mismatch is reported as `tunnel.rejected` and retried
-//!   with the same backoff (the hub's edge list or certificate may be fixed meanwhile).
+//!   with the same rules (the hub's edge list or certificate may be fixed meanwhile); `notOwner`
+//!   (another hub owns this edge) likewise sends the edge to its next hub.
+//! - With more than one hub, liveness uses the shorter of the edge's and the hub's ping interval and
+//!   idle timeout, so a dead hub is detected within the edge's own `idleTimeoutMs`.
 //! - Listeners stay bound while the tunnel is down, so a reconnect (or a failover to another hub)
-//!   does not lose the ports; a connection arriving while no tunnel is up is closed at once.
+//!   does not lose the ports. A connection arriving while no tunnel is up is held, unread, for up to
+//!   `gapHoldMs` waiting for a tunnel; then it is relayed, or reset (RST) and counted (`gapRefused`,
+//!   rate-limited `stream.refused`). It never hangs.
 //! - On `Config` the port set is diffed: new ports are bound, removed ports stop accepting, and
 //!   streams already running on a removed port are left to finish. A port that fails to bind is
 //!   reported (`listener.error`) and retried at the next assignment; other ports keep working.
@@ -27,7 +35,7 @@ use crate::transport::buffered::ReadBuffered;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tls;
 use crate::tunnel::{Tunnel, TunnelEnd, TunnelEvent};
-use crate::udp::EdgeUdp;
+use crate::udp::{EdgeUdp, Limiter};
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::HashMap;
@@ -45,6 +53,11 @@ use tokio_rustls::TlsConnector;
 
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// A session that lasted this long makes the next attempts a fresh round (no backoff until every
+/// hub was tried once more).
+const FRESH_ROUND: Duration = Duration::from_secs(1);
+/// Most client connections held at once while no tunnel is up; more are reset at once.
+const MAX_HELD: u64 = 4096;
 
 /// A running edge. Cheap to clone.
 #[derive(Clone)]
@@ -67,6 +80,13 @@ struct EdgeInner {
     stopped: watch::Sender<bool>,
     /// The hub's `stunIntervalSecs` (0 until a hub said, or when it turns STUN off).
     stun_interval: watch::Sender<u32>,
+    /// Bumped each time a tunnel comes up (wakes held client connections).
+    tunnel_up: watch::Sender<u64>,
+    /// Client connections held now, waiting for a tunnel.
+    held: AtomicU64,
+    /// Client connections reset because no tunnel came up within `gapHoldMs`.
+    gap_refused: AtomicU64,
+    gap_limiter: Limiter,
 }
 
 #[derive(Default)]
@@ -155,6 +175,10 @@ impl Edge {
             stop_started: AtomicBool::new(false),
             stopped: watch::channel(false).0,
             stun_interval: watch::channel(0).0,
+            tunnel_up: watch::channel(0).0,
+            held: AtomicU64::new(0),
+            gap_refused: AtomicU64::new(0),
+            gap_limiter: Limiter::default(),
         });
         inner.tasks.spawn(connect_loop(inner.clone()));
         if !inner.settings.raw.stun_servers.is_empty() {
@@ -192,6 +216,7 @@ impl Edge {
             listen_ports_udp: state.listen_ports_udp.clone(),
             listener_errors,
             last_error: state.last_error.clone(),
+            gap_refused: inner.gap_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -238,85 +263,99 @@ impl EdgeInner {
 
 async fn connect_loop(inner: Arc<EdgeInner>) {
     let hubs = inner.settings.raw.hubs.clone();
+    let count = hubs.len();
+    // Full rounds failed in a row: the backoff exponent.
     let mut failures: u32 = 0;
     let mut attempt: u64 = 0;
-    'rounds: while !inner.is_stopping() {
-        for (index, hub) in hubs.iter().enumerate() {
-            let hub_name = hub.to_string();
-            attempt += 1;
-            inner.events.emit(Event::TunnelConnecting {
-                hub: hub_name.clone(),
-                attempt,
-            });
-            let mut stopping = inner.stopping.subscribe();
-            let result = tokio::select! {
-                _ = until_set(&mut stopping) => break 'rounds,
-                result = connect_once(&inner, &hub.host, hub.port) => result,
-            };
-            match result {
-                Ok(connected) => {
-                    let started = Instant::now();
-                    let end = run_tunnel(&inner, &hub_name, connected).await;
-                    if started.elapsed() >= STABLE_SESSION {
-                        failures = 0;
-                    }
-                    let Some((reason, message)) = end else {
-                        break 'rounds;
-                    };
-                    let delay = inner.backoff(failures);
-                    failures = failures.saturating_add(1);
-                    inner.state().last_error = Some(format!("{reason}: {message}"));
-                    inner.events.emit(Event::TunnelDisconnected {
-                        hub: hub_name,
-                        reason,
-                        message,
-                        retry_in_ms: Some(delay.as_millis() as u64),
-                    });
-                    if !inner.pause(delay).await {
-                        break 'rounds;
-                    }
-                    continue 'rounds;
+    let mut next = 0usize;
+    // Attempts since the round started; when it reaches `count`, the edge backs off.
+    let mut round = 0usize;
+    let mut last_hub: Option<usize> = None;
+    while !inner.is_stopping() {
+        let index = next;
+        let hub = &hubs[index];
+        let hub_name = hub.to_string();
+        next = (index + 1) % count;
+        round += 1;
+        attempt += 1;
+        inner.events.emit(Event::TunnelConnecting {
+            hub: hub_name.clone(),
+            attempt,
+        });
+        let mut stopping = inner.stopping.subscribe();
+        let result = tokio::select! {
+            _ = until_set(&mut stopping) => break,
+            result = connect_once(&inner, &hub.host, hub.port) => result,
+        };
+        let (event, delay) = match result {
+            Ok(connected) => {
+                let failover = last_hub.is_some_and(|h| h != index);
+                last_hub = Some(index);
+                let started = Instant::now();
+                let end = run_tunnel(&inner, &hub_name, connected, failover).await;
+                let lasted = started.elapsed();
+                if lasted >= STABLE_SESSION {
+                    failures = 0;
                 }
-                Err(error) => {
-                    let last_hub = index + 1 == hubs.len();
-                    let delay = if last_hub {
-                        inner.backoff(failures)
-                    } else {
-                        Duration::ZERO
-                    };
-                    if last_hub {
-                        failures = failures.saturating_add(1);
-                    }
-                    let retry_in_ms = Some(delay.as_millis() as u64);
-                    let event = match error {
-                        AttemptError::Rejected(reason, message) => {
-                            inner.state().last_error = Some(format!("{reason}: {message}"));
-                            Event::TunnelRejected {
-                                hub: hub_name,
-                                reason,
-                                message,
-                                retry_in_ms,
-                            }
-                        }
-                        AttemptError::Failed(reason, message) => {
-                            inner.state().last_error = Some(format!("{reason}: {message}"));
-                            Event::TunnelDisconnected {
-                                hub: hub_name,
-                                reason,
-                                message,
-                                retry_in_ms,
-                            }
-                        }
-                    };
-                    inner.events.emit(event);
-                    if !delay.is_zero() && !inner.pause(delay).await {
-                        break 'rounds;
-                    }
+                let Some((reason, message)) = end else {
+                    break;
+                };
+                if lasted >= FRESH_ROUND && count > 1 {
+                    round = 0;
                 }
+                let delay = next_delay(&inner, &mut round, &mut failures, count);
+                inner.state().last_error = Some(format!("{reason}: {message}"));
+                let event = Event::TunnelDisconnected {
+                    hub: hub_name,
+                    reason,
+                    message,
+                    retry_in_ms: Some(delay.as_millis() as u64),
+                };
+                (event, delay)
             }
+            Err(error) => {
+                let delay = next_delay(&inner, &mut round, &mut failures, count);
+                let retry_in_ms = Some(delay.as_millis() as u64);
+                let event = match error {
+                    AttemptError::Rejected(reason, message) => {
+                        inner.state().last_error = Some(format!("{reason}: {message}"));
+                        Event::TunnelRejected {
+                            hub: hub_name,
+                            reason,
+                            message,
+                            retry_in_ms,
+                        }
+                    }
+                    AttemptError::Failed(reason, message) => {
+                        inner.state().last_error = Some(format!("{reason}: {message}"));
+                        Event::TunnelDisconnected {
+                            hub: hub_name,
+                            reason,
+                            message,
+                            retry_in_ms,
+                        }
+                    }
+                };
+                (event, delay)
+            }
+        };
+        inner.events.emit(event);
+        if !delay.is_zero() && !inner.pause(delay).await {
+            break;
         }
     }
     close_listeners(&inner);
+}
+
+/// Zero while the round still has hubs to try; the backoff (and a new round) once it is complete.
+fn next_delay(inner: &EdgeInner, round: &mut usize, failures: &mut u32, count: usize) -> Duration {
+    if *round < count {
+        return Duration::ZERO;
+    }
+    *round = 0;
+    let delay = inner.backoff(*failures);
+    *failures = failures.saturating_add(1);
+    delay
 }
 
 fn close_listeners(inner: &EdgeInner) {
@@ -552,6 +591,7 @@ async fn run_tunnel(
     inner: &Arc<EdgeInner>,
     hub_name: &str,
     connected: Connected,
+    failover: bool,
 ) -> Option<(&'static str, String)> {
     let Connected {
         link,
@@ -559,9 +599,12 @@ async fn run_tunnel(
         fingerprint,
     } = connected;
     let pinned = inner.settings.fingerprint.is_some();
-    // The hub's liveness settings win (docs/protocol.md §5); ours are the fallback.
-    let from_hub = |ms: u32, fallback: Duration| match ms {
-        0 => fallback,
+    // The hub's liveness settings win (docs/protocol.md §5); ours are the fallback. With several
+    // hubs the shorter of the two is used, so a dead hub is noticed within our own idle timeout.
+    let several_hubs = inner.settings.raw.hubs.len() > 1;
+    let from_hub = |ms: u32, ours: Duration| match ms {
+        0 => ours,
+        ms if several_hubs => Duration::from_millis(u64::from(ms)).min(ours),
         ms => Duration::from_millis(u64::from(ms)),
     };
     let ping_interval = from_hub(accepted.ping_interval_ms, inner.settings.ping_interval);
@@ -635,7 +678,9 @@ async fn run_tunnel(
         hub_fingerprint: fingerprint.clone(),
         pinned,
         transport: tunnel.transport(),
+        failover,
     });
+    inner.tunnel_up.send_modify(|generation| *generation += 1);
     if report_unpinned {
         inner.events.emit(Event::TunnelUnpinned {
             hub: hub_name.to_string(),
@@ -837,13 +882,61 @@ async fn accept_loop(inner: Arc<EdgeInner>, listener: TcpListener, port: u16) {
                             .tasks
                             .spawn(serve_client(inner.clone(), tunnel, sock, peer, port));
                     }
-                    // No tunnel: refuse by closing right away rather than letting the client wait.
-                    None => drop(sock),
+                    // No tunnel: hold the client (unread) until one comes up, or reset it.
+                    None => {
+                        if inner.held.fetch_add(1, Ordering::AcqRel) < MAX_HELD {
+                            inner
+                                .tasks
+                                .spawn(hold_client(inner.clone(), sock, peer, port));
+                        } else {
+                            inner.held.fetch_sub(1, Ordering::AcqRel);
+                            refuse_client(&inner, sock, peer, port);
+                        }
+                    }
                 }
             }
             // Usually EMFILE: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// Waits up to `gapHoldMs` for a tunnel, then serves the client over it; otherwise resets it.
+async fn hold_client(inner: Arc<EdgeInner>, sock: TcpStream, peer: SocketAddr, port: u16) {
+    let mut up = inner.tunnel_up.subscribe();
+    let mut stopping = inner.stopping.subscribe();
+    let deadline = tokio::time::sleep(inner.settings.gap_hold);
+    tokio::pin!(deadline);
+    let tunnel = loop {
+        // Subscribed before looking, so a tunnel coming up in between is not missed.
+        if let Some(tunnel) = inner.state().tunnel.clone() {
+            break Some(tunnel);
+        }
+        tokio::select! {
+            _ = &mut deadline => break None,
+            _ = until_set(&mut stopping) => break None,
+            changed = up.changed() => if changed.is_err() { break None },
+        }
+    };
+    inner.held.fetch_sub(1, Ordering::AcqRel);
+    match tunnel {
+        Some(tunnel) => serve_client(inner, tunnel, sock, peer, port).await,
+        None => refuse_client(&inner, sock, peer, port),
+    }
+}
+
+/// Resets (RST, not FIN) a client no tunnel can carry, so it fails at once instead of reading EOF.
+fn refuse_client(inner: &EdgeInner, sock: TcpStream, peer: SocketAddr, port: u16) {
+    let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+    drop(sock);
+    inner.gap_refused.fetch_add(1, Ordering::Relaxed);
+    if let Some(count) = inner.gap_limiter.hit() {
+        inner.events.emit(Event::StreamRefused {
+            edge_port: port,
+            client_addr: peer.to_string(),
+            reason: "noTunnel",
+            count,
+        });
     }
 }
 

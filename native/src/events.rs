@@ -105,6 +105,17 @@ pub enum Event {
         pinned: bool,
         /// `"tcpTls"` or `"quic"`.
         transport: &'static str,
+        /// The previous session was with a different hub.
+        failover: bool,
+    },
+    /// Client connections reset because no tunnel came up within `gapHoldMs`; at most one event
+    /// per second, `count` = refusals since the previous event (this one included).
+    #[serde(rename = "stream.refused")]
+    StreamRefused {
+        edge_port: u16,
+        client_addr: String,
+        reason: &'static str,
+        count: u64,
     },
     /// `quicWithFallback`: QUIC did not connect in time (or failed), TLS is used for this attempt.
     #[serde(rename = "tunnel.fallback")]

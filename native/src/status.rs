@@ -69,6 +69,8 @@ pub struct EdgeStatus {
     pub listen_ports_udp: Vec<u16>,
     pub listener_errors: Vec<ListenerErrorStatus>,
     pub last_error: Option<String>,
+    /// Client connections reset because no tunnel came up within `gapHoldMs`.
+    pub gap_refused: u64,
 }
 
 pub fn close_reason_name(reason: CloseReason) -> &'static str {

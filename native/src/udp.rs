@@ -96,13 +96,13 @@ impl UdpCounters {
 
 /// At most one report per `REPORT_EVERY`; counts what happened in between.
 #[derive(Default)]
-struct Limiter {
+pub(crate) struct Limiter {
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Limiter {
     /// Records one occurrence; returns the count to report if a report is due now.
-    fn hit(&self) -> Option<u64> {
+    pub(crate) fn hit(&self) -> Option<u64> {
         let mut state = lock(&self.state);
         state.1 += 1;
         let now = Instant::now();

@@ -215,3 +215,283 @@ every_transport!(
     deferred_admission_admit_and_refuse,
     drop_edge_closes_the_session_with_the_reason
 );
+
+// ---- failover -------------------------------------------------------------------------------------
+
+fn hub_addr(port: u16) -> Value {
+    json!({ "host": "127.0.0.1", "port": port })
+}
+
+/// An edge whose hubs are `ports`, in order.
+fn start_multi_edge(ports: &[u16], id: &Identity, extra: Value) -> TestEdge {
+    let mut config = json!({ "hubs": ports.iter().map(|p| hub_addr(*p)).collect::<Vec<_>>() });
+    if let (Some(into), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        into.extend(extra);
+    }
+    start_edge(ports[0], "e1", "s", Some(&id.fingerprint), config)
+}
+
+async fn two_hubs(
+    id: &Arc<Identity>,
+    port: u16,
+    target: u16,
+    extra_a: Value,
+    extra_b: Value,
+) -> (TestHub, TestHub) {
+    let entry = || vec![edge_entry("e1", "s", &[port], Some(target))];
+    let mut a = json!({ "hubId": "hub-a" });
+    let mut b = json!({ "hubId": "hub-b" });
+    for (into, extra) in [(&mut a, extra_a), (&mut b, extra_b)] {
+        if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+            into.extend(extra);
+        }
+    }
+    let hub_a = start_hub(id.clone(), 0, entry(), a).await;
+    let hub_b = start_hub(id.clone(), 0, entry(), b).await;
+    (hub_a, hub_b)
+}
+
+fn fails_over_at_once_when_the_hub_stops(transport: &str) {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        let (a, b) = two_hubs(&id, port, target, json!({}), json!({})).await;
+        let edge = start_multi_edge(&[a.port, b.port], &id, transport_extra(transport));
+        let first = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(first["hubId"], "hub-a");
+        assert_eq!(first["failover"], false);
+        edge.events.wait_type("ports.assigned").await;
+        let data = random_bytes(20_000);
+        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+
+        let stopped_at = tokio::time::Instant::now();
+        a.hub.stop().await;
+        let gone = edge.events.wait_type("tunnel.disconnected").await;
+        assert_eq!(gone["reason"], "hubShutdown");
+        assert_eq!(gone["retryInMs"], 0, "the other hub is tried at once");
+        let second = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
+        assert_eq!(second["hubId"], "hub-b");
+        assert_eq!(second["failover"], true);
+        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        let took = stopped_at.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(status["hubId"], "hub-b");
+        edge.edge.stop().await;
+        b.hub.stop().await;
+    });
+}
+
+/// A TCP relay in front of a hub that can go silent (a dead host: no FIN, no RST, nothing).
+struct Blackhole {
+    port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+async fn blackhole_proxy(upstream: u16) -> Blackhole {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = tokio::sync::watch::channel(false).0;
+    let watch = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let mut stop = watch.subscribe();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let relay = async {
+                    tokio::join!(
+                        tokio::io::copy(&mut cr, &mut sw),
+                        tokio::io::copy(&mut sr, &mut cw)
+                    )
+                };
+                tokio::select! {
+                    _ = relay => {}
+                    _ = async { let _ = stop.wait_for(|f| *f).await; } => {
+                        // Keep both sockets open and silent until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    Blackhole { port, frozen }
+}
+
+#[test]
+fn a_silent_hub_is_detected_and_the_edge_moves_within_3_s() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        // Hub A asks for slow liveness; with two hubs the edge keeps its own faster one.
+        let slow = json!({ "pingIntervalMs": 5000, "idleTimeoutMs": 15000 });
+        let (a, b) = two_hubs(&id, port, target, slow, json!({})).await;
+        let proxy = blackhole_proxy(a.port).await;
+        let liveness = json!({ "pingIntervalMs": 500, "idleTimeoutMs": 2000 });
+        let edge = start_multi_edge(&[proxy.port, b.port], &id, liveness);
+        let first = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(first["hubId"], "hub-a");
+        edge.events.wait_type("ports.assigned").await;
+
+        let died_at = tokio::time::Instant::now();
+        proxy.frozen.send_replace(true);
+        let gone = edge.events.wait_type("tunnel.disconnected").await;
+        assert_eq!(gone["reason"], "timeout");
+        let second = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
+        assert_eq!(second["hubId"], "hub-b");
+        assert_eq!(second["failover"], true);
+        let data = random_bytes(5_000);
+        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        let took = died_at.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+        edge.edge.stop().await;
+        a.hub.stop().await;
+        b.hub.stop().await;
+    });
+}
+
+#[test]
+fn not_owner_sends_the_edge_to_the_next_hub_at_once() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        let (a, b) = two_hubs(&id, port, target, deferred(5_000), json!({})).await;
+        let edge = start_multi_edge(&[a.port, b.port], &id, json!({}));
+        let admitting = a.events.wait_type("edge.admitting").await;
+        let session = admitting["sessionId"].as_str().unwrap();
+        assert!(a
+            .hub
+            .admit_edge(session, false, "notOwner", "hub-b owns e1"));
+        let rejected = edge.events.wait_type("tunnel.rejected").await;
+        assert_eq!(rejected["reason"], "notOwner");
+        assert_eq!(rejected["retryInMs"], 0);
+        let connected = edge.events.wait_type("tunnel.connected").await;
+        assert_eq!(connected["hubId"], "hub-b");
+        // The first session of the edge: not a failover.
+        assert_eq!(connected["failover"], false);
+        edge.events.wait_type("ports.assigned").await;
+        let data = random_bytes(1_000);
+        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        edge.edge.stop().await;
+        a.hub.stop().await;
+        b.hub.stop().await;
+    });
+}
+
+#[test]
+fn drop_edge_moves_the_edge_to_the_other_hub() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        let (a, b) = two_hubs(&id, port, target, json!({}), json!({})).await;
+        let edge = start_multi_edge(&[a.port, b.port], &id, json!({}));
+        edge.events.wait_type("ports.assigned").await;
+        assert!(a.hub.drop_edge("e1", GoAwayReason::LeaseLost, "lease lost"));
+        let gone = edge.events.wait_type("tunnel.disconnected").await;
+        assert_eq!(gone["reason"], "leaseLost");
+        assert_eq!(gone["retryInMs"], 0);
+        let moved = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
+        assert_eq!(moved["hubId"], "hub-b");
+        assert_eq!(moved["failover"], true);
+        b.events.wait_type("edge.connected").await;
+        let data = random_bytes(1_000);
+        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        edge.edge.stop().await;
+        a.hub.stop().await;
+        b.hub.stop().await;
+    });
+}
+
+#[test]
+fn a_client_in_the_gap_is_relayed_once_a_tunnel_returns() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        let later_port = free_port().await;
+        let hub_a = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[port], Some(target))],
+            json!({ "hubId": "hub-a" }),
+        )
+        .await;
+        let edge = start_multi_edge(&[hub_a.port, later_port], &id, json!({}));
+        edge.events.wait_type("ports.assigned").await;
+        hub_a.hub.stop().await;
+        edge.events.wait_type("tunnel.disconnected").await;
+        // Nothing is up now; this client is held (not refused) ...
+        let client = tokio::spawn(round_trip(port, b"held through the gap"));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!client.is_finished());
+        // ... until a hub comes up.
+        let hub_b = start_hub(
+            id.clone(),
+            later_port,
+            vec![edge_entry("e1", "s", &[port], Some(target))],
+            json!({ "hubId": "hub-b" }),
+        )
+        .await;
+        let echoed = tokio::time::timeout(WAIT, client).await.unwrap().unwrap();
+        assert_eq!(echoed.unwrap(), b"held through the gap");
+        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        assert_eq!(status["gapRefused"], 0);
+        edge.edge.stop().await;
+        hub_b.hub.stop().await;
+    });
+}
+
+#[test]
+fn a_client_in_a_long_gap_is_reset_and_counted() {
+    runtime().block_on(async {
+        let id = Arc::new(identity());
+        let (target, _lines) = echo_target().await;
+        let port = free_port().await;
+        let hub = start_hub(
+            id.clone(),
+            0,
+            vec![edge_entry("e1", "s", &[port], Some(target))],
+            json!({}),
+        )
+        .await;
+        let edge = start_edge(
+            hub.port,
+            "e1",
+            "s",
+            Some(&id.fingerprint),
+            json!({ "gapHoldMs": 300 }),
+        );
+        edge.events.wait_type("ports.assigned").await;
+        hub.hub.stop().await;
+        edge.events.wait_type("tunnel.disconnected").await;
+        let started = tokio::time::Instant::now();
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            results.push(tokio::spawn(round_trip(port, b"nobody home")));
+        }
+        for result in results {
+            let outcome = tokio::time::timeout(WAIT, result).await.unwrap().unwrap();
+            let err = outcome.expect_err("reset, not an echo");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        }
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        let refused = edge.events.wait_type("stream.refused").await;
+        assert_eq!(refused["reason"], "noTunnel");
+        assert_eq!(refused["edgePort"], port);
+        assert_eq!(refused["count"], 1);
+        wait_until(|| serde_json::to_value(edge.edge.status()).unwrap()["gapRefused"] == 3).await;
+        // Rate-limited: one event for the burst.
+        assert_eq!(edge.events.of_type("stream.refused").len(), 1);
+        edge.edge.stop().await;
+    });
+}
+
+every_transport!(fails_over_at_once_when_the_hub_stops);

@@ -207,6 +207,7 @@ export const createEdgeActorSystem = (options: EdgeActorSystemOptions): EdgeActo
       case "udp.closed":
       case "udp.refused":
       case "udp.oversized":
+      case "stream.refused":
         return;
       default:
         tunnel.send(event);

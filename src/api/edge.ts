@@ -46,6 +46,8 @@ export interface RemoteIngressEdgeStatus {
   readonly udpRefused?: number;
   /** Public port discovered by STUN; null until then. */
   readonly publicPort?: number | null;
+  /** Clients reset because no tunnel came up within `gapHoldMs` (over the edge's lifetime). */
+  readonly gapRefused?: number;
 }
 
 /** `tunnelConnected`: the tunnel to a hub is up. */
@@ -60,6 +62,8 @@ export interface TunnelConnectedEvent {
   readonly pinned: boolean;
   /** `tcpTls` | `quic` (left out by older addons). */
   readonly transport?: TunnelTransport;
+  /** True when the previous session was with a different hub (left out by older addons). */
+  readonly failover?: boolean;
 }
 
 /** `transportFallback`: quicWithFallback could not use QUIC; this attempt uses TLS over TCP. */
@@ -186,6 +190,7 @@ export const toEdgeApiEvent = (event: EdgeEvent): EdgeApiEvent | undefined => {
           hubFingerprint: event.hubFingerprint,
           pinned: event.pinned,
           ...(event.transport === undefined ? {} : { transport: event.transport }),
+          ...(event.failover === undefined ? {} : { failover: event.failover }),
         },
       ];
     case "tunnel.fallback":
@@ -288,6 +293,7 @@ const toStatus = (s: NativeEdgeStatus): RemoteIngressEdgeStatus => ({
   udpOversized: s.udpOversized,
   udpRefused: s.udpRefused,
   publicPort: s.publicPort,
+  gapRefused: s.gapRefused,
 });
 
 const STOPPED_STATUS: RemoteIngressEdgeStatus = {

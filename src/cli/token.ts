@@ -5,12 +5,13 @@ import { loadHubConfig, type HubConfig } from "../config/hub.js";
 import { fromEnv, fromFlags, mergeSources, originOf, type FieldSpec } from "../config/sources.js";
 import { ConfigError, TokenError } from "../errors.js";
 import { defaultHubDataDir, fingerprintOfPem, hubCertPaths } from "../hub/identity.js";
-import { encodeToken, normalizeFingerprint } from "../token.js";
+import { encodeToken, normalizeFingerprint, type HubAddress } from "../token.js";
 import { commonFlags, parseCommandArgs, renderHelp, type UsageError } from "./args.js";
 import { makeLineLog } from "./log.js";
 
 export const tokenFieldSpecs: ReadonlyArray<FieldSpec> = [
-  { path: ["hubHost"], flag: "hub-host", env: "PORTWAY_TOKEN_HUB_HOST", kind: "string", placeholder: "HOST", description: "host name or IP edges dial (required)" },
+  { path: ["hubs"], flag: "hub", env: "PORTWAY_TOKEN_HUBS", kind: "list", placeholder: "HOST:PORT", description: "a hub edges dial; repeat for several hubs (tried in order, failover to the next)" },
+  { path: ["hubHost"], flag: "hub-host", env: "PORTWAY_TOKEN_HUB_HOST", kind: "string", placeholder: "HOST", description: "host name or IP edges dial (required unless --hub)" },
   { path: ["hubPort"], flag: "hub-port", env: "PORTWAY_TOKEN_HUB_PORT", kind: "integer", placeholder: "PORT", description: "hub tunnel port (default: the config's tunnelPort, else 8443)" },
   { path: ["edgeId"], flag: "edge-id", env: "PORTWAY_TOKEN_EDGE_ID", kind: "string", placeholder: "ID", description: "the edge's id (required)" },
   { path: ["secret"], flag: "secret", env: "PORTWAY_TOKEN_SECRET", kind: "string", placeholder: "SECRET", description: "the edge's secret (default: from the config's edges)" },
@@ -24,15 +25,17 @@ const extras = commonFlags("PORTWAY_HUB_CONFIG").map((extra) =>
 );
 
 export const tokenHelp = renderHelp(
-  "portway token --hub-host HOST --edge-id ID [--secret SECRET] [--fingerprint SHA256 | --data-dir DIR | --config HUB.yaml]",
+  "portway token (--hub-host HOST | --hub HOST:PORT [--hub HOST:PORT …]) --edge-id ID [--secret SECRET] [--fingerprint SHA256 | --data-dir DIR | --config HUB.yaml]",
   "Prints a connection token for one edge on stdout (give it to `portway edge --token`).\n" +
     "The token pins the hub certificate: its fingerprint comes from --fingerprint, --cert, the hub config's\n" +
-    "certificate, or the certificate the hub generated in its data dir.",
+    "certificate, or the certificate the hub generated in its data dir. With several hubs (--hub, repeated) the edge\n" +
+    "fails over between them; the one pinned certificate must be the one every hub serves.",
   tokenFieldSpecs,
   extras,
 );
 
 interface TokenSettings {
+  readonly hubs?: ReadonlyArray<string>;
   readonly hubHost?: string;
   readonly hubPort?: number;
   readonly edgeId?: string;
@@ -53,6 +56,36 @@ const certFingerprint = (path: string, field: string, source: string | undefined
     if (fp === undefined) return yield* Effect.fail(new ConfigError({ field, source, reason: `"${path}" is not a PEM certificate` }));
     return fp;
   });
+
+/** Splits the `--hub X` / `--hub=X` occurrences (in order) from the other arguments. */
+const takeHubFlags = (argv: ReadonlyArray<string>): { readonly hubFlags: string[]; readonly rest: string[] } => {
+  const hubFlags: string[] = [];
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "--") {
+      rest.push(...argv.slice(i));
+      break;
+    }
+    if (arg.startsWith("--hub=")) hubFlags.push(arg.slice("--hub=".length));
+    else if (arg === "--hub" && i + 1 < argv.length) hubFlags.push(argv[++i] as string);
+    else rest.push(arg);
+  }
+  return { hubFlags, rest };
+};
+
+/** `host:port`, `[v6]:port`, or a bare host (then `defaultPort`); undefined when it is neither. */
+export const parseHubAddress = (text: string, defaultPort: number): HubAddress | undefined => {
+  const trimmed = text.trim();
+  const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(trimmed);
+  const plain = /^([^:\[\]]+)(?::(\d+))?$/.exec(trimmed);
+  const match = bracketed ?? plain;
+  if (match === null) return undefined;
+  const host = bracketed === null ? (match[1] as string) : `[${match[1] as string}]`;
+  const port = match[2] === undefined ? defaultPort : Number(match[2]);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  return { host, port };
+};
 
 /** Where the fingerprint comes from, most explicit first; undefined when nothing pins the hub. */
 const findFingerprint = (
@@ -91,7 +124,10 @@ export const runToken = (
   env: Readonly<Record<string, string | undefined>>,
 ): Effect.Effect<void, UsageError | ConfigError | TokenError> =>
   Effect.gen(function* () {
-    const flags = yield* parseCommandArgs("token", argv, tokenFieldSpecs, extras);
+    // `--hub` may be repeated (the generic parser keeps only the last value of a flag): collect them first.
+    const { hubFlags, rest } = takeHubFlags(argv);
+    const parsed = yield* parseCommandArgs("token", rest, tokenFieldSpecs, extras);
+    const flags = hubFlags.length === 0 ? parsed : { ...parsed, hub: hubFlags.join(",") };
     if (flags["help"] === true) {
       process.stdout.write(tokenHelp);
       return;
@@ -109,7 +145,8 @@ export const runToken = (
       settings[field] === undefined
         ? Effect.fail(new ConfigError({ field, reason: `is required (${flag})` }))
         : Effect.succeed(settings[field] as string);
-    const hubHost = yield* required("hubHost", "--hub-host");
+    const hubList = settings.hubs ?? [];
+    const hubHost = hubList.length > 0 ? undefined : yield* required("hubHost", "--hub-host or --hub");
     const edgeId = yield* required("edgeId", "--edge-id");
     const secret = settings.secret ?? hub?.edges.find((e) => e.id === edgeId)?.secret;
     if (secret === undefined) {
@@ -120,9 +157,19 @@ export const runToken = (
       return yield* Effect.fail(new ConfigError({ field: "secret", reason }));
     }
     const hubPort = settings.hubPort ?? (hub === undefined || hub.tunnelPort === 0 ? 8443 : hub.tunnelPort);
+    const hubs: HubAddress[] = [];
+    for (const text of hubList) {
+      const address = parseHubAddress(text, hubPort);
+      if (address === undefined) {
+        return yield* Effect.fail(
+          new ConfigError({ field: "hubs", source: origin("hubs"), reason: `expected HOST:PORT (or HOST), got "${text}"` }),
+        );
+      }
+      hubs.push(address);
+    }
 
     const pin = yield* findFingerprint(settings, hub, origin, env);
-    const token = yield* encodeToken({ hubHost, hubPort, edgeId, secret, hubCertFingerprint: pin?.fp }).pipe(
+    const token = yield* encodeToken({ hubHost, hubPort, hubs, edgeId, secret, hubCertFingerprint: pin?.fp }).pipe(
       Effect.mapError((error) => new TokenError({ message: error.message.replace(/^token /, "") })),
     );
     if (pin === undefined) {

@@ -47,10 +47,12 @@ export const EdgeOptionsSchema = Schema.Struct({
   caFile: Schema.optional(NonEmptyString),
   /** TLS server name (SNI); default the hub host. */
   serverName: Schema.optional(Schema.NullOr(NonEmptyString)),
-  /** Heartbeat interval. Default 5000. */
-  pingIntervalMs: Schema.optionalWith(Milliseconds(100, 3_600_000), { default: () => 5000 }),
-  /** Reconnect when the tunnel is silent this long. Default 15000; must exceed pingIntervalMs. */
-  idleTimeoutMs: Schema.optionalWith(Milliseconds(200, 3_600_000), { default: () => 15_000 }),
+  /** Heartbeat interval. Default 5000, or 1000 with more than one hub (failover detection). */
+  pingIntervalMs: Schema.optional(Milliseconds(100, 3_600_000)),
+  /** Reconnect when the tunnel is silent this long. Default 15000, or 3000 with more than one hub; must exceed pingIntervalMs. */
+  idleTimeoutMs: Schema.optional(Milliseconds(200, 3_600_000)),
+  /** A client arriving while no tunnel is up waits this long for one, then is reset. Default 3000; 0 = reset at once. */
+  gapHoldMs: Schema.optionalWith(Milliseconds(0, 600_000), { default: () => 3000 }),
   /** First reconnect delay; doubles up to reconnectMaxMs (with jitter). Default 250. */
   reconnectInitialMs: Schema.optionalWith(Milliseconds(10, 600_000), { default: () => 250 }),
   /** Longest reconnect delay. Default 30000. */
@@ -79,6 +81,7 @@ export interface EdgeConfig {
   readonly idleTimeoutMs: number;
   readonly reconnectInitialMs: number;
   readonly reconnectMaxMs: number;
+  readonly gapHoldMs: number;
   /** Left out when not given: the addon then uses "tcpTls". */
   readonly transportMode?: TransportMode;
   readonly quicFallbackTimeoutMs?: number;
@@ -96,8 +99,9 @@ export const edgeFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["hubCertFingerprint"], flag: "hub-fingerprint", env: "PORTWAY_EDGE_HUB_FINGERPRINT", kind: "string", placeholder: "SHA256", description: "pin the hub certificate (overrides the token)" },
   { path: ["caFile"], flag: "ca-file", env: "PORTWAY_EDGE_CA_FILE", kind: "string", placeholder: "FILE", description: "verify the hub against this CA (PEM) instead of pinning" },
   { path: ["serverName"], flag: "server-name", env: "PORTWAY_EDGE_SERVER_NAME", kind: "string", placeholder: "NAME", description: "TLS server name (default: the hub host)" },
-  { path: ["pingIntervalMs"], flag: "ping-interval-ms", env: "PORTWAY_EDGE_PING_INTERVAL_MS", kind: "integer", placeholder: "MS", description: "tunnel heartbeat interval (default 5000)" },
-  { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_EDGE_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "reconnect after this much silence (default 15000)" },
+  { path: ["pingIntervalMs"], flag: "ping-interval-ms", env: "PORTWAY_EDGE_PING_INTERVAL_MS", kind: "integer", placeholder: "MS", description: "tunnel heartbeat interval (default 5000; 1000 with several hubs)" },
+  { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_EDGE_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "reconnect after this much silence (default 15000; 3000 with several hubs)" },
+  { path: ["gapHoldMs"], flag: "gap-hold-ms", env: "PORTWAY_EDGE_GAP_HOLD_MS", kind: "integer", placeholder: "MS", description: "a client arriving with no tunnel up waits this long, then is reset (default 3000)" },
   { path: ["reconnectInitialMs"], flag: "reconnect-initial-ms", env: "PORTWAY_EDGE_RECONNECT_INITIAL_MS", kind: "integer", placeholder: "MS", description: "first reconnect delay (default 250)" },
   { path: ["reconnectMaxMs"], flag: "reconnect-max-ms", env: "PORTWAY_EDGE_RECONNECT_MAX_MS", kind: "integer", placeholder: "MS", description: "longest reconnect delay (default 30000)" },
   { path: ["transportMode"], flag: "transport", env: "PORTWAY_EDGE_TRANSPORT", kind: "string", placeholder: "tcpTls|quic|quicWithFallback", description: 'tunnel transport (default "tcpTls")' },
@@ -162,11 +166,15 @@ export const decodeEdgeConfig = (sourced: SourcedConfig): Effect.Effect<EdgeConf
     }
     const caPem = o.caFile !== undefined ? yield* readCa(o.caFile, origin("caFile")) : (o.caPem ?? null);
 
-    if (o.idleTimeoutMs <= o.pingIntervalMs) {
+    // Several hubs: detect a dead hub within seconds so the edge fails over (docs/architecture.md, "Edge config").
+    const severalHubs = hubs.length > 1;
+    const pingIntervalMs = o.pingIntervalMs ?? (severalHubs ? 1000 : 5000);
+    const idleTimeoutMs = o.idleTimeoutMs ?? Math.max(severalHubs ? 3000 : 15_000, 2 * pingIntervalMs);
+    if (idleTimeoutMs <= pingIntervalMs) {
       return yield* Effect.fail(
         new ConfigError({
           field: "idleTimeoutMs",
-          reason: `must be greater than pingIntervalMs (${o.pingIntervalMs}), got ${o.idleTimeoutMs}`,
+          reason: `must be greater than pingIntervalMs (${pingIntervalMs}), got ${idleTimeoutMs}`,
           source: origin("idleTimeoutMs"),
         }),
       );
@@ -189,10 +197,11 @@ export const decodeEdgeConfig = (sourced: SourcedConfig): Effect.Effect<EdgeConf
       hubCertFingerprint: o.hubCertFingerprint === undefined ? (token?.hubCertFingerprint ?? null) : o.hubCertFingerprint,
       caPem,
       serverName: o.serverName ?? null,
-      pingIntervalMs: o.pingIntervalMs,
-      idleTimeoutMs: o.idleTimeoutMs,
+      pingIntervalMs,
+      idleTimeoutMs,
       reconnectInitialMs: o.reconnectInitialMs,
       reconnectMaxMs: o.reconnectMaxMs,
+      gapHoldMs: o.gapHoldMs,
       ...(o.transportMode === undefined ? {} : { transportMode: o.transportMode }),
       ...(o.quicFallbackTimeoutMs === undefined ? {} : { quicFallbackTimeoutMs: o.quicFallbackTimeoutMs }),
       ...(o.stunServers === undefined ? {} : { stunServers: o.stunServers }),

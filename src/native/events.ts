@@ -218,6 +218,15 @@ export const TunnelConnected = event("tunnel.connected", {
   pinned: Schema.Boolean,
   /** Older addons do not send it; they only speak TLS over TCP. */
   transport: Schema.optional(TunnelTransport),
+  /** The previous session was with a different hub (older addons: absent). */
+  failover: Schema.optional(Schema.Boolean),
+});
+/** Clients reset because no tunnel came up within `gapHoldMs`; rate-limited, `count` since the previous one. */
+export const StreamRefused = event("stream.refused", {
+  edgePort: Port,
+  clientAddr: Schema.String,
+  reason: Schema.String,
+  count: Count,
 });
 export const TunnelFallback = event("tunnel.fallback", {
   hub: HubAddress,
@@ -298,6 +307,7 @@ const edgeEventSchemas = {
   "listener.error": ListenerError,
   "stream.opened": EdgeStreamOpened,
   "stream.closed": EdgeStreamClosed,
+  "stream.refused": StreamRefused,
   "tunnel.fallback": TunnelFallback,
   "publicIp.discovered": PublicIpDiscovered,
   "udp.opened": EdgeUdpOpened,

@@ -62,6 +62,8 @@ export const NativeEdgeStatus = Schema.Struct({
   listenPortsUdp: Schema.optionalWith(Schema.Array(Port), { default: () => [] }),
   listenerErrors: Schema.optionalWith(Schema.Array(NativeListenerError), { default: () => [] }),
   lastError: NullableString,
+  /** Clients reset because no tunnel came up within `gapHoldMs` (older addons: absent). */
+  gapRefused: Schema.optionalWith(Count, { default: () => 0 }),
 });
 export type NativeEdgeStatus = typeof NativeEdgeStatus.Type;
 
