@@ -137,3 +137,83 @@ export const appendFigures = async ({ events = 400_000 } = {}) => {
     await rm(dir, { recursive: true, force: true });
   }
 };
+
+/**
+ * Standalone: only the events part of the bench — connections/s and CPU per connection with events on vs off
+ * (two CLI tunnels side by side, rounds alternating which goes first), optionally the close → readable lag.
+ *
+ *   node bench/events.mjs [--rounds 7] [--connections 3000] [--lag] [--json out.json]
+ *
+ * Prints each round and the medians; "paired" figures compare the on and off runs of the same round (less
+ * exposed to load drifting on a shared machine than the medians of each).
+ */
+const main = async () => {
+  const { parseArgs } = await import("node:util");
+  const { values } = parseArgs({
+    options: { rounds: { type: "string", default: "7" }, connections: { type: "string", default: "3000" }, lag: { type: "boolean", default: false }, json: { type: "string" } },
+  });
+  const rounds = Number(values.rounds);
+  const connections = Number(values.connections);
+  const { connectionRate, median } = await import("./measure.mjs");
+  const { startEchoServer } = await import("./processes.mjs");
+  const { startTunnelCli } = await import("./tunnel-cli.mjs");
+  const { writeFileSync } = await import("node:fs");
+  const echo = await startEchoServer();
+  const stops = [() => echo.stop()];
+  try {
+    const tunnels = {};
+    tunnels.on = await startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }] });
+    stops.push(() => tunnels.on.stop());
+    tunnels.off = await startTunnelCli({ routes: [{ target: `127.0.0.1:${echo.port}` }], hub: { events: false } });
+    stops.push(() => tunnels.off.stop());
+    // Warm-up (JIT, the hub's start-up recovery) before anything is measured.
+    for (const t of Object.values(tunnels)) await connectionRate({ port: t.listenPorts[0], total: 1000, concurrency: 8 });
+    const runs = { on: [], off: [] };
+    for (let round = 1; round <= rounds; round++) {
+      for (const mode of round % 2 === 1 ? ["on", "off"] : ["off", "on"]) {
+        const t = tunnels[mode];
+        const r = await connectionCost({ tunnel: t, echoPid: echo.pid, run: () => connectionRate({ port: t.listenPorts[0], total: connections, concurrency: 8 }) });
+        runs[mode].push(r);
+        const c = r.cpuUs;
+        process.stderr.write(
+          `[${round}/${rounds}] events ${mode.padEnd(3)} ${r.perSecond.toFixed(0).padStart(5)} conn/s, failed ${r.failed}; CPU µs/conn hub ${c.hub.toFixed(0)} nats ${c.nats.toFixed(0)} edge ${c.edge.toFixed(0)} target ${c.target.toFixed(0)} client ${c.client.toFixed(0)} all ${c.all.toFixed(0)}\n`,
+        );
+      }
+    }
+    const ok = (i) => runs.on[i].failed === 0 && runs.off[i].failed === 0;
+    const paired = (f) => runs.on.map((_, i) => i).filter(ok).map(f);
+    const result = {
+      rounds,
+      connections,
+      onPerSec: median(runs.on.map((r) => r.perSecond)),
+      offPerSec: median(runs.off.map((r) => r.perSecond)),
+      hubOnUs: median(runs.on.map((r) => r.cpuUs.hub)),
+      hubOffUs: median(runs.off.map((r) => r.cpuUs.hub)),
+      natsUs: median(runs.on.map((r) => r.cpuUs.nats)),
+      allOnUs: median(runs.on.map((r) => r.cpuUs.all)),
+      allOffUs: median(runs.off.map((r) => r.cpuUs.all)),
+      pairedRateCost: median(paired((i) => 1 - runs.on[i].perSecond / runs.off[i].perSecond)),
+      pairedCpuCost: median(paired((i) => runs.on[i].cpuUs.all / runs.off[i].cpuUs.all - 1)),
+      pairedHubExtraUs: median(paired((i) => runs.on[i].cpuUs.hub + runs.on[i].cpuUs.nats - runs.off[i].cpuUs.hub)),
+      runs,
+    };
+    result.rateCost = 1 - result.onPerSec / result.offPerSec;
+    if (values.lag) result.lag = await closeToReadableLag({ tunnel: tunnels.on, rate: 200, seconds: 5 });
+    const pct = (x) => `${(100 * x).toFixed(1)} %`;
+    console.log(
+      `events on ${result.onPerSec.toFixed(0)} conn/s vs off ${result.offPerSec.toFixed(0)}: cost ${pct(result.rateCost)} (paired per round ${pct(result.pairedRateCost)}); ` +
+        `CPU per connection +${pct(result.pairedCpuCost)} (hub ${result.hubOnUs.toFixed(0)} vs ${result.hubOffUs.toFixed(0)} µs, nats-server ${result.natsUs.toFixed(0)} µs; paired hub+nats extra ${result.pairedHubExtraUs.toFixed(0)} µs)` +
+        (result.lag ? `; close→readable p50 ${result.lag.p50Ms} ms p99 ${result.lag.p99Ms} ms` : ""),
+    );
+    if (values.json) writeFileSync(values.json, `${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    while (stops.length > 0) await stops.pop()().catch(() => undefined);
+  }
+};
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  main().catch((error) => {
+    process.stderr.write(`${error.stack ?? error}\n`);
+    process.exitCode = 1;
+  });
+}
