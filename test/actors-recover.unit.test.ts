@@ -175,6 +175,20 @@ describe("recover", () => {
     expect(r.summary).toMatchObject({ previousRunId: null, replayedEvents: 1 });
   });
 
+  it("closes nothing for UDP notices (udp.refused, udp.oversized): they belong to no lifecycle", () => {
+    const notice = { hubId: "hub-1", edgeId: "e1", sessionId: "run-1.udp", streamId: null, time: 5 } as const;
+    const r = recover(
+      [
+        makeEvent({ ...notice, type: "udp.refused", seq: 1, data: { edgePort: 53, clientAddr: "203.0.113.10:1", reason: "sessionCap", count: 2 } }),
+        makeEvent({ ...notice, type: "udp.oversized", seq: 2, data: { edgePort: 53, clientAddr: "203.0.113.10:1", size: 9_000, maxSize: null, count: 1 } }),
+      ],
+      options,
+    );
+    expect(r.openStreams).toEqual([]);
+    expect(r.closingEvents).toEqual([]);
+    expect(r.summary).toMatchObject({ udpClosed: 0, replayedEvents: 2 });
+  });
+
   it("ignores other hubs' events and the current run's own", () => {
     const log = crashedRunLog().map((e) => ({ ...e, hubId: "hub-other" }));
     expect(recover(log, options).closingEvents).toEqual([]);
