@@ -148,4 +148,43 @@ describe("UDP sessions in the event log", () => {
       closeReasons: { expired: CLIENTS },
     });
   });
+
+  it("closes a UDP session still open when its edge goes away (tunnel lost), with the addon's counts", async () => {
+    const echo = await startEcho();
+    cleanups.push(() => echo.close());
+    const tunnel = await startUdpTunnel({ target: `127.0.0.1:${echo.port}`, proxyUdp: "none", hubExtra: { udpIdleTimeoutMs: 60_000 } });
+    cleanups.push(() => tunnel.stop());
+    const socket = await udpClient();
+    cleanups.push(() => new Promise<void>((resolve) => socket.close(() => resolve())));
+    const payload = Buffer.from("still here");
+    for (let n = 0; n < 3; n++) await udpRequest(socket, tunnel.udpPort, payload, 5_000, 60_000);
+
+    const seen: DomainEvent[] = [];
+    await waitFor(
+      async () => {
+        seen.length = 0;
+        for await (const e of tunnel.hub.replayHistory({ edgeId: tunnel.edgeId, kinds: ["udp"] })) seen.push(e);
+        return seen.some((e) => e.type === "udp.opened");
+      },
+      { timeoutMs: 10_000, what: "udp.opened in the log" },
+    );
+    // The edge goes away: the hub's actor waits (bounded) for the addon's own close, which carries the counts.
+    await tunnel.edge.stop();
+    const { hub } = tunnel;
+    const events: DomainEvent[] = [];
+    await waitFor(
+      async () => {
+        events.length = 0;
+        for await (const e of hub.replayHistory({ edgeId: tunnel.edgeId, kinds: ["udp"] })) events.push(e);
+        return events.some((e) => e.type === "udp.closed");
+      },
+      { timeoutMs: 10_000, what: "udp.closed after the edge went away" },
+    );
+    const closed = events.filter((e) => e.type === "udp.closed");
+    expect(closed).toHaveLength(1);
+    expect(closed[0]?.data).toMatchObject({ packetsIn: 3, packetsOut: 3, bytesIn: 3 * payload.length, bytesOut: 3 * payload.length });
+    expect((closed[0]?.data as { reason: string }).reason).toBe("tunnelLost");
+    expect(events.filter((e) => e.type === "udp.expired")).toHaveLength(0);
+  });
 });
+
