@@ -6,8 +6,11 @@
  * and `history` says the same.
  */
 import { createSocket, type Socket } from "node:dgram";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { DomainEvent } from "../src/events/envelope.js";
+import { outboxEvents, storedEvents } from "./helpers/event-log.js";
+import { startTestNats } from "./helpers/nats.js";
 import { startUdpTunnel, udpClient, udpRequest } from "./helpers/udp.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -186,5 +189,34 @@ describe("UDP sessions in the event log", () => {
     expect((closed[0]?.data as { reason: string }).reason).toBe("tunnelLost");
     expect(events.filter((e) => e.type === "udp.expired")).toHaveLength(0);
   });
-});
 
+  it("logs the end of a UDP session still open when the hub stops (hubShutdown), with the addon's counts", async () => {
+    const echo = await startEcho();
+    cleanups.push(() => echo.close());
+    const tunnel = await startUdpTunnel({ target: `127.0.0.1:${echo.port}`, proxyUdp: "none", hubExtra: { udpIdleTimeoutMs: 60_000 } });
+    cleanups.push(() => tunnel.stop());
+    const socket = await udpClient();
+    cleanups.push(() => new Promise<void>((resolve) => socket.close(() => resolve())));
+    const payload = Buffer.from("until the hub stops");
+    for (let n = 0; n < 2; n++) await udpRequest(socket, tunnel.udpPort, payload, 5_000, 60_000);
+    await waitFor(
+      async () => {
+        for await (const e of tunnel.hub.replayHistory({ edgeId: tunnel.edgeId, types: ["udp.opened"] })) if (e.type === "udp.opened") return true;
+        return false;
+      },
+      { timeoutMs: 10_000, what: "udp.opened in the log" },
+    );
+    await tunnel.hub.stop();
+
+    // Read the stopped hub's log: its store with a fresh server, plus whatever its outbox kept.
+    const nats = await startTestNats({ dataDir: tunnel.hubFixture.dataDir });
+    cleanups.push(() => nats.stop());
+    // (An outbox segment may still hold events that were also acknowledged: count each id once.)
+    const byId = new Map<string, DomainEvent>();
+    for (const e of [...(await storedEvents(nats.url)), ...outboxEvents(join(tunnel.hubFixture.dataDir, "outbox"))]) byId.set(e.id, e);
+    const stored = [...byId.values()];
+    const closed = stored.filter((e) => e.type === "udp.closed" && e.edgeId === tunnel.edgeId);
+    expect(closed).toHaveLength(1);
+    expect(closed[0]?.data).toMatchObject({ reason: "hubShutdown", packetsIn: 2, packetsOut: 2, bytesIn: 2 * payload.length, bytesOut: 2 * payload.length });
+  });
+});
