@@ -24,7 +24,8 @@
 // BENCH_CLUSTER_EVENTS [200000], BENCH_CLUSTER_ROUNDS [3], BENCH_FAILOVER_KILLS [20], BENCH_FAILOVER_MODE [both],
 // BENCH_OUT [docs/performance.md], BENCH_RESULTS [bench/results], BENCH_PORTWAY_ROOT [this checkout] (whose
 // bin/portway.js runs hub and edge: point it at a built snapshot when others rebuild the working tree during a run).
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
@@ -370,11 +371,23 @@ const scriptSection = ({ name, title, script, knobs, args, targets }) => ({
       const base = process.env.BENCH_PORTWAY_ROOT ?? root;
       const env = { ...process.env, PORTWAY_DIST: join(base, "dist") };
       say(`node ${join(base, "bench", script)} ${[...args(k), "--json", jsonFile].join(" ")}`);
-      const stdout = await new Promise((resolve, reject) =>
-        execFile(process.execPath, [join(base, "bench", script), ...args(k), "--json", jsonFile], { cwd: base, env, maxBuffer: 256 * 1024 * 1024 }, (error, out, err) =>
-          error ? reject(new Error(`bench/${script} exited with ${error.code ?? error.signal}: ${String(err).trim().slice(-1500)}`)) : resolve(String(out)),
-        ),
-      );
+      // In its own process group: if the script dies half-way, what it started (nats-servers, hubs) goes with it.
+      const child = spawn(process.execPath, [join(base, "bench", script), ...args(k), "--json", jsonFile], { cwd: base, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (c) => (out += c));
+      child.stderr.on("data", (c) => (err += c));
+      const closed = once(child, "close");
+      const [code, signal] = await once(child, "exit");
+      try {
+        process.kill(-child.pid, "SIGTERM");
+      } catch {
+        // nothing left in the group
+      }
+      // All output read (bounded: a leftover that kept the pipes open has just been told to stop).
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 5_000))]);
+      if (code !== 0) throw new Error(`bench/${script} exited with ${code ?? signal}: ${err.trim().slice(-1500)}`);
+      const stdout = out;
       const json = readFileSync(jsonFile, "utf8");
       const report = JSON.parse(json);
       const rest = stdout.startsWith(json) ? stdout.slice(json.length) : (report.markdown ?? "");
