@@ -88,7 +88,8 @@ const startInProcess = async (sinkPort) => {
 };
 
 if (opts.counters) {
-  const { bin } = buildUdpLoad();
+  const load = buildUdpLoad();
+  const { bin } = load;
   const sink = await startUdpSink(bin);
   const tunnel = await startInProcess(sink.port);
   try {
@@ -107,12 +108,14 @@ if (opts.counters) {
   } finally {
     await tunnel.stop();
     await sink.stop();
+    await load.stop();
   }
   process.exit(0);
 }
 
 const perfAvailable = !opts["no-perf"] && existsSync("/usr/bin/perf");
-const { bin } = buildUdpLoad();
+const load = buildUdpLoad();
+const { bin } = load;
 const sink = await startUdpSink(bin);
 const tunnel = await startTunnelCli({ udpRoutes: [{ target: `127.0.0.1:${sink.port}` }], transport: opts.transport });
 try {
@@ -156,4 +159,5 @@ try {
 } finally {
   await tunnel.stop();
   await sink.stop();
+  await load.stop();
 }

@@ -4,7 +4,7 @@
 // sink are bench/udp-load.c (sendmmsg/recvmmsg), compiled on first use. Used by bench/run.mjs.
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -23,7 +23,7 @@ export const buildUdpLoad = () => {
   } catch (error) {
     throw new Error(`cannot compile bench/udp-load.c with cc (apt-get install -y gcc): ${error.stderr?.toString() ?? error.message}`);
   }
-  return { bin, dir };
+  return { bin, dir, stop: async () => rmSync(dir, { recursive: true, force: true }) };
 };
 
 /** The counting sink: `zero()` before a run, `read()` → { received, bytes, reordered }. */
@@ -134,7 +134,7 @@ export const udpSection = {
   }),
   run: async ({ knobs, attempt, track, log }) => {
     const { BENCH_ROUNDS: rounds, BENCH_UDP_SECONDS: seconds, BENCH_UDP_RATES: rates, BENCH_UDP_SIZES: sizes } = knobs;
-    const { bin } = buildUdpLoad();
+    const { bin } = track(buildUdpLoad());
     const sink = track(await startUdpSink(bin));
     const tunnels = {};
     for (const transport of TRANSPORTS) {
