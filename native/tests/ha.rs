@@ -165,21 +165,14 @@ fn drop_edge_closes_the_session_with_the_reason(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[port], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[port],
+            Some(target),
             json!({}),
+            transport_extra(transport),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
         // A stream held open across the drop.
         let mut held = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -225,9 +218,7 @@ fn hub_addr(port: u16) -> Value {
 /// An edge whose hubs are `ports`, in order.
 fn start_multi_edge(ports: &[u16], id: &Identity, extra: Value) -> TestEdge {
     let mut config = json!({ "hubs": ports.iter().map(|p| hub_addr(*p)).collect::<Vec<_>>() });
-    if let (Some(into), Value::Object(extra)) = (config.as_object_mut(), extra) {
-        into.extend(extra);
-    }
+    merge(&mut config, extra);
     start_edge(ports[0], "e1", "s", Some(&id.fingerprint), config)
 }
 
@@ -241,11 +232,8 @@ async fn two_hubs(
     let entry = || vec![edge_entry("e1", "s", &[port], Some(target))];
     let mut a = json!({ "hubId": "hub-a" });
     let mut b = json!({ "hubId": "hub-b" });
-    for (into, extra) in [(&mut a, extra_a), (&mut b, extra_b)] {
-        if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
-            into.extend(extra);
-        }
-    }
+    merge(&mut a, extra_a);
+    merge(&mut b, extra_b);
     let hub_a = start_hub(id.clone(), 0, entry(), a).await;
     let hub_b = start_hub(id.clone(), 0, entry(), b).await;
     (hub_a, hub_b)
@@ -455,21 +443,14 @@ fn a_client_in_a_long_gap_is_reset_and_counted() {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[port], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[port],
+            Some(target),
             json!({}),
+            json!({ "gapHoldMs": 300 }),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            json!({ "gapHoldMs": 300 }),
-        );
-        edge.events.wait_type("ports.assigned").await;
         hub.hub.stop().await;
         edge.events.wait_type("tunnel.disconnected").await;
         let started = tokio::time::Instant::now();

@@ -161,21 +161,14 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams(transport: &s
         let (target, _lines) = echo_target().await;
         let port_a = free_port().await;
         let port_b = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[port_a], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[port_a],
+            Some(target),
             json!({}),
+            transport_extra(transport),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
 
         // A live stream on port A.
         let mut live = TcpStream::connect(("127.0.0.1", port_a)).await.unwrap();

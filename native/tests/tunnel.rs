@@ -15,21 +15,14 @@ fn echo_with_proxy_v1_and_events(transport: &str) {
         let id = Arc::new(identity());
         let (target, mut lines) = echo_target().await;
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[edge_port],
+            Some(target),
             json!({}),
+            transport_extra(transport),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
 
         let reply = round_trip(edge_port, b"hello portway").await.unwrap();
         assert_eq!(reply, b"hello portway");
@@ -89,21 +82,14 @@ fn half_close_keeps_the_other_direction_open(transport: &str) {
             sock.shutdown().await.unwrap();
         });
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[edge_port],
+            Some(target),
             json!({}),
+            transport_extra(transport),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
         let reply = round_trip(edge_port, &vec![7u8; 300_000]).await.unwrap();
         assert_eq!(reply, b"got 300000");
         let closed = hub.events.wait_type("stream.closed").await;
@@ -118,21 +104,14 @@ fn bulk_data_both_directions_many_streams(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
+        let (hub, edge) = start_pair(
+            &id,
+            &[edge_port],
+            Some(target),
             json!({}),
+            transport_extra(transport),
         )
         .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
         let mut tasks = Vec::new();
         for i in 0..8 {
             tasks.push(tokio::spawn(async move {

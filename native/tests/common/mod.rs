@@ -178,7 +178,24 @@ pub fn start_edge(
     TestEdge { edge, events }
 }
 
-fn merge(into: &mut Value, extra: Value) {
+/// One hub and one edge (`e1`, secret `s`) whose TCP `ports` go to `target`; returns once the edge
+/// has reported `ports.assigned` (its listeners are bound).
+pub async fn start_pair(
+    id: &Arc<Identity>,
+    ports: &[u16],
+    target: Option<u16>,
+    hub_extra: Value,
+    edge_extra: Value,
+) -> (TestHub, TestEdge) {
+    let entry = edge_entry("e1", "s", ports, target);
+    let hub = start_hub(id.clone(), 0, vec![entry], hub_extra).await;
+    let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), edge_extra);
+    edge.events.wait_type("ports.assigned").await;
+    (hub, edge)
+}
+
+/// Adds (or replaces) the keys of `extra` in the object `into`.
+pub fn merge(into: &mut Value, extra: Value) {
     if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
         into.extend(extra);
     }
