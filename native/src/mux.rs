@@ -149,8 +149,8 @@ impl MuxHandle {
     /// Opens a stream (edge side) and sends its `Open` frame.
     pub async fn open(&self, open: StreamOpen) -> Result<MuxStream, TunnelClosed> {
         let (tx, rx) = mpsc::unbounded_channel();
-        // Take the queue slot before the id: concurrent opens then queue their OPEN frames in id order,
-        // which the hub requires (ids must increase).
+        // The OPEN frame is queued under the same lock that allocates its id: the hub requires ids to
+        // increase, and a reserved slot does not fix a position in the queue (only `send` does).
         let permit = self
             .shared
             .data_tx
@@ -171,6 +171,10 @@ impl MuxHandle {
                     recv_credit: INITIAL_STREAM_WINDOW,
                 },
             );
+            permit.send(Frame::Open {
+                stream_id: id,
+                open,
+            });
             id
         };
         let stream = MuxStream {
@@ -178,10 +182,6 @@ impl MuxHandle {
             inbound: rx,
             mux: self.clone(),
         };
-        permit.send(Frame::Open {
-            stream_id: id,
-            open,
-        });
         Ok(stream)
     }
 
@@ -693,5 +693,66 @@ fn unknown_stream(stream_id: u32, last_id: u32, what: &str) -> Option<MuxEnd> {
         Some(MuxEnd::Protocol(format!(
             "{what} for stream {stream_id}, which was never opened"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn options(role: Role) -> MuxOptions {
+        MuxOptions {
+            role,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            udp: None,
+        }
+    }
+
+    #[test]
+    fn concurrent_opens_reach_the_hub_in_id_order() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (edge_io, hub_io) = tokio::io::duplex(1 << 20);
+            let (edge, _edge_events) = spawn(edge_io, BytesMut::new(), options(Role::Edge));
+            let (_hub, mut hub_events) = spawn(hub_io, BytesMut::new(), options(Role::Hub));
+            const OPENS: usize = 400;
+            let opens: Vec<_> = (0..OPENS)
+                .map(|_| {
+                    let edge = edge.clone();
+                    tokio::spawn(async move {
+                        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+                        let open = StreamOpen {
+                            edge_port: 80,
+                            client: addr,
+                            edge_local: addr,
+                        };
+                        edge.open(open).await
+                    })
+                })
+                .collect();
+            let mut streams = Vec::new();
+            for open in opens {
+                streams.push(open.await.expect("task").expect("open"));
+            }
+            let mut opened = 0;
+            while opened < OPENS {
+                let event = tokio::time::timeout(Duration::from_secs(10), hub_events.recv())
+                    .await
+                    .expect("hub event in time")
+                    .expect("hub events open");
+                match event {
+                    TunnelEvent::Opened(..) => opened += 1,
+                    TunnelEvent::Ended(end) => panic!("tunnel ended after {opened} opens: {end:?}"),
+                    TunnelEvent::Config(_) => {}
+                }
+            }
+            assert_eq!(streams.len(), OPENS);
+        });
     }
 }
