@@ -3,10 +3,13 @@
 // target saw), the hub keeps appending while the node is down, and the node rejoins and catches up (its
 // replicas current).
 //
-// Client connections may fail for a moment: when the lost node led the owners bucket, lease renewals fail
-// until JetStream elects a new leader, and the hub fences the edge (leaseLost) — by design (docs/cluster.md,
-// "What a partition does"). The test counts those failures, requires service to come back, and requires
-// every stream that reached the target to be in the log exactly once, opened and closed.
+// The node killed is the one leading the owners bucket (the hardest case for leases): lease renewals fail
+// until JetStream elects a new leader (4-9 s), and the hub keeps its edge meanwhile under the election grace
+// (cluster.electionGraceMs, ADR 0009) instead of fencing it (leaseLost). So the edge is never dropped, and
+// client connections do not fail beyond a small bound (MAX_CLIENT_FAILURES: the relay does not depend on NATS,
+// so the expected count is 0; the bound tolerates a stray failure of the loopback client on a loaded machine,
+// far below the 125-283 failures seen when the hub fenced). Every stream that reached the target is in the log
+// exactly once, opened and closed.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -27,6 +30,7 @@ import { useTeardown } from "./helpers/teardown.js";
 import { waitFor } from "./helpers/wait.js";
 
 const teardown = useTeardown();
+const MAX_CLIENT_FAILURES = 3;
 
 describe("cluster hub on a 3-node NATS cluster", () => {
   let nats: TestNatsCluster;
@@ -106,11 +110,15 @@ describe("cluster hub on a 3-node NATS cluster", () => {
     };
 
     await waitFor(() => done >= 50, { what: "50 client connections before the kill", timeoutMs: 30_000 });
-    // Kill the node the hub is connected to: it reconnects elsewhere and sets the stream up again while the
-    // cluster may still be electing new leaders (the node also leads some streams and buckets).
+    // Kill the node that leads the owners bucket: no lease can be renewed until a new leader is elected. (If
+    // it is also the node the hub is connected to, the hub reconnects elsewhere meanwhile.)
+    const ownersStream = `KV_${bucketNames(cluster).owners}`;
+    const ownersLeader = (await jsm.streams.info(ownersStream)).cluster?.leader ?? "";
+    const victim = nats.nodes.findIndex((n) => n.name === ownersLeader);
+    expect(victim, `leader of ${ownersStream}: ${ownersLeader}`).toBeGreaterThanOrEqual(0);
     const hubServer = hub.service?.eventLog?.client.current()?.getServer() ?? "";
-    const victim = nats.nodes.findIndex((n) => n.url.endsWith(hubServer.replace(/^.*?:\/\//, "")));
-    expect(victim, `hub server ${hubServer}`).toBeGreaterThanOrEqual(0);
+    const ownershipBefore = hub.service?.ownership?.();
+    expect(ownershipBefore?.owned.map((o) => o.edgeId)).toEqual(["edge-k"]);
     await nats.kill(victim);
     const killedAt = { done, appended: (await appended())?.appendedEvents ?? 0 };
     // While the node is down: more traffic, and the hub keeps appending (a new leader is elected).
@@ -159,6 +167,17 @@ describe("cluster hub on a 3-node NATS cluster", () => {
     );
     const status = await appended();
     expect(status?.droppedEvents).toBe(0);
+    // The election did not fence the edge: no leaseLost, the edge still owned, no client failure beyond the bound.
+    const ownership = hub.service?.ownership?.();
+    console.info(
+      `[cluster-nats] killed ${nats.nodes[victim]?.name} (owners leader; hub was on ${hubServer}): ` +
+        `${ownership?.renewFailures ?? 0} failed renewals, ${ownership?.bucketUnavailable ?? 0} of them without a leader, ${ownership?.electionGraces ?? 0} election graces, ` +
+        `${ownership?.leaseLost ?? 0} leaseLost, ${failed} client failures`,
+    );
+    expect(ownership?.leaseLost).toBe(0);
+    expect(ownership?.owned.map((o) => o.edgeId)).toEqual(["edge-k"]);
+    expect(mine(stored, "edge.disconnected")).toEqual([]);
+    expect(failed).toBeLessThanOrEqual(MAX_CLIENT_FAILURES);
 
     // The restarted node caught up: every replica of the event stream and the buckets is current again.
     await waitFor(

@@ -3,7 +3,10 @@ import {
   decideAdmission,
   decideAfterRenewalConflict,
   decideAfterWait,
+  classifyRenewalFailure,
+  fenceDecision,
   fenceMarginMs,
+  isBucketUnavailableError,
   leaseExpired,
   mustFence,
   parseOwnerEntry,
@@ -155,5 +158,49 @@ describe("takeoverEvents (pure)", () => {
     expect(r.events[1]!.data).toMatchObject({ reason: "hubLost", durationMs: 6_500, writtenBy: "hub-b" });
     // Deterministic: the same facts give the same ids.
     expect(takeoverEvents([], { ...facts, toHubId: "hub-c" }).events.map((e) => e.id)).toEqual(r.events.map((e) => e.id));
+  });
+});
+
+describe("election grace (fenceDecision)", () => {
+  const base = { renewedAt: 10_000, leaseMs: 2_000, electionGraceMs: 10_000, connected: true } as const;
+  // Fence point without grace: 10_000 + 2_000 - 250 = 11_750; grace ends at 21_750.
+  it("serves while the lease is current, whatever failed", () => {
+    expect(fenceDecision({ ...base, nowMs: 11_749, lastFailure: "connectionLost" })).toBe("serve");
+    expect(fenceDecision({ ...base, nowMs: 11_749, lastFailure: null, connected: false })).toBe("serve");
+  });
+  it("keeps the edge past the lease while connected and the bucket has no leader, up to the grace", () => {
+    expect(fenceDecision({ ...base, nowMs: 11_750, lastFailure: "bucketUnavailable" })).toBe("grace");
+    expect(fenceDecision({ ...base, nowMs: 21_749, lastFailure: "bucketUnavailable" })).toBe("grace");
+    expect(fenceDecision({ ...base, nowMs: 21_750, lastFailure: "bucketUnavailable" })).toBe("fence");
+  });
+  it("fences as before when NATS is lost, when the last failure was not an election, or with grace 0", () => {
+    expect(fenceDecision({ ...base, nowMs: 12_000, lastFailure: "bucketUnavailable", connected: false })).toBe("fence");
+    expect(fenceDecision({ ...base, nowMs: 12_000, lastFailure: "connectionLost" })).toBe("fence");
+    expect(fenceDecision({ ...base, nowMs: 12_000, lastFailure: null })).toBe("fence");
+    expect(fenceDecision({ ...base, nowMs: 12_000, lastFailure: "bucketUnavailable", electionGraceMs: 0 })).toBe("fence");
+  });
+});
+
+describe("classifyRenewalFailure", () => {
+  const up = { casConflict: false, connected: true, answers: true };
+  it("a CAS conflict is a conflict (the entry is read again)", () => {
+    expect(classifyRenewalFailure(new Error("wrong last sequence: 4"), { ...up, casConflict: true })).toBe("conflict");
+  });
+  it("JetStream without a leader while the connection answers: bucketUnavailable", () => {
+    for (const e of [
+      Object.assign(new Error("503"), { code: 503 }),
+      new Error("no responders"),
+      new Error("JetStream system temporarily unavailable"),
+      new Error("renewing e1: no answer within 1000 ms"),
+      Object.assign(new Error("TIMEOUT"), { code: "TIMEOUT" }),
+    ]) {
+      expect(isBucketUnavailableError(e)).toBe(true);
+      expect(classifyRenewalFailure(e, up)).toBe("bucketUnavailable");
+    }
+  });
+  it("a disconnected or silent connection, or another error, is connectionLost", () => {
+    expect(classifyRenewalFailure(new Error("no responders"), { ...up, connected: false })).toBe("connectionLost");
+    expect(classifyRenewalFailure(new Error("renewing e1: no answer within 1000 ms"), { ...up, answers: false })).toBe("connectionLost");
+    expect(classifyRenewalFailure(new Error("permissions violation"), up)).toBe("connectionLost");
   });
 });

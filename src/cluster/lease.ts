@@ -78,6 +78,75 @@ export const fenceMarginMs = (leaseMs: number): number => Math.min(250, Math.flo
 export const mustFence = (renewedAt: number, leaseMs: number, nowMs: number): boolean =>
   nowMs >= renewedAt + leaseMs - fenceMarginMs(leaseMs);
 
+/**
+ * Why a lease renewal failed, as far as the hub can tell:
+ *  - `conflict`: the CAS lost (the revision moved): the entry is read again (`decideAfterRenewalConflict`);
+ *  - `bucketUnavailable`: the NATS connection is up and answering, but the owners bucket cannot commit right
+ *    now — JetStream is electing a leader for it (503 / no responders / "JetStream system temporarily
+ *    unavailable" / a request timeout while the server still answers a ping);
+ *  - `connectionLost`: the connection is down or does not answer: this hub may be cut from NATS.
+ */
+export type RenewalFailure = "conflict" | "bucketUnavailable" | "connectionLost";
+
+/** JetStream answered (or timed out) in a way that means "no leader for this stream right now". */
+export const isBucketUnavailableError = (error: unknown): boolean => {
+  const o = error as { code?: unknown; message?: unknown } | null;
+  const code = o?.code;
+  if (code === 503 || code === "503" || code === "TIMEOUT" || code === 408) return true;
+  const msg = error instanceof Error ? error.message : typeof o?.message === "string" ? o.message : String(error);
+  return /no responders|\b503\b|temporarily unavailable|timeout|timed out|no answer within|stream not current|no leader/i.test(msg);
+};
+
+/**
+ * Classifies a failed renewal. `connected`: the client's connection status; `answers`: the server answered a
+ * ping just now (only asked for errors that could also be a dead link, i.e. timeouts). Any other error (or a
+ * connection that is not up) is `connectionLost`: fence as before.
+ */
+export const classifyRenewalFailure = (
+  error: unknown,
+  connection: { readonly casConflict: boolean; readonly connected: boolean; readonly answers: boolean },
+): RenewalFailure => {
+  if (connection.casConflict) return "conflict";
+  if (!connection.connected || !connection.answers) return "connectionLost";
+  return isBucketUnavailableError(error) ? "bucketUnavailable" : "connectionLost";
+};
+
+export type FenceDecision =
+  /** The lease is current: serve. */
+  | "serve"
+  /** The lease ran out while the bucket has no leader (connection up): keep serving, admit nothing new. */
+  | "grace"
+  /** Stop serving now (`leaseLost`). */
+  | "fence";
+
+export interface FenceInput {
+  /** Last successful renewal (or the admission write). */
+  readonly renewedAt: number;
+  readonly leaseMs: number;
+  readonly nowMs: number;
+  /** `cluster.electionGraceMs` (0: no grace). Counted from the instant the hub would otherwise fence. */
+  readonly electionGraceMs: number;
+  /** The latest failed renewal since `renewedAt` (null: none failed yet, e.g. still in flight). */
+  readonly lastFailure: RenewalFailure | null;
+  /** The NATS connection is up right now. */
+  readonly connected: boolean;
+}
+
+/**
+ * Self-fencing with an election grace. Past `mustFence` the hub keeps an edge only while (1) its connection
+ * to NATS is up, (2) the latest renewal failed because the bucket could not commit (no leader), and (3) the
+ * grace has not run out. Why this keeps at most one owner (ADR 0009): another hub takes an expired lease only
+ * by a CAS write to the same bucket, which needs the same leader this hub cannot reach; once a leader is back,
+ * this hub's next renewal (at most leaseMs/4 later) either succeeds (still ours) or loses the CAS (drop); and an
+ * edge runs one tunnel at a time, so a takeover needs the edge to have left this hub anyway.
+ */
+export const fenceDecision = (i: FenceInput): FenceDecision => {
+  if (!mustFence(i.renewedAt, i.leaseMs, i.nowMs)) return "serve";
+  if (i.electionGraceMs <= 0 || !i.connected || i.lastFailure !== "bucketUnavailable") return "fence";
+  const graceEnds = i.renewedAt + i.leaseMs - fenceMarginMs(i.leaseMs) + i.electionGraceMs;
+  return i.nowMs < graceEnds ? "grace" : "fence";
+};
+
 /** The entry is this hub's (any run: a restarted hub reclaims its edges; recovery closes the old run's leftovers). */
 export const isMine = (entry: Pick<OwnerEntry, "hubId">, me: Me): boolean => entry.hubId === me.hubId;
 

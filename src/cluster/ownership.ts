@@ -10,6 +10,10 @@
  *   renews meanwhile is alive and the edge is refused; one that does not is dead and taken over.
  * - Renewal every leaseMs/4 by CAS. A conflict that shows another holder, or no successful renewal until
  *   just before the lease would run out, drops the edge (`hubDropEdge(leaseLost)`): self-fencing.
+ *   Exception (election grace, ADR 0009): while the NATS connection is up and answering but the owners bucket
+ *   cannot commit (JetStream electing a leader: 503 / no responders / timeouts), the edges already held are
+ *   kept for up to `cluster.electionGraceMs` past that point; new admissions are refused meanwhile (the
+ *   bucket cannot be written). The first renewal that lands again decides by its CAS.
  * - Release: when the edge's session ends here, the entry is deleted at our revision.
  * - Takeover: after the CAS, `takeover.ts` closes the dead hub's session in the log (hubLost).
  *
@@ -23,8 +27,10 @@ import {
   decideAdmission,
   decideAfterRenewalConflict,
   decideAfterWait,
-  mustFence,
+  classifyRenewalFailure,
+  fenceDecision,
   parseOwnerEntry,
+  type RenewalFailure,
   type AdmissionVerdict,
   type HubView,
   type OwnerEntry,
@@ -35,7 +41,7 @@ import { closeDeadSession, takeoverEvents, type TakeoverSummary } from "./takeov
 export interface OwnershipCluster {
   readonly name: string;
   readonly kv: { readonly owners: KV; readonly hubs: KV };
-  readonly config: { readonly leaseMs: number; readonly hubTimeoutMs: number };
+  readonly config: { readonly leaseMs: number; readonly hubTimeoutMs: number; readonly electionGraceMs?: number };
 }
 
 /** The addon events ownership reacts to (a structural subset of NativeHubEvent). */
@@ -102,6 +108,12 @@ export interface OwnershipStatus {
   readonly leaseLost: number;
   readonly released: number;
   readonly renewFailures: number;
+  /** Renewals that failed because the owners bucket had no leader while the connection was up. */
+  readonly bucketUnavailable: number;
+  /** Times an edge was kept past its lease by the election grace (once per edge and outage). */
+  readonly electionGraces: number;
+  /** Edges served right now under the election grace. */
+  readonly inGrace: number;
   readonly lastTakeover: TakeoverRecord | null;
 }
 
@@ -115,6 +127,10 @@ interface Held {
   readonly since: number;
   revision: number;
   renewedAt: number;
+  /** The latest failed renewal since `renewedAt` (reset by a successful one). */
+  lastFailure: RenewalFailure | null;
+  /** Served under the election grace since the lease ran out (counted once per outage). */
+  inGrace: boolean;
 }
 
 class KvTimeout extends Error {}
@@ -154,13 +170,14 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
     const leaseMs = deps.cluster.config.leaseMs;
     const kvTimeoutMs = deps.kvTimeoutMs ?? Math.min(1_000, Math.floor(leaseMs / 2));
     const admissionTimeoutMs = deps.admissionTimeoutMs ?? 5_000;
+    const electionGraceMs = deps.cluster.config.electionGraceMs ?? 0;
     const me = { hubId: deps.hubId, runId: deps.runId };
     const logAs = deps.logAs ?? (() => undefined);
 
     const held = new Map<string, Held>();
     const chains = new Map<string, Promise<void>>();
     let stopped = false;
-    const counters = { admitted: 0, refused: 0, takeovers: 0, leaseLost: 0, released: 0, renewFailures: 0 };
+    const counters = { admitted: 0, refused: 0, takeovers: 0, leaseLost: 0, released: 0, renewFailures: 0, bucketUnavailable: 0, electionGraces: 0 };
     let lastTakeover: TakeoverRecord | null = null;
 
     const bounded = <A>(p: Promise<A>, what: string): Promise<A> => {
@@ -305,10 +322,10 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
             : refuse(sessionId, "ownershipUnavailable", `cannot write the owner of ${edgeId}: ${errText(e)}`);
         }
         if (stopped) {
-          await release(edgeId, { sessionId, since: at, revision, renewedAt: at });
+          await release(edgeId, { sessionId, since: at, revision, renewedAt: at, lastFailure: null, inGrace: false });
           return refuse(sessionId, "ownershipUnavailable", "the hub is stopping");
         }
-        const h: Held = { sessionId, since: at, revision, renewedAt: at };
+        const h: Held = { sessionId, since: at, revision, renewedAt: at, lastFailure: null, inGrace: false };
         held.set(edgeId, h);
         if (!deps.admit(sessionId, true, "", "")) {
           // The session gave up waiting (admission timeout) or went away: give the edge back.
@@ -329,6 +346,26 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
       deps.drop(edgeId, "leaseLost", why);
     };
 
+    const isConnected = (): boolean => deps.log.client.isConnected();
+    /** The server answers a ping within `ms` (the link is alive even if JetStream does not answer). */
+    const answers = async (ms: number): Promise<boolean> => {
+      const nc = deps.log.client.current();
+      if (nc === undefined || !isConnected()) return false;
+      let timer: NodeJS.Timeout | undefined;
+      const t = new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(false), ms);
+      });
+      return Promise.race([nc.flush().then(() => true, () => false), t]).finally(() => clearTimeout(timer));
+    };
+    const classify = async (e: unknown): Promise<RenewalFailure> => {
+      const casConflict = isCasConflict(e);
+      const connected = isConnected();
+      // A timeout proves nothing about the link: ask the server for a pong. A 503 / no responders is an answer.
+      const timedOut = e instanceof KvTimeout || /timeout|timed out/i.test(errText(e));
+      const ok = casConflict || !connected ? connected : timedOut ? await answers(Math.min(500, kvTimeoutMs)) : true;
+      return classifyRenewalFailure(e, { casConflict, connected: connected && isConnected(), answers: ok });
+    };
+
     const renewing = new Set<string>();
     const renew = async (edgeId: string, h: Held): Promise<void> => {
       if (held.get(edgeId) !== h) return;
@@ -336,26 +373,36 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
       try {
         const rev = await bounded(owners.update(edgeId, valueOf(edgeId, h.sessionId, h.since, at), h.revision), `renewing ${edgeId}`);
         if (held.get(edgeId) === h) {
+          if (h.inGrace) logAs("info", `edge ${edgeId}: lease renewed again after ${at - h.renewedAt} ms (owners bucket back)`);
           h.revision = rev;
           h.renewedAt = at;
+          h.lastFailure = null;
+          h.inGrace = false;
         }
       } catch (e) {
         if (held.get(edgeId) !== h) return;
-        if (!isCasConflict(e)) {
+        const kind = await classify(e);
+        if (held.get(edgeId) !== h) return;
+        if (kind !== "conflict") {
           counters.renewFailures += 1;
+          if (kind === "bucketUnavailable") counters.bucketUnavailable += 1;
+          h.lastFailure = kind;
           return;
         }
         let current: { entry: OwnerEntry; revision: number } | null;
         try {
           current = await readOwner(edgeId);
-        } catch {
+        } catch (re) {
           counters.renewFailures += 1;
+          h.lastFailure = await classify(re);
           return;
         }
         const v = decideAfterRenewalConflict({ ...me, sessionId: h.sessionId }, current);
         if (v.kind === "adopt") {
           h.revision = v.revision;
           h.renewedAt = Math.max(h.renewedAt, Math.min(v.renewedAt, at));
+          h.lastFailure = null;
+          h.inGrace = false;
         } else {
           fence(edgeId, v.holder === null ? "its owner entry was deleted" : `hub ${v.holder.hubId} owns it now`);
         }
@@ -371,8 +418,20 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
     }, Math.max(50, Math.floor(leaseMs / 4)));
     const fenceTimer = setInterval(() => {
       const t = now();
+      const connected = isConnected();
       for (const [edgeId, h] of held) {
-        if (mustFence(h.renewedAt, leaseMs, t)) fence(edgeId, `no lease renewal for ${t - h.renewedAt} ms (lease ${leaseMs} ms)`);
+        const d = fenceDecision({ renewedAt: h.renewedAt, leaseMs, nowMs: t, electionGraceMs, lastFailure: h.lastFailure, connected });
+        if (d === "grace" && !h.inGrace) {
+          h.inGrace = true;
+          counters.electionGraces += 1;
+          logAs("warn", `edge ${edgeId}: no lease renewal for ${t - h.renewedAt} ms, the owners bucket has no leader (NATS connected): kept for up to ${electionGraceMs} ms more`);
+        } else if (d === "fence") {
+          const why =
+            h.inGrace
+              ? `no lease renewal for ${t - h.renewedAt} ms (lease ${leaseMs} ms + election grace ${electionGraceMs} ms)`
+              : `no lease renewal for ${t - h.renewedAt} ms (lease ${leaseMs} ms${h.lastFailure === "connectionLost" || !connected ? ", NATS connection lost" : ""})`;
+          fence(edgeId, why);
+        }
       }
     }, 50);
 
@@ -411,6 +470,7 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
         leaseMs,
         owned: [...held].map(([edgeId, h]) => ({ edgeId, sessionId: h.sessionId, since: h.since, leaseAgeMs: Math.max(0, t - h.renewedAt), revision: h.revision })),
         ...counters,
+        inGrace: [...held.values()].filter((h) => h.inGrace).length,
         lastTakeover,
       };
     };

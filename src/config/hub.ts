@@ -149,6 +149,8 @@ export const CLUSTER_DEFAULTS = {
   heartbeatMs: 500,
   hubTimeoutMs: 2000,
   leaseMs: 2000,
+  /** How long past its lease a hub keeps the edges it holds while the owners bucket has no leader (NATS up). */
+  electionGraceMs: 10000,
   /** Tunnel heartbeat/idle defaults in cluster mode (fast failure detection). */
   pingIntervalMs: 1000,
   idleTimeoutMs: 3000,
@@ -168,6 +170,12 @@ export const ClusterSettingsSchema = Schema.Struct({
   hubTimeoutMs: Schema.optionalWith(Milliseconds(100, 600_000), { default: () => CLUSTER_DEFAULTS.hubTimeoutMs }),
   /** Ownership lease of an edge (renewed every leaseMs/4). Default 2000. */
   leaseMs: Schema.optionalWith(Milliseconds(200, 600_000), { default: () => CLUSTER_DEFAULTS.leaseMs }),
+  /**
+   * While the NATS connection is up but the owners bucket cannot commit (JetStream electing a leader after a
+   * node loss, typically 4-9 s), keep serving the edges already held for up to this long past the lease's fence
+   * point; new edges are refused meanwhile. 0 = fence at once as without it. Default 10000 (ADR 0009).
+   */
+  electionGraceMs: Schema.optionalWith(Milliseconds(0, 600_000), { default: () => CLUSTER_DEFAULTS.electionGraceMs }),
 });
 /** Cluster settings with defaults applied. */
 export type ClusterConfig = typeof ClusterSettingsSchema.Type;
@@ -254,6 +262,7 @@ export const hubFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["cluster", "heartbeatMs"], flag: "cluster-heartbeat-ms", env: "PORTWAY_CLUSTER_HEARTBEAT_MS", kind: "integer", placeholder: "MS", description: "hub liveness heartbeat interval (default 500)" },
   { path: ["cluster", "hubTimeoutMs"], flag: "cluster-hub-timeout-ms", env: "PORTWAY_CLUSTER_HUB_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "a hub silent this long is dead (default 2000)" },
   { path: ["cluster", "leaseMs"], flag: "cluster-lease-ms", env: "PORTWAY_CLUSTER_LEASE_MS", kind: "integer", placeholder: "MS", description: "edge ownership lease (default 2000)" },
+  { path: ["cluster", "electionGraceMs"], flag: "cluster-election-grace-ms", env: "PORTWAY_CLUSTER_ELECTION_GRACE_MS", kind: "integer", placeholder: "MS", description: "keep held edges this long past the lease while the owners bucket elects a leader (default 10000, 0 = off)" },
   { path: ["events", "enabled"], flag: "no-events", env: "PORTWAY_EVENTS", kind: "boolean", negatedFlag: true, placeholder: "", description: "do not record lifecycle events (env: PORTWAY_EVENTS=false)" },
   { path: ["events", "stream"], flag: "events-stream", env: "PORTWAY_EVENTS_STREAM", kind: "string", placeholder: "NAME", description: 'JetStream stream of the event log (default "PORTWAY_EVENTS")' },
   { path: ["events", "replicas"], flag: "events-replicas", env: "PORTWAY_EVENTS_REPLICAS", kind: "integer", placeholder: "N", description: "stream replicas: 1 for one server, 3 in a cluster (default 1)" },
