@@ -310,7 +310,7 @@ impl Hub {
 /// system picks a TCP port; if its UDP twin is taken, another pick is tried.
 async fn bind_tunnel_port(
     addr: SocketAddr,
-    quic_config: Option<quinn::ServerConfig>,
+    quic_config: Option<quic::ServerSetup>,
 ) -> Result<(TcpListener, Option<quinn::Endpoint>), AddonError> {
     let attempts = if addr.port() == 0 {
         SAME_PORT_ATTEMPTS

@@ -267,3 +267,105 @@ fn a_stream_reset_before_its_open_header_ends_only_that_stream() {
         hub.hub.stop().await;
     });
 }
+
+/// Runs one "hub dies without a word and comes back" round. The client talks to the hub through a UDP
+/// relay; the hub's first life stops getting (and answering) packets when the relay switches to the
+/// second life, a fresh endpoint with `second_identity`, so nothing is ever closed. Returns how the
+/// client's connection ended within `within`, if it did.
+async fn connection_after_silent_restart(
+    first_identity: &Identity,
+    second_identity: &Identity,
+    within: std::time::Duration,
+) -> Option<quinn::ConnectionError> {
+    use portway_native::transport::quic;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::net::UdpSocket;
+    let setup = |id: &Identity| {
+        quic::server_config(
+            &id.cert_pem,
+            &id.key_pem,
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let first = quic::endpoint(any, Some(setup(first_identity))).unwrap();
+    let second = quic::endpoint(any, Some(setup(second_identity))).unwrap();
+
+    // The relay: client side `front`, hub side `back`, sending to whichever life is current.
+    let front = Arc::new(UdpSocket::bind(any).await.unwrap());
+    let back = Arc::new(UdpSocket::bind(any).await.unwrap());
+    let hub_now = Arc::new(Mutex::new(first.local_addr().unwrap()));
+    let client_addr = Arc::new(Mutex::new(None::<SocketAddr>));
+    let relay = {
+        let (front, back) = (front.clone(), back.clone());
+        let (hub_now, client_addr) = (hub_now.clone(), client_addr.clone());
+        tokio::spawn(async move {
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut up) => {
+                        *client_addr.lock().unwrap() = Some(from);
+                        let to = *hub_now.lock().unwrap();
+                        let _ = back.send_to(&up[..n], to).await;
+                    }
+                    Ok((n, _)) = back.recv_from(&mut down) => {
+                        let to = *client_addr.lock().unwrap();
+                        if let Some(to) = to {
+                            let _ = front.send_to(&down[..n], to).await;
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let config = quic::client_config(
+        Some(&first_identity.fingerprint),
+        None,
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut client = quinn::Endpoint::client(any).unwrap();
+    client.set_default_client_config(config);
+    let connecting = client
+        .connect(front.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let (conn, server_side) = tokio::join!(connecting, async {
+        first.accept().await.unwrap().await.unwrap()
+    });
+    let conn = conn.unwrap();
+    // The first life "dies": from now on its packets go nowhere and it hears nothing.
+    *hub_now.lock().unwrap() = second.local_addr().unwrap();
+    let ended = tokio::time::timeout(within, conn.closed()).await.ok();
+    relay.abort();
+    drop(server_side);
+    for endpoint in [&first, &second, &client] {
+        endpoint.close(quinn::VarInt::from_u32(0), b"");
+    }
+    ended
+}
+
+/// A hub that dies without closing its QUIC connections and is restarted on the same port (same data
+/// dir, so the same private key) answers an edge's next keep-alive with a stateless reset the edge
+/// recognises: the edge's connection ends at once (and it reconnects) instead of after the idle
+/// timeout. Another key's resets are ignored, as RFC 9000 requires.
+#[test]
+fn a_restarted_hub_resets_the_connections_of_its_previous_life() {
+    runtime().block_on(async {
+        use std::time::Duration;
+        let id = identity();
+        let ended = connection_after_silent_restart(&id, &id, Duration::from_secs(3)).await;
+        assert!(
+            matches!(ended, Some(quinn::ConnectionError::Reset)),
+            "expected a stateless reset, got {ended:?}"
+        );
+        let other = identity();
+        let ended = connection_after_silent_restart(&id, &other, Duration::from_secs(1)).await;
+        assert!(ended.is_none(), "a foreign reset was accepted: {ended:?}");
+    });
+}

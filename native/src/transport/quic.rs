@@ -14,6 +14,7 @@
 //! task, so a slow stream never holds up others), and a supervisor that ends them all and says why.
 use crate::error::AddonError;
 use crate::mux::Role;
+use crate::protocol::credential::hmac_sha256;
 use crate::protocol::datagram::{decode_quic_datagram, encode_quic_datagram, QUIC_DATAGRAM_PREFIX};
 use crate::protocol::frame::{encode_frame, MAX_FRAME_PAYLOAD};
 use crate::protocol::{
@@ -54,11 +55,83 @@ const CLOSE_PLAIN: u32 = 0;
 /// datagrams should queue, not be dropped by the kernel.
 const ENDPOINT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
+/// The hub's QUIC side: its server config and the key its stateless resets are made with.
+#[derive(Clone)]
+pub struct ServerSetup {
+    pub config: quinn::ServerConfig,
+    reset_key: Arc<StatelessResetKey>,
+}
+
+/// The key of QUIC stateless resets (RFC 9000 §10.3). A hub derives it from its private key, so it
+/// stays the same across restarts: when a hub dies without closing its connections and comes back on
+/// the same port (same data dir), it answers an edge's next packet (a keep-alive) for a connection it
+/// no longer has with a stateless reset the edge recognises, and the edge reconnects at once instead
+/// of waiting out the idle timeout. quinn's default key is random per endpoint, and its default
+/// connection ids carry a check under another random key, so a restarted hub would drop those
+/// packets as foreign; `RandomCids` takes any 8-byte id as possibly its own.
+struct StatelessResetKey([u8; 32]);
+
+impl StatelessResetKey {
+    fn derive(key_pem: &str) -> Self {
+        Self(hmac_sha256(
+            b"portway/1 QUIC stateless reset key",
+            key_pem.as_bytes(),
+        ))
+    }
+}
+
+impl quinn::crypto::HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = hmac_sha256(&self.0, data);
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use subtle::ConstantTimeEq;
+        let tag = hmac_sha256(&self.0, data);
+        match bool::from(tag.as_slice().ct_eq(signature)) {
+            true => Ok(()),
+            false => Err(quinn::crypto::CryptoError),
+        }
+    }
+}
+
+/// The hub's connection ids: 8 random bytes. Any 8-byte id of an unknown connection may be one of a
+/// previous life's, so it gets a stateless reset (rate-limited by quinn, and always smaller than the
+/// packet that caused it).
+struct RandomCids;
+
+impl RandomCids {
+    const LEN: usize = 8;
+}
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use rand::RngCore;
+        let mut cid = [0u8; Self::LEN];
+        rand::thread_rng().fill_bytes(&mut cid);
+        quinn::ConnectionId::new(&cid)
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// A QUIC endpoint on `addr` with large socket buffers: a server (hub) when `server` is given, a
 /// client (edge) otherwise. Needs to run inside the tokio runtime.
 pub fn endpoint(
     addr: std::net::SocketAddr,
-    server: Option<quinn::ServerConfig>,
+    server: Option<ServerSetup>,
 ) -> std::io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -71,12 +144,15 @@ pub fn endpoint(
     socket.bind(&addr.into())?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        runtime,
-    )
+    let (config, server) = match server {
+        Some(setup) => {
+            let mut config = quinn::EndpointConfig::new(setup.reset_key);
+            config.cid_generator(|| Box::new(RandomCids));
+            (config, Some(setup.config))
+        }
+        None => (quinn::EndpointConfig::default(), None),
+    };
+    quinn::Endpoint::new(config, server, socket.into(), runtime)
 }
 
 /// Keep-alive and idle timeout: QUIC PINGs every `ping_interval` keep NAT bindings fresh and the
@@ -101,19 +177,22 @@ fn transport_config(
     Arc::new(t)
 }
 
-/// The hub's QUIC server config.
+/// The hub's QUIC server config, with the stateless reset key derived from its private key.
 pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
     ping_interval: Duration,
     idle_timeout: Duration,
-) -> Result<quinn::ServerConfig, AddonError> {
+) -> Result<ServerSetup, AddonError> {
     let tls = tls::quic_server_config(cert_pem, key_pem)?;
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| AddonError::Tls(format!("QUIC server config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config(ping_interval, idle_timeout, true));
-    Ok(config)
+    Ok(ServerSetup {
+        config,
+        reset_key: Arc::new(StatelessResetKey::derive(key_pem)),
+    })
 }
 
 /// The edge's QUIC client config (same pin / CA verifier as TLS).
