@@ -4,7 +4,7 @@
 // every 20 ms (one at a time, 1 s timeout). Repeatedly the hub that owns the edge is made to fail, then
 // restarted; the next round fails whichever hub owns the edge then.
 //
-//   node bench/failover.mjs [--kills 20] [--mode kill|freeze|both] [--edge-idle-ms 3000] [--json out.json]
+//   node bench/failover.mjs [--kills 20] [--mode kill|freeze|both] [--edge-idle-ms 2500] [--json out.json]
 //
 // Modes: `kill` = SIGKILL (the kernel closes the hub's sockets: the edge sees the end at once);
 // `freeze` = SIGSTOP (a hung hub or a dead host: only the edge's idle timeout notices), then SIGKILL.
@@ -12,8 +12,8 @@
 //   detection      the edge status no longer shows a tunnel to the failed hub,
 //   reconnection   the edge status shows a tunnel to the other hub,
 //   first success  a client connection opened after the failure completed its echo (service back).
-// Edge: ping 1000 ms, idle 3000 ms (the multi-hub defaults; --edge-idle-ms changes the idle timeout, ping =
-// min(1000, idle/3)); hubs: lease 2000 ms, ping/idle 1000/3000.
+// Edge: ping 1000 ms, idle 2500 ms (the multi-hub defaults; --edge-idle-ms changes the idle timeout, ping =
+// min(1000, idle/3)); hubs: lease 2000 ms, ping/idle 1000/2500 (cluster defaults).
 // Needs dist/ (`npm run build:ts`), native/index.node and .tools/bin/nats-server (`npm run setup`).
 // Prints JSON on stdout, then a markdown section.
 import { spawn, spawnSync } from "node:child_process";
@@ -34,7 +34,7 @@ const arg = (name, def) => {
 const KILLS = Number(arg("kills", "20"));
 const MODE = arg("mode", "both");
 const jsonOut = arg("json", undefined);
-const EDGE_IDLE_MS = Number(arg("edge-idle-ms", "3000"));
+const EDGE_IDLE_MS = Number(arg("edge-idle-ms", "2500"));
 const modes = MODE === "both" ? ["kill", "freeze"] : [MODE];
 if (!modes.every((m) => m === "kill" || m === "freeze") || !(KILLS > 0)) {
   process.stderr.write("usage: node bench/failover.mjs [--kills N] [--mode kill|freeze|both] [--json FILE]\n");

@@ -118,7 +118,7 @@ async function startEdge(e: EdgeSpec, hubs: ReadonlyArray<number>): Promise<Remo
     bindAddress: "127.0.0.1",
     hubCertFingerprint: cert.fingerprint,
     pingIntervalMs: 1_000,
-    idleTimeoutMs: 3_000,
+    idleTimeoutMs: 2_500, // the multi-hub defaults (ping 1000 / idle 2500)
     reconnectInitialMs: 50,
     reconnectMaxMs: 300,
   });

@@ -59,7 +59,7 @@ describe("cluster config", () => {
       loadHubConfig({ env: { PORTWAY_CLUSTER: "c1", PORTWAY_NATS: "nats://a:4222,nats://b:4222" }, flags: { "cluster-replicas": "3" } }),
     );
     expect(config.cluster).toEqual({ name: "c1", replicas: 3, heartbeatMs: 500, hubTimeoutMs: 2000, leaseMs: 2000, electionGraceMs: 10000 });
-    expect([config.pingIntervalMs, config.idleTimeoutMs, config.events.replicas]).toEqual([1000, 3000, 3]);
+    expect([config.pingIntervalMs, config.idleTimeoutMs, config.events.replicas]).toEqual([1000, 2500, 3]);
     const explicit = await Effect.runPromise(
       resolveHubOptions({ cluster: { name: "c1", replicas: 3 }, nats: "nats://a:4222", pingIntervalMs: 2000, idleTimeoutMs: 9000, events: { replicas: 1 } }),
     );

@@ -170,7 +170,7 @@ describe("edge config", () => {
       secret: "s",
     });
     const fast = Effect.runSync(resolveEdgeOptions({ token: several }));
-    expect(fast).toMatchObject({ pingIntervalMs: 1000, idleTimeoutMs: 3000, gapHoldMs: 3000 });
+    expect(fast).toMatchObject({ pingIntervalMs: 1000, idleTimeoutMs: 2500, gapHoldMs: 3000 });
     expect(fast.hubs.map((h) => h.host)).toEqual(["a.example", "b.example"]);
     const flagged = Effect.runSync(
       loadEdgeConfig({ flags: { token: several, "ping-interval-ms": "400", "idle-timeout-ms": "1500", "gap-hold-ms": "0" } }),

@@ -49,7 +49,7 @@ export const EdgeOptionsSchema = Schema.Struct({
   serverName: Schema.optional(Schema.NullOr(NonEmptyString)),
   /** Heartbeat interval. Default 5000, or 1000 with more than one hub (failover detection). */
   pingIntervalMs: Schema.optional(Milliseconds(100, 3_600_000)),
-  /** Reconnect when the tunnel is silent this long. Default 15000, or 3000 with more than one hub; must exceed pingIntervalMs. */
+  /** Reconnect when the tunnel is silent this long. Default 15000, or 2500 with more than one hub (hung-hub detection under 3 s); must exceed pingIntervalMs. */
   idleTimeoutMs: Schema.optional(Milliseconds(200, 3_600_000)),
   /** A client arriving while no tunnel is up waits this long for one, then is reset. Default 3000; 0 = reset at once. */
   gapHoldMs: Schema.optionalWith(Milliseconds(0, 600_000), { default: () => 3000 }),
@@ -100,7 +100,7 @@ export const edgeFieldSpecs: ReadonlyArray<FieldSpec> = [
   { path: ["caFile"], flag: "ca-file", env: "PORTWAY_EDGE_CA_FILE", kind: "string", placeholder: "FILE", description: "verify the hub against this CA (PEM) instead of pinning" },
   { path: ["serverName"], flag: "server-name", env: "PORTWAY_EDGE_SERVER_NAME", kind: "string", placeholder: "NAME", description: "TLS server name (default: the hub host)" },
   { path: ["pingIntervalMs"], flag: "ping-interval-ms", env: "PORTWAY_EDGE_PING_INTERVAL_MS", kind: "integer", placeholder: "MS", description: "tunnel heartbeat interval (default 5000; 1000 with several hubs)" },
-  { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_EDGE_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "reconnect after this much silence (default 15000; 3000 with several hubs)" },
+  { path: ["idleTimeoutMs"], flag: "idle-timeout-ms", env: "PORTWAY_EDGE_IDLE_TIMEOUT_MS", kind: "integer", placeholder: "MS", description: "reconnect after this much silence (default 15000; 2500 with several hubs)" },
   { path: ["gapHoldMs"], flag: "gap-hold-ms", env: "PORTWAY_EDGE_GAP_HOLD_MS", kind: "integer", placeholder: "MS", description: "a client arriving with no tunnel up waits this long, then is reset (default 3000)" },
   { path: ["reconnectInitialMs"], flag: "reconnect-initial-ms", env: "PORTWAY_EDGE_RECONNECT_INITIAL_MS", kind: "integer", placeholder: "MS", description: "first reconnect delay (default 250)" },
   { path: ["reconnectMaxMs"], flag: "reconnect-max-ms", env: "PORTWAY_EDGE_RECONNECT_MAX_MS", kind: "integer", placeholder: "MS", description: "longest reconnect delay (default 30000)" },
@@ -169,7 +169,7 @@ export const decodeEdgeConfig = (sourced: SourcedConfig): Effect.Effect<EdgeConf
     // Several hubs: detect a dead hub within seconds so the edge fails over (docs/architecture.md, "Edge config").
     const severalHubs = hubs.length > 1;
     const pingIntervalMs = o.pingIntervalMs ?? (severalHubs ? 1000 : 5000);
-    const idleTimeoutMs = o.idleTimeoutMs ?? Math.max(severalHubs ? 3000 : 15_000, 2 * pingIntervalMs);
+    const idleTimeoutMs = o.idleTimeoutMs ?? Math.max(severalHubs ? 2500 : 15_000, 2 * pingIntervalMs);
     if (idleTimeoutMs <= pingIntervalMs) {
       return yield* Effect.fail(
         new ConfigError({

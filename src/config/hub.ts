@@ -153,7 +153,7 @@ export const CLUSTER_DEFAULTS = {
   electionGraceMs: 10000,
   /** Tunnel heartbeat/idle defaults in cluster mode (fast failure detection). */
   pingIntervalMs: 1000,
-  idleTimeoutMs: 3000,
+  idleTimeoutMs: 2500,
 } as const;
 
 /** Several hubs sharing one registry and edge ownership through JetStream KV (docs/cluster.md). */
@@ -339,7 +339,7 @@ export const allowedEdgesProblem = (
 };
 
 /**
- * Cluster mode changes three defaults (values given explicitly are kept): tunnel ping/idle 1000/3000 ms, and
+ * Cluster mode changes three defaults (values given explicitly are kept): tunnel ping/idle 1000/2500 ms, and
  * the event stream's replicas follow `cluster.replicas`.
  */
 const withClusterDefaults = (config: HubConfig, raw: SourcedConfig["value"]): HubConfig => {
