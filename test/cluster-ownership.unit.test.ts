@@ -191,6 +191,8 @@ describe("classifyRenewalFailure", () => {
       Object.assign(new Error("503"), { code: 503 }),
       new Error("no responders"),
       new Error("JetStream system temporarily unavailable"),
+      // What @nats-io/jetstream 3.4 reports for a publish with no responders (seen while the bucket elects).
+      new Error("jetstream is not enabled"),
       new Error("renewing e1: no answer within 1000 ms"),
       Object.assign(new Error("TIMEOUT"), { code: "TIMEOUT" }),
     ]) {

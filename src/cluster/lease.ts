@@ -82,8 +82,9 @@ export const mustFence = (renewedAt: number, leaseMs: number, nowMs: number): bo
  * Why a lease renewal failed, as far as the hub can tell:
  *  - `conflict`: the CAS lost (the revision moved): the entry is read again (`decideAfterRenewalConflict`);
  *  - `bucketUnavailable`: the NATS connection is up and answering, but the owners bucket cannot commit right
- *    now — JetStream is electing a leader for it (503 / no responders / "JetStream system temporarily
- *    unavailable" / a request timeout while the server still answers a ping);
+ *    now — JetStream is electing a leader for it (503 / no responders, which @nats-io/jetstream reports as
+ *    "jetstream is not enabled" / "JetStream system temporarily unavailable" / a request timeout while the
+ *    server still answers a ping);
  *  - `connectionLost`: the connection is down or does not answer: this hub may be cut from NATS.
  */
 export type RenewalFailure = "conflict" | "bucketUnavailable" | "connectionLost";
@@ -94,7 +95,7 @@ export const isBucketUnavailableError = (error: unknown): boolean => {
   const code = o?.code;
   if (code === 503 || code === "503" || code === "TIMEOUT" || code === 408) return true;
   const msg = error instanceof Error ? error.message : typeof o?.message === "string" ? o.message : String(error);
-  return /no responders|\b503\b|temporarily unavailable|timeout|timed out|no answer within|stream not current|no leader/i.test(msg);
+  return /no responders|\b503\b|temporarily unavailable|jetstream is not enabled|timeout|timed out|no answer within|stream not current|no leader/i.test(msg);
 };
 
 /**

@@ -384,6 +384,7 @@ export const startOwnership = (deps: OwnershipDeps): Effect.Effect<Ownership, ne
         const kind = await classify(e);
         if (held.get(edgeId) !== h) return;
         if (kind !== "conflict") {
+          if (h.lastFailure !== kind) logAs("warn", `renewing ${edgeId} failed (${kind}, NATS ${isConnected() ? "connected" : "not connected"}): ${errText(e)}`);
           counters.renewFailures += 1;
           if (kind === "bucketUnavailable") counters.bucketUnavailable += 1;
           h.lastFailure = kind;
