@@ -13,12 +13,12 @@
 //   reconnection   the edge status shows a tunnel to the other hub,
 //   first success  a client connection opened after the failure completed its echo (service back).
 // Edge: ping 1000 ms, idle 2500 ms (the multi-hub defaults; --edge-idle-ms changes the idle timeout, ping =
-// min(1000, idle/3)); hubs: lease 2000 ms, ping/idle 1000/2500 (cluster defaults).
+// min(1000, idle/2.5)); hubs: lease 2000 ms, ping/idle 1000/2500 (cluster defaults).
 // Needs dist/ (`npm run build:ts`), native/index.node and .tools/bin/nats-server (`npm run setup`).
 // Prints JSON on stdout, then a markdown section.
 import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { connect as netConnect, createServer } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -35,6 +35,8 @@ const KILLS = Number(arg("kills", "20"));
 const MODE = arg("mode", "both");
 const jsonOut = arg("json", undefined);
 const EDGE_IDLE_MS = Number(arg("edge-idle-ms", "2500"));
+/** 1000 ms at the default idle 2500 (the multi-hub defaults), shorter for a shorter idle timeout. */
+const EDGE_PING_MS = Math.min(1_000, Math.floor(EDGE_IDLE_MS / 2.5));
 const modes = MODE === "both" ? ["kill", "freeze"] : [MODE];
 if (!modes.every((m) => m === "kill" || m === "freeze") || !(KILLS > 0)) {
   process.stderr.write("usage: node bench/failover.mjs [--kills N] [--mode kill|freeze|both] [--json FILE]\n");
@@ -95,11 +97,48 @@ const freeBase = async () => {
   throw new Error("no free port range for the cluster");
 };
 
-// ---- NATS cluster, target, certificate ------------------------------------------------------------------
+// ---- cleanup on every exit path ---------------------------------------------------------------------------
+// Whatever ends this process (normal end, a thrown error or rejected await, process.exit, SIGINT/SIGTERM/SIGHUP),
+// the hubs it spawned are killed, the 3 nats-servers stopped and the work dir removed. `hardCleanup` is
+// synchronous so it can run in the 'exit' handler; `gracefulStop` (the normal end and the `finally` around the
+// run) stops the edge and the hubs first.
 const work = await mkdtemp(join(tmpdir(), "portway-bench-failover-"));
 const natsDir = join(work, "nats");
 const script = join(root, "infra", "nats-cluster.mjs");
+/** Hub child processes still possibly running. */
+const children = new Set();
+let natsStarted = false;
+let cleanedUp = false;
+const hardCleanup = () => {
+  if (cleanedUp) return;
+  cleanedUp = true;
+  for (const child of children) {
+    try {
+      child.kill("SIGKILL"); // also ends a SIGSTOPped hub
+    } catch {
+      // already gone
+    }
+  }
+  children.clear();
+  if (natsStarted) spawnSync(process.execPath, [script, "stop", "--dir", natsDir], { encoding: "utf8", timeout: 20_000 });
+  try {
+    rmSync(work, { recursive: true, force: true });
+  } catch {
+    // best effort
+  }
+};
+process.on("exit", hardCleanup);
+for (const [sig, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]) {
+  process.on(sig, () => {
+    log(`${sig}: cleaning up`);
+    hardCleanup();
+    process.exit(code);
+  });
+}
+
+// ---- NATS cluster, target, certificate ------------------------------------------------------------------
 const base = await freeBase();
+natsStarted = true; // a start that fails half-way may leave nodes: stop is always run
 const started = spawnSync(process.execPath, [script, "start", "--dir", natsDir, "--base-port", String(base), "--name", "bench"], { encoding: "utf8" });
 if (started.status !== 0) {
   process.stderr.write(started.stderr);
@@ -157,11 +196,15 @@ const startHub = async (h) => {
     env: { ...process.env, NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  children.add(child);
   let out = "";
   child.stdout.on("data", (c) => (out += c));
   child.stderr.on("data", (c) => (out += c));
   let exited = false;
-  child.once("exit", () => (exited = true));
+  child.once("exit", () => {
+    exited = true;
+    children.delete(child);
+  });
   h.proc = { child, output: () => out, exited: () => exited };
   await waitFor(() => {
     if (exited) throw new Error(`${h.hubId} exited:\n${out}`);
@@ -180,107 +223,121 @@ const ownerOf = async () => {
 
 // ---- edge and client --------------------------------------------------------------------------------------
 const edge = new RemoteIngressEdge();
-await edge.start({
-  hubs: [...hubs.values()].map((h) => ({ host: "127.0.0.1", port: h.tunnelPort })),
-  edgeId: "e1",
-  secret,
-  bindAddress: "127.0.0.1",
-  hubCertFingerprint: fingerprint,
-  pingIntervalMs: Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3)),
-  idleTimeoutMs: EDGE_IDLE_MS,
-  reconnectInitialMs: 50,
-  reconnectMaxMs: 300,
-});
-
-const echoOnce = (timeoutMs = 1_000) =>
-  new Promise((res) => {
-    const started = Date.now();
-    const s = netConnect(edgePort, "127.0.0.1");
-    const payload = Buffer.from(`ping-${started}-${Math.random()}`);
-    let got = Buffer.alloc(0);
-    const done = (ok) => {
-      clearTimeout(timer);
-      s.destroy();
-      res({ at: started, done: Date.now(), ok });
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.on("connect", () => s.write(payload));
-    s.on("data", (c) => {
-      got = Buffer.concat([got, c]);
-      if (got.length >= payload.length) done(got.equals(payload));
-    });
-    s.on("error", () => done(false));
-    s.on("close", () => done(got.equals(payload)));
-  });
-
-const attempts = [];
+let edgeStarted = false;
 let probing = true;
-const prober = (async () => {
-  while (probing) {
-    attempts.push(await echoOnce());
-    await sleep(20);
+let prober = Promise.resolve();
+let stopped = false;
+/** Stops the prober, the edge, the hubs (SIGTERM, then SIGKILL) and NATS; idempotent. */
+const gracefulStop = async () => {
+  if (stopped) return;
+  stopped = true;
+  probing = false;
+  await prober.catch(() => undefined);
+  if (edgeStarted) await edge.stop().catch((e) => log(`edge stop: ${e?.message ?? e}`));
+  for (const h of hubs.values()) {
+    if (h.proc === undefined || h.proc.exited()) continue;
+    h.proc.child.kill("SIGCONT"); // a frozen hub cannot handle SIGTERM
+    h.proc.child.kill("SIGTERM");
+    await waitFor(() => h.proc.exited(), `${h.hubId} stopped`, 15_000, 20).catch(() => h.proc.child.kill("SIGKILL"));
   }
-})();
-
-await waitFor(async () => (await ownerOf()) !== null && attempts.some((a) => a.ok), "the edge served through its owner", 30_000, 50);
-log(`edge up, owner ${await ownerOf()}`);
-
-// ---- rounds -----------------------------------------------------------------------------------------------
+  await nc.close().catch(() => undefined);
+  target.close();
+  hardCleanup();
+};
 const results = [];
-for (const mode of modes) {
-  for (let round = 1; round <= KILLS; round++) {
-    // Steady state: an owner, the edge on it, the last probes succeeding, both hubs running.
-    const owner = await waitFor(async () => {
-      const o = await ownerOf();
-      const s = await edge.getStatus();
-      const recent = attempts.slice(-3);
-      return o !== null && s.connected && s.hubId === o && recent.length === 3 && recent.every((a) => a.ok) ? o : null;
-    }, "steady state", 30_000, 50);
-    await sleep(300 + Math.random() * 500); // a random phase against the lease renewals and pings
-    const victim = hubs.get(owner);
-    const other = hubIds.find((id) => id !== owner);
-    const t0 = Date.now();
-    victim.proc.child.kill(mode === "kill" ? "SIGKILL" : "SIGSTOP");
-    let detectedAt = null;
-    let reconnectedAt = null;
-    await waitFor(async () => {
-      const s = await edge.getStatus();
-      const now = Date.now();
-      if (detectedAt === null && (!s.connected || s.hubId !== owner)) detectedAt = now;
-      if (reconnectedAt === null && s.connected && s.hubId === other) reconnectedAt = now;
-      return detectedAt !== null && reconnectedAt !== null;
-    }, `round ${round}: failover to ${other}`, 30_000, 5);
-    const back = await waitFor(() => attempts.find((a) => a.at >= t0 && a.ok), `round ${round}: service back`, 30_000, 5);
-    const r = {
-      mode,
-      round,
-      from: owner,
-      to: other,
-      detectionMs: detectedAt - t0,
-      reconnectionMs: reconnectedAt - t0,
-      firstSuccessMs: back.done - t0,
-      failedAttempts: attempts.filter((a) => a.at >= t0 && a.done <= back.done && !a.ok).length,
-    };
-    results.push(r);
-    log(`${mode} ${round}/${KILLS}: ${owner} → ${other}: detection ${r.detectionMs} ms, reconnection ${r.reconnectionMs} ms, first success ${r.firstSuccessMs} ms`);
-    // Restart the failed hub (a frozen one is killed first).
-    if (mode === "freeze") victim.proc.child.kill("SIGKILL");
-    await waitFor(() => victim.proc.exited(), `${owner} gone`, 10_000, 10);
-    await startHub(victim);
-  }
-}
+try {
+  await edge.start({
+    hubs: [...hubs.values()].map((h) => ({ host: "127.0.0.1", port: h.tunnelPort })),
+    edgeId: "e1",
+    secret,
+    bindAddress: "127.0.0.1",
+    hubCertFingerprint: fingerprint,
+    pingIntervalMs: EDGE_PING_MS,
+    idleTimeoutMs: EDGE_IDLE_MS,
+    reconnectInitialMs: 50,
+    reconnectMaxMs: 300,
+  });
+  edgeStarted = true;
 
-probing = false;
-await prober;
-await edge.stop();
-for (const h of hubs.values()) {
-  h.proc.child.kill("SIGTERM");
-  await waitFor(() => h.proc.exited(), `${h.hubId} stopped`, 15_000, 20).catch(() => h.proc.child.kill("SIGKILL"));
+  const echoOnce = (timeoutMs = 1_000) =>
+    new Promise((res) => {
+      const started = Date.now();
+      const s = netConnect(edgePort, "127.0.0.1");
+      const payload = Buffer.from(`ping-${started}-${Math.random()}`);
+      let got = Buffer.alloc(0);
+      const done = (ok) => {
+        clearTimeout(timer);
+        s.destroy();
+        res({ at: started, done: Date.now(), ok });
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      s.on("connect", () => s.write(payload));
+      s.on("data", (c) => {
+        got = Buffer.concat([got, c]);
+        if (got.length >= payload.length) done(got.equals(payload));
+      });
+      s.on("error", () => done(false));
+      s.on("close", () => done(got.equals(payload)));
+    });
+
+  const attempts = [];
+  prober = (async () => {
+    while (probing) {
+      attempts.push(await echoOnce());
+      await sleep(20);
+    }
+  })();
+
+  await waitFor(async () => (await ownerOf()) !== null && attempts.some((a) => a.ok), "the edge served through its owner", 30_000, 50);
+  log(`edge up, owner ${await ownerOf()}`);
+
+  // ---- rounds -----------------------------------------------------------------------------------------------
+  for (const mode of modes) {
+    for (let round = 1; round <= KILLS; round++) {
+      // Steady state: an owner, the edge on it, the last probes succeeding, both hubs running.
+      const owner = await waitFor(async () => {
+        const o = await ownerOf();
+        const s = await edge.getStatus();
+        const recent = attempts.slice(-3);
+        return o !== null && s.connected && s.hubId === o && recent.length === 3 && recent.every((a) => a.ok) ? o : null;
+      }, "steady state", 30_000, 50);
+      await sleep(300 + Math.random() * 500); // a random phase against the lease renewals and pings
+      const victim = hubs.get(owner);
+      const other = hubIds.find((id) => id !== owner);
+      const t0 = Date.now();
+      victim.proc.child.kill(mode === "kill" ? "SIGKILL" : "SIGSTOP");
+      let detectedAt = null;
+      let reconnectedAt = null;
+      await waitFor(async () => {
+        const s = await edge.getStatus();
+        const now = Date.now();
+        if (detectedAt === null && (!s.connected || s.hubId !== owner)) detectedAt = now;
+        if (reconnectedAt === null && s.connected && s.hubId === other) reconnectedAt = now;
+        return detectedAt !== null && reconnectedAt !== null;
+      }, `round ${round}: failover to ${other}`, 30_000, 5);
+      const back = await waitFor(() => attempts.find((a) => a.at >= t0 && a.ok), `round ${round}: service back`, 30_000, 5);
+      const r = {
+        mode,
+        round,
+        from: owner,
+        to: other,
+        detectionMs: detectedAt - t0,
+        reconnectionMs: reconnectedAt - t0,
+        firstSuccessMs: back.done - t0,
+        failedAttempts: attempts.filter((a) => a.at >= t0 && a.done <= back.done && !a.ok).length,
+      };
+      results.push(r);
+      log(`${mode} ${round}/${KILLS}: ${owner} → ${other}: detection ${r.detectionMs} ms, reconnection ${r.reconnectionMs} ms, first success ${r.firstSuccessMs} ms`);
+      // Restart the failed hub (a frozen one is killed first).
+      if (mode === "freeze") victim.proc.child.kill("SIGKILL");
+      await waitFor(() => victim.proc.exited(), `${owner} gone`, 10_000, 10);
+      await startHub(victim);
+    }
+  }
+
+} finally {
+  await gracefulStop();
 }
-await nc.close();
-target.close();
-spawnSync(process.execPath, [script, "stop", "--dir", natsDir], { encoding: "utf8" });
-await rm(work, { recursive: true, force: true });
 
 // ---- report -----------------------------------------------------------------------------------------------
 const summary = {};
@@ -306,7 +363,7 @@ const report = {
   date: new Date().toISOString(),
   commit,
   machine: { cpus: cpus().length, model: cpus()[0]?.model ?? null, loadavg: loadavg() },
-  setup: { hubs: 2, natsNodes: 3, replicas: 3, leaseMs: 2_000, edgePingMs: Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3)), edgeIdleMs: EDGE_IDLE_MS, probeEveryMs: 20, probeTimeoutMs: 1_000 },
+  setup: { hubs: 2, natsNodes: 3, replicas: 3, leaseMs: 2_000, edgePingMs: EDGE_PING_MS, edgeIdleMs: EDGE_IDLE_MS, probeEveryMs: 20, probeTimeoutMs: 1_000 },
   summary,
   rounds: results,
 };
@@ -319,7 +376,7 @@ const md = [
   "",
   `### Failover (bench/failover.mjs, ${KILLS} failures per mode, commit ${commit ?? "?"})`,
   "",
-  `2 hubs (CLI) of one cluster on a 3-node NATS cluster (R3), lease 2000 ms; edge ping ${Math.min(1_000, Math.floor(EDGE_IDLE_MS / 3))} / idle ${EDGE_IDLE_MS} ms; a client opens a`,
+  `2 hubs (CLI) of one cluster on a 3-node NATS cluster (R3), lease 2000 ms; edge ping ${EDGE_PING_MS} / idle ${EDGE_IDLE_MS} ms; a client opens a`,
   `new connection every 20 ms (1 s timeout). Times in ms from the failure. ${cpus().length} CPUs, load ${loadavg().map((l) => l.toFixed(1)).join(" ")}.`,
   "",
 ];
