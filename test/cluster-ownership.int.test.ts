@@ -51,17 +51,26 @@ async function buckets(): Promise<{ owners: KV; hubs: KV; name: string }> {
   return { name, owners: await kvm.create(`pw_${name}_owners`, { history: 5 }), hubs: await kvm.create(`pw_${name}_hubs`, { history: 1 }) };
 }
 
-/** A KV whose every call can be made to hang (a hub cut from NATS). */
-function cuttable(kv: KV): { kv: KV; cut: (on: boolean) => void } {
+/**
+ * A KV whose every call can be made to hang (a hub cut from NATS), or to fail at once the way a JetStream
+ * bucket without a leader does (no responders: @nats-io/jetstream reports "jetstream is not enabled", 503).
+ */
+function cuttable(kv: KV): { kv: KV; cut: (on: boolean) => void; noLeader: (on: boolean) => void } {
   let isCut = false;
+  let leaderless = false;
   const kvCut = new Proxy(kv, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver) as unknown;
       if (typeof v !== "function") return v;
-      return (...args: unknown[]) => (isCut ? new Promise(() => undefined) : (v as (...a: unknown[]) => unknown).apply(target, args));
+      return (...args: unknown[]) =>
+        isCut
+          ? new Promise(() => undefined)
+          : leaderless
+            ? Promise.reject(Object.assign(new Error("jetstream is not enabled"), { code: 503 }))
+            : (v as (...a: unknown[]) => unknown).apply(target, args);
     },
   });
-  return { kv: kvCut, cut: (on) => (isCut = on) };
+  return { kv: kvCut, cut: (on) => (isCut = on), noLeader: (on) => (leaderless = on) };
 }
 
 interface FakeHub {
@@ -74,12 +83,14 @@ interface FakeHub {
   readonly takeovers: TakeoverRecord[];
   readonly appended: DomainEvent[];
   readonly cut: (on: boolean) => void;
+  /** The owners bucket has no leader (the connection stays up). */
+  readonly noLeader: (on: boolean) => void;
   readonly stop: () => Promise<void>;
   admitting(edgeId: string, sessionId: string): Promise<{ ok: boolean; reason: string; message: string; at: number }>;
   disconnected(edgeId: string, sessionId: string, reason: string): void;
 }
 
-async function fakeHub(b: { owners: KV; hubs: KV; name: string }, hubId: string): Promise<FakeHub> {
+async function fakeHub(b: { owners: KV; hubs: KV; name: string }, hubId: string, opts: { electionGraceMs?: number } = {}): Promise<FakeHub> {
   const owners = cuttable(b.owners);
   const hubs = cuttable(b.hubs);
   const runId = `run-${hubId}-${Date.now().toString(36)}`;
@@ -88,7 +99,7 @@ async function fakeHub(b: { owners: KV; hubs: KV; name: string }, hubId: string)
   const drops: FakeHub["drops"] = [];
   const takeovers: TakeoverRecord[] = [];
   const appended: DomainEvent[] = [];
-  const cluster: OwnershipCluster = { name: b.name, kv: { owners: owners.kv, hubs: hubs.kv }, config: { leaseMs: LEASE_MS, hubTimeoutMs: 2_000 } };
+  const cluster: OwnershipCluster = { name: b.name, kv: { owners: owners.kv, hubs: hubs.kv }, config: { leaseMs: LEASE_MS, hubTimeoutMs: 2_000, electionGraceMs: opts.electionGraceMs ?? 0 } };
   const scope = Effect.runSync(Scope.make());
   const own = await Effect.runPromise(
     startOwnership({
@@ -114,6 +125,7 @@ async function fakeHub(b: { owners: KV; hubs: KV; name: string }, hubId: string)
     if (stopped) return;
     stopped = true;
     owners.cut(false);
+    owners.noLeader(false);
     await Effect.runPromise(Scope.close(scope, Exit.void));
   };
   teardown.add(stop);
@@ -129,6 +141,7 @@ async function fakeHub(b: { owners: KV; hubs: KV; name: string }, hubId: string)
       owners.cut(on);
       hubs.cut(on);
     },
+    noLeader: (on) => owners.noLeader(on),
     stop,
     admitting: async (edgeId, sessionId) => {
       own.onNativeEvent({ type: "edge.admitting", edgeId, sessionId });
@@ -295,5 +308,40 @@ describe("takeover closes the dead hub's session in the log", () => {
     expect(session[2]!.data).toMatchObject({ fromHubId: "dead-hub", fromRunId: "dead-run", fromSessionId: "dead-sess", toHubId: "hub-b", toSessionId: "new-sess", writtenBy: "hub-b" });
     expect(session[3]!.data).toMatchObject({ reason: "hubLost", writtenBy: "hub-b" });
     expect(stored.some((e) => e.sessionId === "other" && e.type === "stream.closed")).toBe(false);
+  });
+
+  it("the owners bucket without a leader (NATS connected): the owner keeps its edge past the lease, nobody takes it or a new edge, and it renews once a leader is back", async () => {
+    const b = await buckets();
+    const a = await fakeHub(b, "hub-a", { electionGraceMs: 10_000 });
+    const c = await fakeHub(b, "hub-b", { electionGraceMs: 10_000 });
+    await a.admitting("e1", "sa1");
+    a.noLeader(true);
+    c.noLeader(true);
+    expect(await a.admitting("e2", "sa2")).toMatchObject({ ok: false, reason: "ownershipUnavailable" });
+    // Past the lease: A keeps e1 under the grace; B cannot write a takeover either.
+    await waitFor(() => a.own.status().inGrace === 1, { what: "A keeping e1 under the election grace" });
+    expect(await c.admitting("e1", "sb1")).toMatchObject({ ok: false, reason: "ownershipUnavailable" });
+    expect(a.drops).toEqual([]);
+    a.noLeader(false);
+    c.noLeader(false);
+    await waitFor(() => a.own.status().inGrace === 0 && (a.own.status().owned[0]?.leaseAgeMs ?? Infinity) < LEASE_MS, { what: "A renewing e1 again" });
+    expect(a.drops).toEqual([]);
+    expect(a.own.status()).toMatchObject({ leaseLost: 0, electionGraces: 1, owned: [{ edgeId: "e1", sessionId: "sa1" }] });
+    expect(await ownerOf(b.owners, "e1")).toMatchObject({ hubId: "hub-a", sessionId: "sa1" });
+    // With the bucket back, B sees a live lease and refuses.
+    expect(await c.admitting("e1", "sb2")).toMatchObject({ ok: false, reason: "notOwner" });
+  });
+
+  it("the election grace is bounded: a bucket without a leader for longer fences the edge (leaseLost)", async () => {
+    const b = await buckets();
+    const a = await fakeHub(b, "hub-a", { electionGraceMs: 500 });
+    await a.admitting("e1", "sa1");
+    const t0 = Date.now();
+    a.noLeader(true);
+    const drop = await waitFor(() => a.drops.find((d) => d.edgeId === "e1"), { what: "A fencing e1 after the grace" });
+    expect(drop.reason).toBe("leaseLost");
+    // Not before lease - fence margin (250 ms at a 1000 ms lease) + grace, from the last renewal.
+    expect(drop.at - t0).toBeGreaterThanOrEqual(LEASE_MS + 500 - 250 - 250 - 50); // the last renewal was up to 250 ms before t0
+    expect(a.own.status()).toMatchObject({ leaseLost: 1, electionGraces: 1, owned: [] });
   });
 });
