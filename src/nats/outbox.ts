@@ -157,6 +157,7 @@ export class Outbox {
   private lastSync = 0;
   private cursorDirty = false;
   private cursorTimer: NodeJS.Timeout | undefined;
+  private cursorWrite: Promise<void> = Promise.resolve();
   private closed = false;
   private writeError: OutboxIoError | undefined;
   private readonly readHandles = new Map<number, FileHandle>();
@@ -435,8 +436,17 @@ export class Outbox {
     }
   }
 
-  /** Writes the cursor and deletes fully acknowledged segments. */
-  async persistCursor(): Promise<void> {
+  /**
+   * Writes the cursor and deletes fully acknowledged segments. Calls are serialized: a timer's write still in
+   * flight (slow disk) and a later one (or close) would otherwise race on the same temporary file.
+   */
+  persistCursor(): Promise<void> {
+    const next = this.cursorWrite.then(() => this.writeCursor());
+    this.cursorWrite = next.catch(() => undefined);
+    return next;
+  }
+
+  private async writeCursor(): Promise<void> {
     if (!this.cursorDirty) return;
     this.cursorDirty = false;
     let ack = this.ack;
