@@ -1290,6 +1290,47 @@ mod tests {
     }
 
     #[test]
+    fn batch_receive_keeps_order_sources_and_full_sizes() {
+        crate::runtime::runtime().block_on(async {
+            for host in ["127.0.0.1:0", "[::1]:0"] {
+                let Ok(sock) = UdpSocket::bind(host).await else {
+                    continue; // no IPv6 loopback here
+                };
+                size_buffers(&sock, LISTENER_SOCKET_BUFFER);
+                let to = sock.local_addr().expect("local addr");
+                let a = std::net::UdpSocket::bind(host).expect("bind a");
+                let b = std::net::UdpSocket::bind(host).expect("bind b");
+                // 70 datagrams (more than one batch), one of the largest size, from two sources.
+                let mut sent = Vec::new();
+                for i in 0..70usize {
+                    let from = if i % 3 == 0 { &b } else { &a };
+                    // 65,507: the largest UDP payload over IPv4.
+                    let len = if i == 5 { 65_507 } else { 1 + i };
+                    let mut data = vec![0u8; len];
+                    data[0] = i as u8;
+                    if from.send_to(&data, to).is_ok() {
+                        sent.push((from.local_addr().expect("addr"), len, i as u8));
+                    }
+                }
+                assert!(sent.iter().any(|(_, len, _)| *len == 65_507), "{host}");
+                let mut got = Vec::new();
+                let receive = async {
+                    while got.len() < sent.len() {
+                        sock.readable().await.expect("readable");
+                        let _ = try_recv_batch(&sock, |from, data| {
+                            got.push((from, data.len(), data[0]));
+                        });
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), receive)
+                    .await
+                    .expect("all datagrams received");
+                assert_eq!(got, sent, "{host}");
+            }
+        });
+    }
+
+    #[test]
     fn close_signal_keeps_the_first_reason() {
         crate::runtime::runtime().block_on(async {
             let signal = CloseSignal::default();
