@@ -87,7 +87,10 @@ describe("portway CLI", () => {
       { host: "::1", port: 9443 },
       { host: "c.example", port: 8443 },
     ]);
-    expect(failure(runCommand(["token", "--hub", "a:b:c", "--edge-id", "e1", "--secret", "s"], {}))).toMatchObject({ field: "hubs" });
+    expect(Cause.squash(failure(runCommand(["token", "--hub", "a:b:c", "--edge-id", "e1", "--secret", "s"], {})).cause)).toMatchObject({
+      _tag: "ConfigError",
+      field: "hubs",
+    });
   });
 
   it("takes the token's port and secret from the hub config, and env for the rest", () => {
