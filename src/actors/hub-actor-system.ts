@@ -200,11 +200,14 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     for (const session of [...sessions.values()]) session.send({ type: "policy.shutdown", atMs });
   };
 
+  let shutdownRequestedAtMs: number | null = null;
   const hub = startLoggedActor({
     ...common,
     machine: hubMachine.provide({
       actors: { drain: fromPlainEffect(() => options.drain) },
-      actions: { shutdownSessions: (_, params) => shutdownEverything(params.atMs) },
+      // Recorded here and carried out by `sendToHub` once the hub's transition is over: the hub machine's
+      // action must not start or drive other actors while XState is still executing it.
+      actions: { shutdownSessions: (_, params) => void (shutdownRequestedAtMs = params.atMs) },
     }),
     input: { portwayVersion: options.portwayVersion, fingerprint: options.fingerprint, drainTimeoutMs: timing.drainTimeoutMs },
     identity: { edgeId: null, sessionId: options.runId, streamId: null },
@@ -345,13 +348,21 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     }
   };
 
+  const sendToHub = (event: Parameters<typeof hub.send>[0]): void => {
+    hub.send(event);
+    if (shutdownRequestedAtMs === null) return;
+    const atMs = shutdownRequestedAtMs;
+    shutdownRequestedAtMs = null;
+    shutdownEverything(atMs);
+  };
+
   const dispatch = (event: NativeHubEvent): void => {
     switch (event.type) {
       case "hub.listening":
-        hub.send({ type: "hub.listening", atMs: event.atMs, port: event.port });
+        sendToHub({ type: "hub.listening", atMs: event.atMs, port: event.port });
         return;
       case "hub.stopped":
-        hub.send({ type: "hub.stopped", atMs: event.atMs });
+        sendToHub({ type: "hub.stopped", atMs: event.atMs });
         return;
       case "edge.connected": {
         if (sessions.has(event.sessionId) || endedSessions.has(event.sessionId)) {
@@ -527,15 +538,15 @@ export const createHubActorSystem = (options: HubActorSystemOptions): HubActorSy
     ingest: (events) => {
       for (const event of events) dispatch(event);
     },
-    listening: (port) => hub.send({ type: "hub.listening", atMs: now(), port }),
-    recovered: (data) => hub.send({ type: "hub.recovered", atMs: now(), data }),
-    startFailed: (message) => hub.send({ type: "hub.startFailed", atMs: now(), message }),
+    listening: (port) => sendToHub({ type: "hub.listening", atMs: now(), port }),
+    recovered: (data) => sendToHub({ type: "hub.recovered", atMs: now(), data }),
+    startFailed: (message) => sendToHub({ type: "hub.startFailed", atMs: now(), message }),
     revoke: (edgeId) => {
       const sessionId = sessionOfEdge.get(edgeId);
       if (sessionId !== undefined) sessions.get(sessionId)?.send({ type: "policy.revoke", atMs: now() });
     },
     stop: (reason = "shutdown") => {
-      hub.send({ type: "policy.stop", atMs: now(), reason });
+      sendToHub({ type: "policy.stop", atMs: now(), reason });
       return settled;
     },
     settled,
