@@ -15,11 +15,14 @@
 //! `UdpInbound` handler from the reader, which never blocks on them.
 use crate::protocol::frame::{encode_frame, INITIAL_STREAM_WINDOW, MAX_UDP_DATAGRAM};
 use crate::protocol::{
-    CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen, UdpCloseReason,
+    CloseReason, ControlRules, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen,
+    UdpCloseReason,
 };
 use crate::relay::TunnelStream;
 use crate::transport::TunnelIo;
-use crate::tunnel::{TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend};
+use crate::tunnel::{
+    apply_control, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,12 +59,8 @@ pub enum Inbound {
     TunnelGone(CloseReason),
 }
 
-/// Which side of the tunnel this is; only the edge opens streams and only the hub sends `Config`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Edge,
-    Hub,
-}
+/// Which side of the tunnel this is; only the edge opens streams (control frame rules: `protocol::control`).
+pub use crate::protocol::Role;
 
 #[derive(Clone)]
 pub struct MuxOptions {
@@ -353,9 +352,8 @@ async fn supervise<R, W>(
         handle: handle.clone(),
         events: events.clone(),
         decoder: FrameDecoder::default().with_udp(options.udp.is_some()),
-        role: options.role,
+        rules: ControlRules::new(options.role),
         udp: options.udp.clone(),
-        last_udp_id: 0,
     };
     let mut read_task = tokio::spawn(reader.run(rd, initial, options.idle_timeout));
     let mut write_task = tokio::spawn(write_loop(
@@ -519,10 +517,8 @@ struct Reader {
     handle: MuxHandle,
     events: mpsc::UnboundedSender<TunnelEvent>,
     decoder: FrameDecoder,
-    role: Role,
+    rules: ControlRules,
     udp: Option<Arc<dyn UdpInbound>>,
-    /// Highest UDP session id the edge opened (hub side).
-    last_udp_id: u32,
 }
 
 impl Reader {
@@ -594,42 +590,26 @@ impl Reader {
             Frame::Window { stream_id, credit } => {
                 self.forward_to_stream(stream_id, "WINDOW", Inbound::Credit(credit))
             }
-            Frame::Ping { nonce } => {
-                let _ = self
-                    .handle
-                    .shared
-                    .ctrl_tx
-                    .send(Ctrl::Frame(Frame::Pong { nonce }));
-                None
-            }
-            Frame::Pong { .. } => None,
-            Frame::Config(config) => {
-                if self.role == Role::Hub {
-                    return Some(MuxEnd::Protocol("the edge sent a CONFIG frame".into()));
-                }
-                let _ = self.events.send(TunnelEvent::Config(config));
-                None
-            }
-            Frame::GoAway { reason, message } => Some(MuxEnd::PeerGoAway(reason, message)),
-            Frame::UdpOpen { session_id, open } => {
-                if self.role == Role::Edge {
-                    return Some(MuxEnd::Protocol("the hub sent a UDP_OPEN frame".into()));
-                }
-                if session_id <= self.last_udp_id {
-                    return Some(MuxEnd::Protocol(format!(
-                        "UDP_OPEN for session {session_id}, but ids must increase (last was {})",
-                        self.last_udp_id
-                    )));
-                }
-                self.last_udp_id = session_id;
-                self.to_udp(|udp| udp.open(session_id, open))
-            }
             Frame::UdpDatagram { session_id, data } => {
                 self.to_udp(|udp| udp.datagram(session_id, data))
             }
-            Frame::UdpClose { session_id, reason } => {
-                self.to_udp(|udp| udp.close(session_id, reason))
-            }
+            other => self.control(other),
+        }
+    }
+
+    fn control(&mut self, frame: Frame) -> Option<MuxEnd> {
+        let ctrl_tx = &self.handle.shared.ctrl_tx;
+        let control = self.rules.accept(frame);
+        match apply_control(control, &self.events, self.udp.as_deref(), |reply| {
+            let _ = ctrl_tx.send(Ctrl::Frame(reply));
+        }) {
+            Applied::Done => None,
+            Applied::End(end) => Some(end),
+            // Every stream and datagram frame is matched in `dispatch`.
+            Applied::NotControl(frame) => Some(MuxEnd::Protocol(format!(
+                "unexpected {} frame",
+                frame.name()
+            ))),
         }
     }
 
@@ -640,7 +620,7 @@ impl Reader {
     }
 
     fn open(&mut self, stream_id: u32, open: StreamOpen) -> Option<MuxEnd> {
-        if self.role == Role::Edge {
+        if self.rules.role() == Role::Edge {
             return Some(MuxEnd::Protocol("the hub sent an OPEN frame".into()));
         }
         let (tx, rx) = mpsc::unbounded_channel();

@@ -2,10 +2,11 @@
 //! config, shut down, relay UDP. The TLS transport multiplexes frames (`mux.rs`); the QUIC transport
 //! maps streams and datagrams onto QUIC (`transport/quic.rs`). Both report the same `TunnelEvent`s.
 use crate::mux::MuxHandle;
-use crate::protocol::{EdgeConfig, GoAwayReason, StreamOpen, UdpCloseReason};
+use crate::protocol::{Control, EdgeConfig, Frame, GoAwayReason, StreamOpen, UdpCloseReason};
 use crate::relay::TunnelStream;
 use crate::transport::quic::QuicHandle;
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,5 +139,54 @@ impl Tunnel {
             Self::Mux(mux) => mux.udp_datagram(session_id, data),
             Self::Quic(quic) => quic.udp_datagram(session_id, data),
         }
+    }
+}
+
+/// What became of a frame handed to [`apply_control`].
+pub(crate) enum Applied {
+    /// Carried out; the tunnel goes on.
+    Done,
+    /// The tunnel ends here.
+    End(TunnelEnd),
+    /// Not a control frame: the caller's stream or datagram path decides.
+    NotControl(Frame),
+}
+
+/// Carries out what the control rules decided about one frame, the same way on both transports.
+/// `reply` sends a frame back on the transport's control channel.
+pub(crate) fn apply_control(
+    control: Control,
+    events: &mpsc::UnboundedSender<TunnelEvent>,
+    udp: Option<&dyn UdpInbound>,
+    reply: impl FnOnce(Frame),
+) -> Applied {
+    match control {
+        Control::Reply(frame) => {
+            reply(frame);
+            Applied::Done
+        }
+        Control::Nothing => Applied::Done,
+        Control::Config(config) => {
+            let _ = events.send(TunnelEvent::Config(config));
+            Applied::Done
+        }
+        Control::GoAway(reason, message) => Applied::End(TunnelEnd::PeerGoAway(reason, message)),
+        Control::UdpOpen { session_id, open } => on_udp(udp, |udp| udp.open(session_id, open)),
+        Control::UdpClose { session_id, reason } => {
+            on_udp(udp, |udp| udp.close(session_id, reason))
+        }
+        Control::Violation(message) => Applied::End(TunnelEnd::Protocol(message)),
+        Control::NotControl(frame) => Applied::NotControl(frame),
+    }
+}
+
+fn on_udp(
+    udp: Option<&dyn UdpInbound>,
+    call: impl FnOnce(&dyn UdpInbound) -> Result<(), String>,
+) -> Applied {
+    match udp.map(call) {
+        Some(Err(message)) => Applied::End(TunnelEnd::Protocol(message)),
+        // Without a UDP handler the decoder never yields UDP frames.
+        Some(Ok(())) | None => Applied::Done,
     }
 }

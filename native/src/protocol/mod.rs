@@ -3,6 +3,7 @@
 //! Inputs are byte buffers, outputs are frames or encoded bytes; the runtime (`mux.rs`, `hub.rs`,
 //! `edge.rs`) drives it.
 
+pub mod control;
 pub mod credential;
 pub mod datagram;
 pub mod frame;
@@ -10,6 +11,7 @@ pub mod handshake;
 pub mod proxy_header;
 pub mod stun;
 
+pub use control::{Control, ControlRules, Role};
 pub use credential::{Credential, SecretVerifier};
 pub use frame::{
     data_header, encode_data_header, encode_frame, try_encode_frame, CloseReason, EdgeConfig,

@@ -18,11 +18,14 @@ use crate::protocol::credential::hmac_sha256;
 use crate::protocol::datagram::{decode_quic_datagram, encode_quic_datagram, QUIC_DATAGRAM_PREFIX};
 use crate::protocol::frame::{encode_frame, MAX_FRAME_PAYLOAD};
 use crate::protocol::{
-    CloseReason, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen, UdpCloseReason,
+    CloseReason, ControlRules, EdgeConfig, Frame, FrameDecoder, GoAwayReason, StreamOpen,
+    UdpCloseReason,
 };
 use crate::relay::{StreamRx, StreamTx, TunnelStream};
 use crate::transport::tls;
-use crate::tunnel::{TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend};
+use crate::tunnel::{
+    apply_control, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend,
+};
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
@@ -502,9 +505,8 @@ async fn supervise(
         handle: handle.clone(),
         events: events.clone(),
         decoder: FrameDecoder::default().with_udp(options.udp.is_some()),
-        role: options.role,
+        rules: ControlRules::new(options.role),
         udp: options.udp.clone(),
-        last_udp_id: 0,
     };
     let mut read_task = tokio::spawn(reader.run(control_recv, initial, options.idle_timeout));
     let mut write_task = tokio::spawn(control_writer(control_send, ctrl_rx, options.ping_interval));
@@ -655,9 +657,8 @@ struct ControlReader {
     handle: QuicHandle,
     events: mpsc::UnboundedSender<TunnelEvent>,
     decoder: FrameDecoder,
-    role: Role,
+    rules: ControlRules,
     udp: Option<Arc<dyn UdpInbound>>,
-    last_udp_id: u32,
 }
 
 impl ControlReader {
@@ -701,49 +702,19 @@ impl ControlReader {
     }
 
     fn dispatch(&mut self, frame: Frame) -> Option<TunnelEnd> {
-        match frame {
-            Frame::Ping { nonce } => {
-                let _ = self.handle.ctrl(Frame::Pong { nonce });
-                None
-            }
-            Frame::Pong { .. } => None,
-            Frame::Config(config) => {
-                if self.role == Role::Hub {
-                    return Some(TunnelEnd::Protocol("the edge sent a CONFIG frame".into()));
-                }
-                let _ = self.events.send(TunnelEvent::Config(config));
-                None
-            }
-            Frame::GoAway { reason, message } => Some(TunnelEnd::PeerGoAway(reason, message)),
-            Frame::UdpOpen { session_id, open } => {
-                if self.role == Role::Edge {
-                    return Some(TunnelEnd::Protocol("the hub sent a UDP_OPEN frame".into()));
-                }
-                if session_id <= self.last_udp_id {
-                    return Some(TunnelEnd::Protocol(format!(
-                        "UDP_OPEN for session {session_id}, but ids must increase (last was {})",
-                        self.last_udp_id
-                    )));
-                }
-                self.last_udp_id = session_id;
-                self.to_udp(|udp| udp.open(session_id, open))
-            }
-            Frame::UdpClose { session_id, reason } => {
-                self.to_udp(|udp| udp.close(session_id, reason))
-            }
-            other => Some(TunnelEnd::Protocol(format!(
+        let handle = &self.handle;
+        let control = self.rules.accept(frame);
+        match apply_control(control, &self.events, self.udp.as_deref(), |reply| {
+            let _ = handle.ctrl(reply);
+        }) {
+            Applied::Done => None,
+            Applied::End(end) => Some(end),
+            // Streams are QUIC streams and datagrams QUIC datagrams: nothing else belongs here.
+            Applied::NotControl(frame) => Some(TunnelEnd::Protocol(format!(
                 "{} frame on the QUIC control stream",
-                other.name()
+                frame.name()
             ))),
         }
-    }
-
-    fn to_udp(
-        &self,
-        call: impl FnOnce(&dyn UdpInbound) -> Result<(), String>,
-    ) -> Option<TunnelEnd> {
-        let udp = self.udp.as_deref()?;
-        call(udp).err().map(TunnelEnd::Protocol)
     }
 }
 
