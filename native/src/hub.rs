@@ -371,54 +371,67 @@ async fn quic_accept_loop(inner: Arc<HubInner>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// Runs one transport's handshake under the hub's handshake timeout. A failed or timed-out handshake is
+/// reported as `edge.authFailed`; `None` then, and also when the hub starts stopping meanwhile.
+async fn handshake_or_report<T>(
+    inner: &HubInner,
+    stopping: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+    handshake: impl std::future::Future<Output = Result<T, HandshakeFailure>>,
+) -> Option<T> {
+    let timed = tokio::time::timeout(inner.settings.handshake_timeout, handshake);
+    let result = tokio::select! {
+        _ = until_set(stopping) => return None,
+        result = timed => result,
+    };
+    let failure = match result {
+        Ok(Ok(handshaken)) => return Some(handshaken),
+        Ok(Err(failure)) => failure,
+        Err(_) => HandshakeFailure {
+            reason: "handshakeTimeout",
+            claimed_edge_id: None,
+        },
+    };
+    inner.events.emit(Event::EdgeAuthFailed {
+        remote_addr: peer.to_string(),
+        claimed_edge_id: failure.claimed_edge_id,
+        reason: failure.reason,
+    });
+    None
+}
+
 async fn handle_quic_connection(inner: Arc<HubInner>, incoming: quinn::Incoming) {
     let peer = incoming.remote_address();
     let mut stopping = inner.stopping.subscribe();
-    let handshake = tokio::time::timeout(
-        inner.settings.handshake_timeout,
-        quic_handshake(&inner, incoming),
-    );
-    let result = tokio::select! {
-        _ = until_set(&mut stopping) => return,
-        result = handshake => result,
+    let handshake = quic_handshake(&inner, incoming);
+    let Some((conn, mut control, hello, accepted, leftover)) =
+        handshake_or_report(&inner, &mut stopping, peer, handshake).await
+    else {
+        return;
     };
-    match result {
-        Err(_) => inner.events.emit(Event::EdgeAuthFailed {
-            remote_addr: peer.to_string(),
-            claimed_edge_id: None,
-            reason: "handshakeTimeout",
-        }),
-        Ok(Err(failure)) => inner.events.emit(Event::EdgeAuthFailed {
-            remote_addr: peer.to_string(),
-            claimed_edge_id: failure.claimed_edge_id,
-            reason: failure.reason,
-        }),
-        Ok(Ok((conn, mut control, hello, accepted, leftover))) => {
-            let admitted = tokio::select! {
-                _ = until_set(&mut stopping) => return,
-                admitted = admit_and_reply(&inner, &mut control, &hello, &accepted, peer) => admitted,
-            };
-            if !admitted {
-                // The reply (if any) went out and the stream is finished; let it arrive, then close.
-                let (_, send) = control.into_inner();
-                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                conn.close(quinn::VarInt::from_u32(0), b"refused");
-                return;
-            }
-            let (recv, send) = control.into_inner();
-            let control = (send, recv);
-            let udp = new_hub_udp(&inner, &hello, &accepted, true);
-            let options = QuicOptions {
-                role: Role::Hub,
-                ping_interval: inner.settings.ping_interval,
-                idle_timeout: inner.settings.idle_timeout,
-                udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
-            };
-            let (handle, events) = quic::spawn(conn, None, control, leftover, options);
-            let tunnel = Tunnel::Quic(handle);
-            run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
-        }
+    let admitted = tokio::select! {
+        _ = until_set(&mut stopping) => return,
+        admitted = admit_and_reply(&inner, &mut control, &hello, &accepted, peer) => admitted,
+    };
+    if !admitted {
+        // The reply (if any) went out and the stream is finished; let it arrive, then close.
+        let (_, send) = control.into_inner();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        conn.close(quinn::VarInt::from_u32(0), b"refused");
+        return;
     }
+    let (recv, send) = control.into_inner();
+    let control = (send, recv);
+    let udp = new_hub_udp(&inner, &hello, &accepted, true);
+    let options = QuicOptions {
+        role: Role::Hub,
+        ping_interval: inner.settings.ping_interval,
+        idle_timeout: inner.settings.idle_timeout,
+        udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
+    };
+    let (handle, events) = quic::spawn(conn, None, control, leftover, options);
+    let tunnel = Tunnel::Quic(handle);
+    run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
 }
 
 type QuicControl = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
@@ -476,42 +489,29 @@ async fn accept_loop(inner: Arc<HubInner>, listener: TcpListener) {
 
 async fn handle_connection(inner: Arc<HubInner>, tcp: TcpStream, peer: SocketAddr) {
     let mut stopping = inner.stopping.subscribe();
-    let handshake = tokio::time::timeout(inner.settings.handshake_timeout, handshake(&inner, tcp));
-    let result = tokio::select! {
-        _ = until_set(&mut stopping) => return,
-        result = handshake => result,
+    let handshake = handshake(&inner, tcp);
+    let Some((mut tls, hello, accepted, leftover)) =
+        handshake_or_report(&inner, &mut stopping, peer, handshake).await
+    else {
+        return;
     };
-    match result {
-        Err(_) => inner.events.emit(Event::EdgeAuthFailed {
-            remote_addr: peer.to_string(),
-            claimed_edge_id: None,
-            reason: "handshakeTimeout",
-        }),
-        Ok(Err(failure)) => inner.events.emit(Event::EdgeAuthFailed {
-            remote_addr: peer.to_string(),
-            claimed_edge_id: failure.claimed_edge_id,
-            reason: failure.reason,
-        }),
-        Ok(Ok((mut tls, hello, accepted, leftover))) => {
-            let admitted = tokio::select! {
-                _ = until_set(&mut stopping) => return,
-                admitted = admit_and_reply(&inner, &mut tls, &hello, &accepted, peer) => admitted,
-            };
-            if !admitted {
-                return;
-            }
-            let udp = new_hub_udp(&inner, &hello, &accepted, false);
-            let options = MuxOptions {
-                role: Role::Hub,
-                ping_interval: inner.settings.ping_interval,
-                idle_timeout: inner.settings.idle_timeout,
-                udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
-            };
-            let (mux, events) = mux::spawn(tls, leftover, options);
-            let tunnel = Tunnel::Mux(mux);
-            run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
-        }
+    let admitted = tokio::select! {
+        _ = until_set(&mut stopping) => return,
+        admitted = admit_and_reply(&inner, &mut tls, &hello, &accepted, peer) => admitted,
+    };
+    if !admitted {
+        return;
     }
+    let udp = new_hub_udp(&inner, &hello, &accepted, false);
+    let options = MuxOptions {
+        role: Role::Hub,
+        ping_interval: inner.settings.ping_interval,
+        idle_timeout: inner.settings.idle_timeout,
+        udp: udp.clone().map(|u| u as Arc<dyn UdpInbound>),
+    };
+    let (mux, events) = mux::spawn(tls, leftover, options);
+    let tunnel = Tunnel::Mux(mux);
+    run_session(inner, tunnel, events, udp, peer, hello.edge_id, accepted).await
 }
 
 type TlsStream = tokio_rustls::server::TlsStream<ReadBuffered<TcpStream>>;
