@@ -839,15 +839,26 @@ fn parse_payload(frame_type: u8, stream_id: u32, payload: &[u8]) -> Result<Frame
     Ok(frame)
 }
 
+/// Reads a fixed-size field with `get`, or says which field of which frame was cut short.
+fn take_fixed<T>(
+    buf: &mut &[u8],
+    frame: &'static str,
+    what: &str,
+    size: usize,
+    get: impl FnOnce(&mut &[u8]) -> T,
+) -> Result<T, ProtocolError> {
+    if buf.remaining() < size {
+        return Err(malformed(frame, format!("{what} truncated")));
+    }
+    Ok(get(buf))
+}
+
 pub(crate) fn take_u8(
     buf: &mut &[u8],
     frame: &'static str,
     what: &str,
 ) -> Result<u8, ProtocolError> {
-    if buf.remaining() < 1 {
-        return Err(malformed(frame, format!("{what} truncated")));
-    }
-    Ok(buf.get_u8())
+    take_fixed(buf, frame, what, 1, |b| b.get_u8())
 }
 
 pub(crate) fn take_u16(
@@ -855,10 +866,7 @@ pub(crate) fn take_u16(
     frame: &'static str,
     what: &str,
 ) -> Result<u16, ProtocolError> {
-    if buf.remaining() < 2 {
-        return Err(malformed(frame, format!("{what} truncated")));
-    }
-    Ok(buf.get_u16())
+    take_fixed(buf, frame, what, 2, |b| b.get_u16())
 }
 
 pub(crate) fn take_u32(
@@ -866,10 +874,7 @@ pub(crate) fn take_u32(
     frame: &'static str,
     what: &str,
 ) -> Result<u32, ProtocolError> {
-    if buf.remaining() < 4 {
-        return Err(malformed(frame, format!("{what} truncated")));
-    }
-    Ok(buf.get_u32())
+    take_fixed(buf, frame, what, 4, |b| b.get_u32())
 }
 
 fn take_addr(
