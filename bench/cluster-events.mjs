@@ -10,32 +10,15 @@
 // means a quorum of 2 of 3 nodes stored it), median and best of the rounds, node CPU and the three servers'
 // CPU per event, and the append → readable lag p50/p99 at a steady 10k events/s.
 // Prints JSON on stdout, then a markdown section.
-import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { arg, loadDist as load, pct, procCpu, selfCpu, sleep, startNatsCluster, stopNatsCluster, tick } from "./common.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const dist = process.env.PORTWAY_DIST ?? join(root, "dist");
-const arg = (name, def) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-};
 const TOTAL = Number(arg("events", "200000"));
 const ROUNDS = Number(arg("rounds", "3"));
 const jsonOut = arg("json", undefined);
 
-const load = async (p) => {
-  try {
-    return await import(pathToFileURL(join(dist, p)).href);
-  } catch (e) {
-    process.stderr.write(`cannot load ${join(dist, p)} (${e.message}); run \`npm run build:ts\` first\n`);
-    process.exit(1);
-  }
-};
 const { Layer, ManagedRuntime } = await import("effect");
 const { connect } = await import("@nats-io/transport-node");
 const { jetstreamManager } = await import("@nats-io/jetstream");
@@ -46,26 +29,7 @@ const { liveEventsIterable } = await load("nats/replay.js");
 
 const log = (m) => process.stderr.write(`[bench:cluster-events] ${m}\n`);
 const where = { edgePort: 443, clientAddr: "203.0.113.7:51234", target: "10.0.0.5:8443" };
-const tick = () => new Promise((r) => setImmediate(r));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const pct = (xs, p) => {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 const median = (xs) => pct(xs, 50);
-const procCpu = (pid) => {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return NaN;
-  }
-};
-const selfCpu = () => {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1e6;
-};
 
 /** stream.opened/closed pairs over 16 edges (as a hub's actors append them). */
 function chunk(tag, from, count) {
@@ -86,33 +50,8 @@ function chunk(tag, from, count) {
   return out;
 }
 
-const portFree = (port) =>
-  new Promise((res) => {
-    const s = createServer();
-    s.once("error", () => res(false));
-    s.listen({ port, host: "127.0.0.1", exclusive: true }, () => s.close(() => res(true)));
-  });
-/** A base port P with P..P+2, P+100..P+102, P+200..P+202 free (infra/nats-cluster.mjs layout). */
-const freeBase = async () => {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 30_000 + Math.floor(Math.random() * 25_000);
-    const ports = [0, 1, 2, 100, 101, 102, 200, 201, 202].map((d) => base + d);
-    let ok = true;
-    for (const p of ports) if (!(await portFree(p))) ok = false;
-    if (ok) return base;
-  }
-  throw new Error("no free port range for the cluster");
-};
-
-const script = join(root, "infra", "nats-cluster.mjs");
 const dir = await mkdtemp(join(tmpdir(), "portway-bench-cluster-"));
-const base = await freeBase();
-const started = spawnSync(process.execPath, [script, "start", "--dir", dir, "--base-port", String(base), "--name", "bench"], { encoding: "utf8" });
-if (started.status !== 0) {
-  process.stderr.write(started.stderr);
-  process.exit(1);
-}
-const state = JSON.parse(readFileSync(join(dir, "cluster.json"), "utf8"));
+const state = await startNatsCluster(dir);
 const servers = state.nodes.map((n) => `nats://127.0.0.1:${n.client}`);
 const pids = state.nodes.map((n) => n.pid);
 const serversCpu = () => pids.reduce((sum, pid) => sum + procCpu(pid), 0);
@@ -276,6 +215,6 @@ try {
     await writeFile(jsonOut, JSON.stringify(results, null, 2));
   }
 } finally {
-  spawnSync(process.execPath, [script, "stop", "--dir", dir], { encoding: "utf8" });
+  stopNatsCluster(dir);
   await rm(dir, { recursive: true, force: true });
 }

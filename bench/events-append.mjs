@@ -12,26 +12,12 @@
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { arg, loadDist as load, pct, procCpu, selfCpu, tick } from "./common.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const dist = process.env.PORTWAY_DIST ?? join(root, "dist");
-const arg = (name, def) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-};
 const TOTAL = Number(arg("events", "400000"));
 const jsonOut = arg("json", undefined);
 const MODES = new Set(arg("modes", "serial,pipelined,batched,lag").split(","));
 
-const load = async (p) => {
-  try {
-    return await import(pathToFileURL(join(dist, p)).href);
-  } catch (e) {
-    process.stderr.write(`cannot load ${join(dist, p)} (${e.message}); run \`npm run build:ts\` first\n`);
-    process.exit(1);
-  }
-};
 const { Effect, Exit, Layer, ManagedRuntime, Scope } = await import("effect");
 const { connect } = await import("@nats-io/transport-node");
 const { jetstream, jetstreamManager } = await import("@nats-io/jetstream");
@@ -72,27 +58,6 @@ function chunk(tag, from, count) {
 function* events(n, tag) {
   for (let from = 0; from < n; from += 5_000) yield* chunk(tag, from, Math.min(5_000, n - from));
 }
-
-const tick = () => new Promise((r) => setImmediate(r));
-const { readFileSync } = await import("node:fs");
-/** CPU seconds (user+sys) a process used so far, from /proc (Linux). */
-const procCpu = (pid) => {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return NaN;
-  }
-};
-const selfCpu = () => {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1e6;
-};
-const pct = (xs, p) => {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
-};
 
 const scope = Effect.runSync(Scope.make());
 const dataDir = await mkdtemp(join(tmpdir(), "portway-bench-events-"));

@@ -17,20 +17,14 @@
 // Needs dist/ (`npm run build:ts`), native/index.node and .tools/bin/nats-server (`npm run setup`).
 // Prints JSON on stdout, then a markdown section.
 import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { connect as netConnect, createServer } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { join } from "node:path";
+import { arg, loadDist as load, root, sleep, startNatsCluster, stopNatsCluster } from "./common.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const dist = process.env.PORTWAY_DIST ?? join(root, "dist");
-const arg = (name, def) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : def;
-};
 const KILLS = Number(arg("kills", "20"));
 const MODE = arg("mode", "both");
 const jsonOut = arg("json", undefined);
@@ -43,21 +37,12 @@ if (!modes.every((m) => m === "kill" || m === "freeze") || !(KILLS > 0)) {
   process.exit(2);
 }
 
-const load = async (p) => {
-  try {
-    return await import(pathToFileURL(join(dist, p)).href);
-  } catch (e) {
-    process.stderr.write(`cannot load ${join(dist, p)} (${e.message}); run \`npm run build:ts\` first\n`);
-    process.exit(1);
-  }
-};
 const { RemoteIngressEdge } = await load("index.js");
 const { connect } = await import("@nats-io/transport-node");
 const { Kvm } = await import("@nats-io/kv");
 const addon = createRequire(import.meta.url)(join(root, "native", "index.node"));
 
 const log = (m) => process.stderr.write(`[bench:failover] ${m}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pct = (xs, p) => {
   if (xs.length === 0) return null;
   const s = [...xs].sort((a, b) => a - b);
@@ -73,12 +58,6 @@ const waitFor = async (check, what, timeoutMs = 20_000, intervalMs = 10) => {
     await sleep(intervalMs);
   }
 };
-const portFree = (port) =>
-  new Promise((res) => {
-    const s = createServer();
-    s.once("error", () => res(false));
-    s.listen(port, "127.0.0.1", () => s.close(() => res(true)));
-  });
 const freePort = () =>
   new Promise((res) => {
     const s = createServer();
@@ -87,15 +66,6 @@ const freePort = () =>
       s.close(() => res(port));
     });
   });
-const freeBase = async () => {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 30_000 + Math.floor(Math.random() * 25_000);
-    let ok = true;
-    for (const d of [0, 1, 2, 100, 101, 102, 200, 201, 202]) if (!(await portFree(base + d))) ok = false;
-    if (ok) return base;
-  }
-  throw new Error("no free port range for the cluster");
-};
 
 // ---- cleanup on every exit path ---------------------------------------------------------------------------
 // Whatever ends this process (normal end, a thrown error or rejected await, process.exit, SIGINT/SIGTERM/SIGHUP),
@@ -104,7 +74,6 @@ const freeBase = async () => {
 // run) stops the edge and the hubs first.
 const work = await mkdtemp(join(tmpdir(), "portway-bench-failover-"));
 const natsDir = join(work, "nats");
-const script = join(root, "infra", "nats-cluster.mjs");
 /** Hub child processes still possibly running. */
 const children = new Set();
 let natsStarted = false;
@@ -120,7 +89,7 @@ const hardCleanup = () => {
     }
   }
   children.clear();
-  if (natsStarted) spawnSync(process.execPath, [script, "stop", "--dir", natsDir], { encoding: "utf8", timeout: 20_000 });
+  if (natsStarted) stopNatsCluster(natsDir, { timeout: 20_000 });
   try {
     rmSync(work, { recursive: true, force: true });
   } catch {
@@ -137,14 +106,8 @@ for (const [sig, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]) 
 }
 
 // ---- NATS cluster, target, certificate ------------------------------------------------------------------
-const base = await freeBase();
 natsStarted = true; // a start that fails half-way may leave nodes: stop is always run
-const started = spawnSync(process.execPath, [script, "start", "--dir", natsDir, "--base-port", String(base), "--name", "bench"], { encoding: "utf8" });
-if (started.status !== 0) {
-  process.stderr.write(started.stderr);
-  process.exit(1);
-}
-const state = JSON.parse(readFileSync(join(natsDir, "cluster.json"), "utf8"));
+const state = await startNatsCluster(natsDir);
 const servers = state.nodes.map((n) => `nats://127.0.0.1:${n.client}`).join(",");
 log(`3-node cluster up: ${servers}`);
 
