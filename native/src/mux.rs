@@ -541,6 +541,10 @@ impl Reader {
                     Err(e) => return MuxEnd::Protocol(e.to_string()),
                 }
             }
+            // Every frame of this read is dispatched: batched datagrams go out.
+            if let Some(udp) = &self.udp {
+                udp.flush();
+            }
             if buf.capacity() - buf.len() < READ_RESERVE_BYTES / 2 {
                 buf.reserve(READ_RESERVE_BYTES);
             }

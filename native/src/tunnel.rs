@@ -57,6 +57,10 @@ pub trait UdpInbound: Send + Sync + 'static {
     fn open(&self, session_id: u32, open: StreamOpen) -> Result<(), String>;
     fn datagram(&self, session_id: u32, data: Bytes) -> Result<(), String>;
     fn close(&self, session_id: u32, reason: UdpCloseReason) -> Result<(), String>;
+    /// The reader has handed over every datagram of one read (TLS: all frames decoded from one
+    /// read; QUIC: every datagram ready at once): datagrams a handler held back to send them in a
+    /// batch go out now. Until then a handler may hold a bounded number of them.
+    fn flush(&self) {}
     /// The tunnel ended: every session ends with `reason` (no `UdpClose` can be sent any more).
     fn tunnel_ended(&self, reason: UdpCloseReason);
 }

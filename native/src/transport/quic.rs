@@ -727,7 +727,21 @@ async fn read_datagrams(
 ) {
     let conn = handle.shared.conn.clone();
     loop {
-        let Ok(datagram) = conn.read_datagram().await else {
+        // Wait for one datagram, then take the ones already buffered with it without waiting;
+        // the handler sends what it held back for batching at `flush`.
+        let datagram = match ready_now(conn.read_datagram()) {
+            Some(datagram) => datagram,
+            None => {
+                if let Some(udp) = &udp {
+                    udp.flush();
+                }
+                conn.read_datagram().await
+            }
+        };
+        let Ok(datagram) = datagram else {
+            if let Some(udp) = &udp {
+                udp.flush();
+            }
             return;
         };
         handle.shared.datagrams_read.fetch_add(1, Ordering::Relaxed);
@@ -744,6 +758,16 @@ async fn read_datagrams(
             let _ = fail.send(TunnelEnd::Protocol(message));
             return;
         }
+    }
+}
+
+/// The output of `future` if it is ready without waiting (polled once).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 
