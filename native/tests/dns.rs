@@ -6,26 +6,8 @@ mod common;
 use common::*;
 use portway_native::runtime::runtime;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn installed(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 async fn dig(port: u16, name: &str) -> String {
     let name = name.to_string();
@@ -50,13 +32,13 @@ async fn dig(port: u16, name: &str) -> String {
 }
 
 fn dns_query_through_the_tunnel(transport: &str) {
-    if !installed("dnsmasq") || !installed("dig") {
+    if !installed("dnsmasq", "--version") || !installed("dig", "--version") {
         eprintln!("SKIPPED dns_query_through_the_tunnel: dnsmasq and dig (Debian: dnsmasq-base, bind9-dnsutils) are needed");
         return;
     }
     runtime().block_on(async {
         let dns_port = free_udp_port().await;
-        let _dnsmasq = Server(
+        let _dnsmasq = ChildGuard(
             Command::new("dnsmasq")
                 .args([
                     "--no-daemon",
@@ -86,21 +68,8 @@ fn dns_query_through_the_tunnel(transport: &str) {
 
         let id = Arc::new(identity());
         let edge_port = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[edge_port], Some(dns_port))],
-            json!({ "proxyProtocolUdp": "none" }),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let hub_extra = json!({ "proxyProtocolUdp": "none" });
+        let (hub, edge) = udp_pair(&id, edge_port, dns_port, transport, hub_extra).await;
         let mut answer = String::new();
         for _ in 0..3 {
             answer = dig(edge_port, "portway.test").await;
@@ -112,8 +81,7 @@ fn dns_query_through_the_tunnel(transport: &str) {
         // Each dig query comes from a fresh source port: one UDP session per query.
         let opened = hub.events.wait_type("udp.opened").await;
         assert_eq!(opened["target"], format!("127.0.0.1:{dns_port}"));
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 

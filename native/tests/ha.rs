@@ -37,32 +37,22 @@ fn verifier_authenticates_like_a_secret() {
             json!({}),
         )
         .await;
-        let good = start_edge(hub.port, "e1", "s3cret", Some(&id.fingerprint), json!({}));
+        let good = hub.edge("e1", "s3cret", json!({}));
         good.events.wait_type("ports.assigned").await;
         let data = random_bytes(4096);
         assert_eq!(round_trip(port, &data).await.unwrap(), data);
 
-        let wrong = start_edge(hub.port, "e1", "s3cret!", Some(&id.fingerprint), json!({}));
-        let unknown = start_edge(hub.port, "e2", "s3cret", Some(&id.fingerprint), json!({}));
+        let wrong = hub.edge("e1", "s3cret!", json!({}));
+        let unknown = hub.edge("e2", "s3cret", json!({}));
         let a = wrong.events.wait_type("tunnel.rejected").await;
         let b = unknown.events.wait_type("tunnel.rejected").await;
         assert_eq!(a["reason"], "authFailed");
         assert_eq!((&a["reason"], &a["message"]), (&b["reason"], &b["message"]));
         // The good edge stays connected (a failed attempt with its id does not supersede it).
-        assert_eq!(
-            serde_json::to_value(good.edge.status()).unwrap()["connected"],
-            true
-        );
+        assert_eq!(good.status_json()["connected"], true);
 
         // Switching from the verifier to a (different) clear secret drops the session.
-        hub.hub
-            .update_edges(
-                portway_native::config::parse_edges(
-                    &json!([edge_entry("e1", "other", &[port], Some(target))]).to_string(),
-                )
-                .unwrap(),
-            )
-            .unwrap();
+        hub.update_edges(vec![edge_entry("e1", "other", &[port], Some(target))]);
         let gone = good.events.wait_type("tunnel.disconnected").await;
         assert_eq!(gone["reason"], "revoked");
         for edge in [good, wrong, unknown] {
@@ -77,15 +67,13 @@ fn deferred_admission_admit_and_refuse(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[port], Some(target))],
-            deferred(5_000),
-        )
-        .await;
-        let extra = transport_extra(transport);
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), extra);
+        let (hub, edge) = Setup::new(&id)
+            .tcp(&[port])
+            .target(target)
+            .hub(deferred(5_000))
+            .transport(transport)
+            .launch()
+            .await;
 
         // First attempt: refused with notOwner.
         let admitting = hub.events.wait_type("edge.admitting").await;
@@ -120,8 +108,7 @@ fn deferred_admission_admit_and_refuse(transport: &str) {
         let data = random_bytes(10_000);
         assert_eq!(round_trip(port, &data).await.unwrap(), data);
         assert!(!hub.hub.admit_edge("no-such-session", true, "", ""));
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -129,14 +116,7 @@ fn deferred_admission_admit_and_refuse(transport: &str) {
 fn deferred_admission_times_out_with_not_owner() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            deferred(300),
-        )
-        .await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let (hub, edge) = Setup::new(&id).hub(deferred(300)).launch().await;
         let admitting = hub.events.wait_type("edge.admitting").await;
         let refused = hub.events.wait_type("edge.refused").await;
         assert_eq!(refused["sessionId"], admitting["sessionId"]);
@@ -149,7 +129,7 @@ fn deferred_admission_times_out_with_not_owner() {
         let late = admitting["sessionId"].as_str().unwrap();
         assert!(!hub.hub.admit_edge(late, true, "", ""));
         // Wrong secrets never reach admission.
-        let wrong = start_edge(hub.port, "e1", "bad", Some(&id.fingerprint), json!({}));
+        let wrong = hub.edge("e1", "bad", json!({}));
         wrong.events.wait_type("tunnel.rejected").await;
         let admitted_ids: Vec<Value> = hub.events.of_type("edge.admitting");
         assert!(admitted_ids.iter().all(|e| e["edgeId"] == "e1"));
@@ -165,14 +145,7 @@ fn drop_edge_closes_the_session_with_the_reason(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[port],
-            Some(target),
-            json!({}),
-            transport_extra(transport),
-        )
-        .await;
+        let (hub, edge) = tcp_pair(&id, port, target, transport).await;
         // A stream held open across the drop.
         let mut held = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -199,8 +172,7 @@ fn drop_edge_closes_the_session_with_the_reason(transport: &str) {
             .drop_edge("e1", GoAwayReason::NotOwner, "owned elsewhere"));
         let gone = hub.events.wait_nth("edge.disconnected", 1, |_| true).await;
         assert_eq!(gone["reason"], "notOwner");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -229,14 +201,10 @@ async fn two_hubs(
     extra_a: Value,
     extra_b: Value,
 ) -> (TestHub, TestHub) {
-    let entry = || vec![edge_entry("e1", "s", &[port], Some(target))];
-    let mut a = json!({ "hubId": "hub-a" });
-    let mut b = json!({ "hubId": "hub-b" });
-    merge(&mut a, extra_a);
-    merge(&mut b, extra_b);
-    let hub_a = start_hub(id.clone(), 0, entry(), a).await;
-    let hub_b = start_hub(id.clone(), 0, entry(), b).await;
-    (hub_a, hub_b)
+    let setup = Setup::new(id).tcp(&[port]).target(target);
+    let hub_a = setup.clone().hub(json!({ "hubId": "hub-a" })).hub(extra_a);
+    let hub_b = setup.hub(json!({ "hubId": "hub-b" })).hub(extra_b);
+    (hub_a.start_hub().await, hub_b.start_hub().await)
 }
 
 fn fails_over_at_once_when_the_hub_stops(transport: &str) {
@@ -264,7 +232,7 @@ fn fails_over_at_once_when_the_hub_stops(transport: &str) {
         assert_eq!(round_trip(port, &data).await.unwrap(), data);
         let took = stopped_at.elapsed();
         assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["hubId"], "hub-b");
         edge.edge.stop().await;
         b.hub.stop().await;
@@ -405,13 +373,12 @@ fn a_client_in_the_gap_is_relayed_once_a_tunnel_returns() {
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
         let later_port = free_port().await;
-        let hub_a = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[port], Some(target))],
-            json!({ "hubId": "hub-a" }),
-        )
-        .await;
+        let setup = Setup::new(&id).tcp(&[port]).target(target);
+        let hub_a = setup
+            .clone()
+            .hub(json!({ "hubId": "hub-a" }))
+            .start_hub()
+            .await;
         let edge = start_multi_edge(&[hub_a.port, later_port], &id, json!({}));
         edge.events.wait_type("ports.assigned").await;
         hub_a.hub.stop().await;
@@ -421,16 +388,14 @@ fn a_client_in_the_gap_is_relayed_once_a_tunnel_returns() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(!client.is_finished());
         // ... until a hub comes up.
-        let hub_b = start_hub(
-            id.clone(),
-            later_port,
-            vec![edge_entry("e1", "s", &[port], Some(target))],
-            json!({ "hubId": "hub-b" }),
-        )
-        .await;
+        let hub_b = setup
+            .hub(json!({ "hubId": "hub-b" }))
+            .hub_port(later_port)
+            .start_hub()
+            .await;
         let echoed = tokio::time::timeout(WAIT, client).await.unwrap().unwrap();
         assert_eq!(echoed.unwrap(), b"held through the gap");
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["gapRefused"], 0);
         edge.edge.stop().await;
         hub_b.hub.stop().await;
@@ -443,14 +408,12 @@ fn a_client_in_a_long_gap_is_reset_and_counted() {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let port = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[port],
-            Some(target),
-            json!({}),
-            json!({ "gapHoldMs": 300 }),
-        )
-        .await;
+        let (hub, edge) = Setup::new(&id)
+            .tcp(&[port])
+            .target(target)
+            .edge(json!({ "gapHoldMs": 300 }))
+            .start()
+            .await;
         hub.hub.stop().await;
         edge.events.wait_type("tunnel.disconnected").await;
         let started = tokio::time::Instant::now();
@@ -468,7 +431,7 @@ fn a_client_in_a_long_gap_is_reset_and_counted() {
         assert_eq!(refused["reason"], "noTunnel");
         assert_eq!(refused["edgePort"], port);
         assert_eq!(refused["count"], 1);
-        wait_until(|| serde_json::to_value(edge.edge.status()).unwrap()["gapRefused"] == 3).await;
+        wait_until(|| edge.status_json()["gapRefused"] == 3).await;
         // Rate-limited: one event for the burst.
         assert_eq!(edge.events.of_type("stream.refused").len(), 1);
         edge.edge.stop().await;

@@ -6,10 +6,8 @@ mod common;
 use bytes::BytesMut;
 use common::*;
 use portway_native::protocol::encode_frame;
-use portway_native::protocol::handshake::{capability, decode_reply, encode_hello};
-use portway_native::protocol::{
-    Frame, FrameDecoder, GoAwayReason, Hello, HelloReply, PROTOCOL_VERSION,
-};
+use portway_native::protocol::handshake::{capability, decode_reply};
+use portway_native::protocol::{Frame, FrameDecoder, GoAwayReason, HelloReply};
 use portway_native::runtime::runtime;
 use portway_native::transport::tls::client_config;
 use serde_json::json;
@@ -35,15 +33,9 @@ async fn fake_edge_with(
     let tcp = TcpStream::connect(("127.0.0.1", hub_port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
-    let mut out = BytesMut::new();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        edge_id: edge_id.into(),
-        secret: secret.into(),
-        capabilities,
-    };
-    encode_hello(&hello, &mut out);
-    tls.write_all(&out).await.unwrap();
+    tls.write_all(&hello_bytes(edge_id, secret, capabilities))
+        .await
+        .unwrap();
     let mut buf = BytesMut::new();
     loop {
         if let Some(reply) = decode_reply(&mut buf).unwrap() {
@@ -84,14 +76,8 @@ fn wrong_secret_and_unknown_edge_are_rejected_alike() {
             json!({}),
         )
         .await;
-        let wrong = start_edge(hub.port, "e1", "wrong", Some(&id.fingerprint), json!({}));
-        let unknown = start_edge(
-            hub.port,
-            "nobody",
-            "right",
-            Some(&id.fingerprint),
-            json!({}),
-        );
+        let wrong = hub.edge("e1", "wrong", json!({}));
+        let unknown = hub.edge("nobody", "right", json!({}));
         let a = wrong.events.wait_type("tunnel.rejected").await;
         let b = unknown.events.wait_type("tunnel.rejected").await;
         assert_eq!(a["reason"], "authFailed");
@@ -107,7 +93,7 @@ fn wrong_secret_and_unknown_edge_are_rejected_alike() {
         assert_eq!(failed["reason"], "authFailed");
         // Keeps retrying with backoff.
         wrong.events.wait_nth("tunnel.rejected", 2, |_| true).await;
-        let status = serde_json::to_value(wrong.edge.status()).unwrap();
+        let status = wrong.status_json();
         assert_eq!(status["connected"], false);
         assert!(status["lastError"]
             .as_str()
@@ -122,13 +108,7 @@ fn wrong_secret_and_unknown_edge_are_rejected_alike() {
 fn fingerprint_mismatch_and_unpinned(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
         let other = identity();
         let pinned_wrong = start_edge(
             hub.port,
@@ -161,14 +141,7 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams(transport: &s
         let (target, _lines) = echo_target().await;
         let port_a = free_port().await;
         let port_b = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[port_a],
-            Some(target),
-            json!({}),
-            transport_extra(transport),
-        )
-        .await;
+        let (hub, edge) = tcp_pair(&id, port_a, target, transport).await;
 
         // A live stream on port A.
         let mut live = TcpStream::connect(("127.0.0.1", port_a)).await.unwrap();
@@ -177,11 +150,7 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams(transport: &s
         live.read_exact(&mut buf).await.unwrap();
 
         // Move the edge from A to B.
-        let update = portway_native::config::parse_edges(
-            &json!([edge_entry("e1", "s", &[port_b], Some(target))]).to_string(),
-        )
-        .unwrap();
-        hub.hub.update_edges(update).unwrap();
+        hub.update_edges(vec![edge_entry("e1", "s", &[port_b], Some(target))]);
         let pushed = hub.events.wait_type("edge.configPushed").await;
         assert_eq!(pushed["listenPorts"], json!([port_b]));
         let updated = edge.events.wait_type("ports.updated").await;
@@ -197,30 +166,16 @@ fn hot_reload_adds_and_removes_ports_without_dropping_live_streams(transport: &s
         live.write_all(b"after!").await.unwrap();
         live.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"after!");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
 fn revoked_edge_is_dropped_then_rejected(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
+        let (hub, edge) = Setup::new(&id).transport(transport).launch().await;
         edge.events.wait_type("tunnel.connected").await;
-        hub.hub.update_edges(Vec::new()).unwrap();
+        hub.update_edges(Vec::new());
         let gone = hub.events.wait_type("edge.disconnected").await;
         assert_eq!(gone["reason"], "revoked");
         let down = edge.events.wait_type("tunnel.disconnected").await;
@@ -228,8 +183,7 @@ fn revoked_edge_is_dropped_then_rejected(transport: &str) {
         edge.events
             .wait("tunnel.rejected", |e| e["reason"] == "authFailed")
             .await;
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -237,13 +191,7 @@ fn revoked_edge_is_dropped_then_rejected(transport: &str) {
 fn new_session_supersedes_the_old_one() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
         let (mut first, reply) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
         assert!(matches!(reply, HelloReply::Accepted(_)));
         let (_second, reply) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
@@ -262,17 +210,12 @@ fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let edge_port = free_port().await;
-        let entries = vec![edge_entry("e1", "s", &[edge_port], Some(target))];
-        let hub = start_hub(id.clone(), 0, entries.clone(), json!({})).await;
+        let setup = Setup::new(&id)
+            .tcp(&[edge_port])
+            .target(target)
+            .transport(transport);
+        let (hub, edge) = setup.clone().start().await;
         let hub_port = hub.port;
-        let edge = start_edge(
-            hub_port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
         let mut live = TcpStream::connect(("127.0.0.1", edge_port)).await.unwrap();
         live.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
@@ -299,7 +242,7 @@ fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub(transport: &str) {
             .unwrap();
         assert!(matches!(read, Ok(0) | Err(_)));
 
-        let hub2 = start_hub(id.clone(), hub_port, entries, json!({})).await;
+        let hub2 = setup.hub_port(hub_port).start_hub().await;
         edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
         assert_eq!(round_trip(edge_port, b"again").await.unwrap(), b"again");
         edge.edge.stop().await;
@@ -338,13 +281,7 @@ fn handshake_timeout_and_cleartext_garbage() {
 fn malformed_frame_is_a_protocol_error() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
         let (mut tls, _) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
         tls.write_all(&[0xee, 0, 0, 0, 0, 0, 0, 0, 0])
             .await
@@ -362,13 +299,7 @@ fn malformed_frame_is_a_protocol_error() {
 fn udp_frames_need_the_capability_and_an_open_session() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
         let datagram = |session_id| {
             let mut out = BytesMut::new();
             encode_frame(
@@ -409,7 +340,7 @@ fn silent_peer_times_out() {
     runtime().block_on(async {
         let id = Arc::new(identity());
         let extra = json!({ "pingIntervalMs": 50, "idleTimeoutMs": 300 });
-        let hub = start_hub(id.clone(), 0, vec![edge_entry("e1", "s", &[], None)], extra).await;
+        let hub = Setup::new(&id).hub(extra).start_hub().await;
         // Completes the handshake, then never sends anything (and never reads).
         let (mut tls, _) = fake_edge(hub.port, &id.fingerprint, "e1", "s").await;
         let gone = hub.events.wait_type("edge.disconnected").await;
@@ -428,18 +359,19 @@ fn busy_edge_port_is_reported_and_others_work() {
         let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let busy_port = busy.local_addr().unwrap().port();
         let good_port = free_port().await;
-        let entry = edge_entry("e1", "s", &[busy_port, good_port], Some(target));
-        let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), json!({}));
+        let (hub, edge) = Setup::new(&id)
+            .tcp(&[busy_port, good_port])
+            .target(target)
+            .launch()
+            .await;
         let error = edge.events.wait_type("listener.error").await;
         assert_eq!(error["port"], busy_port);
         assert_eq!(error["code"], "EADDRINUSE");
         assert_eq!(error["protocol"], "tcp");
         assert_eq!(round_trip(good_port, b"ok").await.unwrap(), b"ok");
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["listenerErrors"][0]["port"], busy_port);
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 

@@ -15,20 +15,17 @@ fn fallback_to_tls_when_the_hub_serves_no_quic() {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
-            json!({ "quic": false }),
-        )
-        .await;
-        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        let hub = Setup::new(&id)
+            .tcp(&[edge_port])
+            .target(target)
+            .hub(json!({ "quic": false }))
+            .start_hub()
+            .await;
+        let status = hub.status_json();
         assert_eq!(status["quic"], false);
-        let edge = start_edge(
-            hub.port,
+        let edge = hub.edge(
             "e1",
             "s",
-            Some(&id.fingerprint),
             json!({ "transportMode": "quicWithFallback", "quicFallbackTimeoutMs": 300 }),
         );
         let fallback = edge.events.wait_type("tunnel.fallback").await;
@@ -39,11 +36,10 @@ fn fallback_to_tls_when_the_hub_serves_no_quic() {
         let connected = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(connected["transport"], "tcpTls");
         edge.events.wait_type("ports.assigned").await;
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["transport"], "tcpTls");
         assert_eq!(round_trip(edge_port, b"via tls").await.unwrap(), b"via tls");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -51,28 +47,14 @@ fn fallback_to_tls_when_the_hub_serves_no_quic() {
 fn quic_with_fallback_prefers_quic() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            json!({ "transportMode": "quicWithFallback" }),
-        );
+        let (hub, edge) = Setup::new(&id).transport("quicWithFallback").launch().await;
         let connected = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(connected["transport"], "quic");
         assert!(edge.events.of_type("tunnel.fallback").is_empty());
-        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        let status = hub.status_json();
         assert_eq!(status["quic"], true);
         assert_eq!(status["edges"][0]["transport"], "quic");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -80,13 +62,7 @@ fn quic_with_fallback_prefers_quic() {
 fn quic_pinning_and_auth_fail_like_tls_and_do_not_fall_back() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
         let other = identity();
         let mismatch = start_edge(
             hub.port,
@@ -101,11 +77,9 @@ fn quic_pinning_and_auth_fail_like_tls_and_do_not_fall_back() {
             .as_str()
             .unwrap()
             .contains(&id.fingerprint));
-        let wrong = start_edge(
-            hub.port,
+        let wrong = hub.edge(
             "e1",
             "wrong",
-            Some(&id.fingerprint),
             json!({ "transportMode": "quicWithFallback" }),
         );
         let rejected = wrong.events.wait_type("tunnel.rejected").await;
@@ -138,8 +112,8 @@ async fn fake_quic_edge(
     quinn::RecvStream,
 ) {
     use bytes::BytesMut;
-    use portway_native::protocol::handshake::{capability, decode_reply, encode_hello};
-    use portway_native::protocol::{Hello, HelloReply, PROTOCOL_VERSION};
+    use portway_native::protocol::handshake::{capability, decode_reply};
+    use portway_native::protocol::HelloReply;
     use std::time::Duration;
     let config = portway_native::transport::quic::client_config(
         Some(fp),
@@ -156,15 +130,12 @@ async fn fake_quic_edge(
         .await
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut out = BytesMut::new();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        edge_id: "e1".into(),
-        secret: "s".into(),
-        capabilities: capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
-    };
-    encode_hello(&hello, &mut out);
-    send.write_all(&out).await.unwrap();
+    let hello = hello_bytes(
+        "e1",
+        "s",
+        capability::UDP_FRAMES | capability::QUIC_DATAGRAMS,
+    );
+    send.write_all(&hello).await.unwrap();
     let mut buf = BytesMut::new();
     loop {
         if let Some(reply) = decode_reply(&mut buf).unwrap() {
@@ -181,13 +152,7 @@ async fn fake_quic_edge(
 fn malformed_quic_input_is_a_protocol_error() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[], None)],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id).start_hub().await;
 
         // A datagram too short to hold a session id.
         let (_endpoint, conn, _send, _recv) = fake_quic_edge(hub.port, &id.fingerprint).await;
@@ -236,13 +201,11 @@ fn a_stream_reset_before_its_open_header_ends_only_that_stream() {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(target))],
-            json!({}),
-        )
-        .await;
+        let hub = Setup::new(&id)
+            .tcp(&[edge_port])
+            .target(target)
+            .start_hub()
+            .await;
         let (_endpoint, conn, _control, _control_recv) =
             fake_quic_edge(hub.port, &id.fingerprint).await;
         hub.events.wait_type("edge.connected").await;
@@ -261,7 +224,7 @@ fn a_stream_reset_before_its_open_header_ends_only_that_stream() {
         );
         assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
         assert!(hub.events.of_type("edge.disconnected").is_empty());
-        let status = serde_json::to_value(hub.hub.status()).unwrap();
+        let status = hub.status_json();
         assert_eq!(status["edges"][0]["edgeId"], "e1", "{status}");
         drop(conn);
         hub.hub.stop().await;

@@ -8,31 +8,12 @@ use portway_native::runtime::runtime;
 use portway_native::stun::StunClient;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn turnserver_installed() -> bool {
-    Command::new("turnserver")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 #[test]
 fn public_address_from_coturn() {
-    if !turnserver_installed() {
+    if !installed("turnserver", "--help") {
         eprintln!("SKIPPED public_address_from_coturn: `turnserver` (Debian package coturn) is not installed");
         return;
     }
@@ -40,7 +21,7 @@ fn public_address_from_coturn() {
         let port = free_udp_port().await;
         let dir = std::env::temp_dir().join(format!("portway-turn-{port}"));
         let _ = std::fs::create_dir_all(&dir);
-        let _server = Server(
+        let _server = ChildGuard(
             Command::new("turnserver")
                 .args([
                     "-n",
@@ -73,26 +54,20 @@ fn public_address_from_coturn() {
         assert_eq!(direct.ip().to_string(), "127.0.0.1");
 
         let id = Arc::new(identity());
-        let mut entry = edge_entry("e1", "s", &[], None);
-        entry["stunIntervalSecs"] = json!(60);
-        let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            json!({ "stunServers": [server] }),
-        );
+        let (hub, edge) = Setup::new(&id)
+            .entry_keys(json!({ "stunIntervalSecs": 60 }))
+            .edge(json!({ "stunServers": [server] }))
+            .launch()
+            .await;
         let found = edge.events.wait_type("publicIp.discovered").await;
         assert_eq!(found["ip"], "127.0.0.1");
         assert_eq!(found["server"], server);
         let port = found["port"].as_u64().unwrap();
         assert!(port > 0);
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["publicIp"], "127.0.0.1");
         assert_eq!(status["publicPort"], port);
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -125,16 +100,11 @@ fn public_ip_is_reported_when_it_changes() {
             });
         }
         let id = Arc::new(identity());
-        let mut entry = edge_entry("e1", "s", &[], None);
-        entry["stunIntervalSecs"] = json!(1);
-        let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            json!({ "stunServers": [server.clone()] }),
-        );
+        let (hub, edge) = Setup::new(&id)
+            .entry_keys(json!({ "stunIntervalSecs": 1 }))
+            .edge(json!({ "stunServers": [server.clone()] }))
+            .launch()
+            .await;
         let first = edge.events.wait_type("publicIp.discovered").await;
         assert_eq!(first["ip"], "198.51.100.7");
         assert_eq!(first["port"], 4000);
@@ -150,9 +120,8 @@ fn public_ip_is_reported_when_it_changes() {
         let rounds = *requests.lock().unwrap();
         assert!(rounds >= 3, "{rounds}");
         assert_eq!(edge.events.of_type("publicIp.discovered").len(), 2);
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["publicIp"], "2001:db8::9");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }

@@ -15,14 +15,7 @@ fn echo_with_proxy_v1_and_events(transport: &str) {
         let id = Arc::new(identity());
         let (target, mut lines) = echo_target().await;
         let edge_port = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[edge_port],
-            Some(target),
-            json!({}),
-            transport_extra(transport),
-        )
-        .await;
+        let (hub, edge) = tcp_pair(&id, edge_port, target, transport).await;
 
         let reply = round_trip(edge_port, b"hello portway").await.unwrap();
         assert_eq!(reply, b"hello portway");
@@ -47,7 +40,7 @@ fn echo_with_proxy_v1_and_events(transport: &str) {
         assert_eq!(connected["pinned"], true);
         assert_eq!(connected["hubFingerprint"], id.fingerprint.as_str());
         assert!(edge.events.of_type("tunnel.unpinned").is_empty());
-        let status: serde_json::Value = serde_json::to_value(hub.hub.status()).unwrap();
+        let status = hub.status_json();
         assert_eq!(status["edges"][0]["edgeId"], "e1");
         assert_eq!(status["edges"][0]["transport"], transport);
         assert_eq!(status["edges"][0]["bytesIn"], 13);
@@ -82,20 +75,12 @@ fn half_close_keeps_the_other_direction_open(transport: &str) {
             sock.shutdown().await.unwrap();
         });
         let edge_port = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[edge_port],
-            Some(target),
-            json!({}),
-            transport_extra(transport),
-        )
-        .await;
+        let (hub, edge) = tcp_pair(&id, edge_port, target, transport).await;
         let reply = round_trip(edge_port, &vec![7u8; 300_000]).await.unwrap();
         assert_eq!(reply, b"got 300000");
         let closed = hub.events.wait_type("stream.closed").await;
         assert_eq!(closed["reason"], "clientClosed", "{closed}");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -104,14 +89,7 @@ fn bulk_data_both_directions_many_streams(transport: &str) {
         let id = Arc::new(identity());
         let (target, _lines) = echo_target().await;
         let edge_port = free_port().await;
-        let (hub, edge) = start_pair(
-            &id,
-            &[edge_port],
-            Some(target),
-            json!({}),
-            transport_extra(transport),
-        )
-        .await;
+        let (hub, edge) = tcp_pair(&id, edge_port, target, transport).await;
         let mut tasks = Vec::new();
         for i in 0..8 {
             tasks.push(tokio::spawn(async move {
@@ -127,8 +105,7 @@ fn bulk_data_both_directions_many_streams(transport: &str) {
             let closed = hub.events.wait_nth("stream.closed", n, |_| true).await;
             assert_eq!(closed["reason"], "clientClosed");
         }
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -153,11 +130,15 @@ fn slow_reader_does_not_stall_other_streams(transport: &str) {
         let (echo_port, _lines) = echo_target().await;
         let port_a = free_port().await;
         let port_b = free_port().await;
-        let mut entry = edge_entry("e1", "s", &[port_a, port_b], None);
-        entry["targets"] = json!({ port_a.to_string(): format!("127.0.0.1:{flood_port}"), port_b.to_string(): format!("127.0.0.1:{echo_port}") });
-        let hub = start_hub(id.clone(), 0, vec![entry], json!({})).await;
-        let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), transport_extra(transport));
-        edge.events.wait_type("ports.assigned").await;
+        let (hub, edge) = Setup::new(&id)
+            .tcp(&[port_a, port_b])
+            .targets(json!({
+                port_a.to_string(): format!("127.0.0.1:{flood_port}"),
+                port_b.to_string(): format!("127.0.0.1:{echo_port}"),
+            }))
+            .transport(transport)
+            .start()
+            .await;
 
         // Open the flood stream and do not read from it.
         let mut slow = TcpStream::connect(("127.0.0.1", port_a)).await.unwrap();
@@ -181,8 +162,7 @@ fn slow_reader_does_not_stall_other_streams(transport: &str) {
             total += n;
         }
         assert_eq!(total, FLOOD);
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -191,21 +171,7 @@ fn target_refused_closes_the_client(transport: &str) {
         let id = Arc::new(identity());
         let dead_target = free_port().await;
         let edge_port = free_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry("e1", "s", &[edge_port], Some(dead_target))],
-            json!({}),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            transport_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let (hub, edge) = tcp_pair(&id, edge_port, dead_target, transport).await;
         // Closed (EOF or reset), never hanging. The reset can be so quick that it already shows as
         // the result of connect() itself.
         match TcpStream::connect(("127.0.0.1", edge_port)).await {
@@ -222,8 +188,7 @@ fn target_refused_closes_the_client(transport: &str) {
         assert_eq!(closed["reason"], "targetRefused");
         let closed = edge.events.wait_type("stream.closed").await;
         assert_eq!(closed["reason"], "targetRefused");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 

@@ -4,22 +4,14 @@ mod common;
 
 use common::*;
 use portway_native::runtime::runtime;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
-fn edge_extra(transport: &str) -> Value {
-    json!({ "transportMode": transport })
-}
-
 async fn client() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
-}
-
-fn status_of(hub: &TestHub) -> Value {
-    serde_json::to_value(hub.hub.status()).unwrap()
 }
 
 fn udp_echo_with_proxy_v2(transport: &str) {
@@ -27,21 +19,7 @@ fn udp_echo_with_proxy_v2(transport: &str) {
         let id = Arc::new(identity());
         let (target, mut seen) = udp_echo_target(true).await;
         let port = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-            json!({}),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let (hub, edge) = udp_pair(&id, port, target, transport, json!({})).await;
 
         let a = client().await;
         let b = client().await;
@@ -100,10 +78,10 @@ fn udp_echo_with_proxy_v2(transport: &str) {
         let connected = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(connected["transport"], transport);
 
-        let status = status_of(&hub);
+        let status = hub.status_json();
         assert_eq!(status["edges"][0]["udpSessions"], 2);
         assert_eq!(status["edges"][0]["transport"], transport);
-        let edge_status = serde_json::to_value(edge.edge.status()).unwrap();
+        let edge_status = edge.status_json();
         assert_eq!(edge_status["udpSessions"], 2);
         assert_eq!(edge_status["transport"], transport);
 
@@ -130,21 +108,8 @@ fn udp_none_mode_sends_payload_only(transport: &str) {
         let id = Arc::new(identity());
         let (target, mut seen) = udp_echo_target(false).await;
         let port = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-            json!({ "proxyProtocolUdp": "none" }),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let hub_extra = json!({ "proxyProtocolUdp": "none" });
+        let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
         let c = client().await;
         assert_eq!(
             udp_ask_retry(&c, port, b"\x12\x34 query").await,
@@ -167,14 +132,13 @@ fn udp_none_mode_sends_payload_only(transport: &str) {
             assert_eq!(oversized["size"], 60_000);
             let max = oversized["maxSize"].as_u64().expect("maxSize");
             assert!((1000..60_000).contains(&max), "{max}");
-            let status = serde_json::to_value(edge.edge.status()).unwrap();
+            let status = edge.status_json();
             assert_eq!(status["udpOversized"], 1);
             // What fits still flows.
             let fits = random_bytes(max as usize);
             assert_eq!(udp_ask_retry(&c, port, &fits).await, fits);
         }
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -185,15 +149,8 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
             let id = Arc::new(identity());
             let (target, _seen) = udp_echo_target(true).await;
             let port = free_udp_port().await;
-            let hub = start_hub(
-                id.clone(),
-                0,
-                vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-                json!({ "udpIdleTimeoutMs": 1500 }),
-            )
-            .await;
-            let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), edge_extra(transport));
-            edge.events.wait_type("ports.assigned").await;
+            let hub_extra = json!({ "udpIdleTimeoutMs": 1500 });
+            let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
 
             let mut tasks = Vec::new();
             for s in 0..SESSIONS {
@@ -242,8 +199,8 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
             }
             let sent = SESSIONS * PACKETS as usize;
             let loss = 1.0 - delivered as f64 / sent as f64;
-            let edge_status = serde_json::to_value(edge.edge.status()).unwrap();
-            let hub_edge = &status_of(&hub)["edges"][0];
+            let edge_status = edge.status_json();
+            let hub_edge = &hub.status_json()["edges"][0];
             eprintln!(
                 "{transport}: {SESSIONS} sessions, {delivered}/{sent} echoed, loss {:.3}%; dropped edge {} hub {}",
                 loss * 100.0,
@@ -258,8 +215,8 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
             // Every session expires after the idle timeout, on both sides, with its counts. (A client
             // starved of CPU for longer than the timeout may have had its session expire and reopen.)
             wait_until(|| {
-                status_of(&hub)["edges"][0]["udpSessions"] == 0
-                    && serde_json::to_value(edge.edge.status()).unwrap()["udpSessions"] == 0
+                hub.status_json()["edges"][0]["udpSessions"] == 0
+                    && edge.status_json()["udpSessions"] == 0
             })
             .await;
             let ended = |events: &Events| {
@@ -277,8 +234,7 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
             assert_eq!(edge.events.of_type("udp.expired").len(), opened.len());
             let packets: u64 = expired.iter().map(|e| e["packetsIn"].as_u64().unwrap()).sum();
             assert!(packets >= (SESSIONS * (PACKETS as usize + 1)) as u64, "{packets}");
-            edge.edge.stop().await;
-            hub.hub.stop().await;
+            stop_pair(&hub, &edge).await;
         });
 }
 
@@ -287,21 +243,8 @@ fn idle_sessions_expire_and_new_ones_open(transport: &str) {
         let id = Arc::new(identity());
         let (target, _seen) = udp_echo_target(true).await;
         let port = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-            json!({ "udpIdleTimeoutMs": 300 }),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let hub_extra = json!({ "udpIdleTimeoutMs": 300 });
+        let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
         let c = client().await;
         udp_ask_retry(&c, port, b"one").await;
         udp_ask_retry(&c, port, b"two").await;
@@ -318,8 +261,7 @@ fn idle_sessions_expire_and_new_ones_open(transport: &str) {
         udp_ask_retry(&c, port, b"three").await;
         let reopened = hub.events.wait_nth("udp.opened", 1, |_| true).await;
         assert_ne!(reopened["udpSessionId"], expired["udpSessionId"]);
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -328,21 +270,8 @@ fn session_cap_refuses_new_clients_and_keeps_old_ones(transport: &str) {
         let id = Arc::new(identity());
         let (target, _seen) = udp_echo_target(true).await;
         let port = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[port], Some(target))],
-            json!({ "maxUdpSessionsPerEdge": 3 }),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let hub_extra = json!({ "maxUdpSessionsPerEdge": 3 });
+        let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
         let mut clients = Vec::new();
         for i in 0..3 {
             let c = client().await;
@@ -363,22 +292,21 @@ fn session_cap_refuses_new_clients_and_keeps_old_ones(transport: &str) {
         assert_eq!(refused["edgePort"], port);
         assert_eq!(refused["count"], 1);
         wait_until(|| {
-            let status = serde_json::to_value(edge.edge.status()).unwrap();
+            let status = edge.status_json();
             status["udpRefused"] == 5
         })
         .await;
         // Rate-limited: five refusals within a second make one event.
         assert_eq!(edge.events.of_type("udp.refused").len(), 1);
         assert_eq!(udp_ask(&extras[0], port, b"again").await, None);
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         assert_eq!(status["udpSessions"], 3);
-        assert_eq!(status_of(&hub)["edges"][0]["udpSessions"], 3);
+        assert_eq!(hub.status_json()["edges"][0]["udpSessions"], 3);
         for (i, c) in clients.iter().enumerate() {
             let msg = format!("still c{i}");
             assert_eq!(udp_ask_retry(c, port, msg.as_bytes()).await, msg.as_bytes());
         }
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -388,21 +316,7 @@ fn hot_reload_adds_and_removes_udp_ports(transport: &str) {
         let (target, _seen) = udp_echo_target(true).await;
         let port_a = free_udp_port().await;
         let port_b = free_udp_port().await;
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![edge_entry_udp("e1", "s", &[], &[port_a], Some(target))],
-            json!({}),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let (hub, edge) = udp_pair(&id, port_a, target, transport, json!({})).await;
         let c = client().await;
         udp_ask_retry(&c, port_a, b"a1").await;
 
@@ -414,8 +328,7 @@ fn hot_reload_adds_and_removes_udp_ports(transport: &str) {
             &[port_a, port_b],
             Some(target),
         )];
-        let parsed = portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
-        hub.hub.update_edges(parsed).unwrap();
+        hub.update_edges(edges);
         let updated = edge.events.wait_type("ports.updated").await;
         assert_eq!(
             updated["listenPortsUdp"],
@@ -428,8 +341,7 @@ fn hot_reload_adds_and_removes_udp_ports(transport: &str) {
 
         // Remove A: its session ends with portClosed, B keeps working.
         let edges = vec![edge_entry_udp("e1", "s", &[], &[port_b], Some(target))];
-        let parsed = portway_native::config::parse_edges(&Value::from(edges).to_string()).unwrap();
-        hub.hub.update_edges(parsed).unwrap();
+        hub.update_edges(edges);
         let closed = edge.events.wait_type("udp.closed").await;
         assert_eq!(closed["reason"], "portClosed");
         assert_eq!(closed["edgePort"], port_a);
@@ -437,8 +349,7 @@ fn hot_reload_adds_and_removes_udp_ports(transport: &str) {
         assert_eq!(closed["reason"], "portClosed");
         assert_eq!(udp_ask_retry(&d, port_b, b"b2").await, b"b2");
         assert_eq!(udp_ask(&c, port_a, b"a3").await, None);
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 
@@ -449,26 +360,17 @@ fn udp_and_tcp_share_the_tunnel_without_blocking_each_other(transport: &str) {
         let (tcp_target, _lines) = echo_target().await;
         let udp_port = free_udp_port().await;
         let tcp_port = free_port().await;
-        let mut entry = edge_entry_udp("e1", "s", &[tcp_port], &[udp_port], None);
-        entry["targets"] = json!({
-            tcp_port.to_string(): format!("127.0.0.1:{tcp_target}"),
-            udp_port.to_string(): format!("127.0.0.1:{udp_target}"),
-        });
-        let hub = start_hub(
-            id.clone(),
-            0,
-            vec![entry],
-            json!({ "proxyProtocolUdp": "none" }),
-        )
-        .await;
-        let edge = start_edge(
-            hub.port,
-            "e1",
-            "s",
-            Some(&id.fingerprint),
-            edge_extra(transport),
-        );
-        edge.events.wait_type("ports.assigned").await;
+        let (hub, edge) = Setup::new(&id)
+            .tcp(&[tcp_port])
+            .udp(&[udp_port])
+            .targets(json!({
+                tcp_port.to_string(): format!("127.0.0.1:{tcp_target}"),
+                udp_port.to_string(): format!("127.0.0.1:{udp_target}"),
+            }))
+            .hub(json!({ "proxyProtocolUdp": "none" }))
+            .transport(transport)
+            .start()
+            .await;
         // A UDP flood (no pacing, nobody reads the replies) while a bulk TCP echo runs.
         let flood = tokio::spawn(async move {
             let sock = client().await;
@@ -491,10 +393,9 @@ fn udp_and_tcp_share_the_tunnel_without_blocking_each_other(transport: &str) {
             .unwrap();
         assert!(reply == data);
         let sent = flood.await.unwrap();
-        let status = serde_json::to_value(edge.edge.status()).unwrap();
+        let status = edge.status_json();
         eprintln!("{transport}: flood sent {sent}, edge status {status}");
-        edge.edge.stop().await;
-        hub.hub.stop().await;
+        stop_pair(&hub, &edge).await;
     });
 }
 

@@ -178,20 +178,187 @@ pub fn start_edge(
     TestEdge { edge, events }
 }
 
-/// One hub and one edge (`e1`, secret `s`) whose TCP `ports` go to `target`; returns once the edge
-/// has reported `ports.assigned` (its listeners are bound).
-pub async fn start_pair(
-    id: &Arc<Identity>,
-    ports: &[u16],
+impl TestHub {
+    /// The hub's status as JSON.
+    pub fn status_json(&self) -> Value {
+        serde_json::to_value(self.hub.status()).unwrap()
+    }
+
+    /// Starts an edge of this hub that pins the hub's certificate.
+    pub fn edge(&self, edge_id: &str, secret: &str, extra: Value) -> TestEdge {
+        start_edge(
+            self.port,
+            edge_id,
+            secret,
+            Some(&self.id.fingerprint),
+            extra,
+        )
+    }
+
+    /// Replaces the hub's edge entries (hot reload).
+    pub fn update_edges(&self, entries: Vec<Value>) {
+        let parsed =
+            portway_native::config::parse_edges(&Value::from(entries).to_string()).unwrap();
+        self.hub.update_edges(parsed).unwrap();
+    }
+}
+
+impl TestEdge {
+    /// The edge's status as JSON.
+    pub fn status_json(&self) -> Value {
+        serde_json::to_value(self.edge.status()).unwrap()
+    }
+}
+
+/// Stops the edge, then the hub.
+pub async fn stop_pair(hub: &TestHub, edge: &TestEdge) {
+    edge.edge.stop().await;
+    hub.hub.stop().await;
+}
+
+/// The usual scenario: one hub and one edge `e1` (secret `s`, pinned), with the edge's TCP and UDP
+/// ports going to one target (or to per-port `targets`). `Setup::new(&id).tcp(&[p]).target(t)
+/// .transport("quic").start()`.
+#[derive(Clone)]
+pub struct Setup {
+    id: Arc<Identity>,
+    hub_port: u16,
+    tcp: Vec<u16>,
+    udp: Vec<u16>,
     target: Option<u16>,
+    targets: Option<Value>,
+    entry_extra: Value,
     hub_extra: Value,
     edge_extra: Value,
+}
+
+impl Setup {
+    pub fn new(id: &Arc<Identity>) -> Self {
+        Setup {
+            id: id.clone(),
+            hub_port: 0,
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            target: None,
+            targets: None,
+            entry_extra: json!({}),
+            hub_extra: json!({}),
+            edge_extra: json!({}),
+        }
+    }
+
+    /// The hub's tunnel port (default: any free one).
+    pub fn hub_port(mut self, port: u16) -> Self {
+        self.hub_port = port;
+        self
+    }
+
+    /// The edge's TCP ports.
+    pub fn tcp(mut self, ports: &[u16]) -> Self {
+        self.tcp = ports.to_vec();
+        self
+    }
+
+    /// The edge's UDP ports.
+    pub fn udp(mut self, ports: &[u16]) -> Self {
+        self.udp = ports.to_vec();
+        self
+    }
+
+    /// The target of every port.
+    pub fn target(mut self, port: u16) -> Self {
+        self.target = Some(port);
+        self
+    }
+
+    /// One target per port: `{ "<edge port>": "host:port", ... }`.
+    pub fn targets(mut self, targets: Value) -> Self {
+        self.targets = Some(targets);
+        self
+    }
+
+    /// Keys of the edge entry to add or replace (e.g. `stunIntervalSecs`).
+    pub fn entry_keys(mut self, extra: Value) -> Self {
+        merge(&mut self.entry_extra, extra);
+        self
+    }
+
+    /// Hub config keys to add or replace.
+    pub fn hub(mut self, extra: Value) -> Self {
+        merge(&mut self.hub_extra, extra);
+        self
+    }
+
+    /// Edge config keys to add or replace.
+    pub fn edge(mut self, extra: Value) -> Self {
+        merge(&mut self.edge_extra, extra);
+        self
+    }
+
+    /// The edge's transport (`"tcpTls"` | `"quic"` | `"quicWithFallback"`).
+    pub fn transport(self, transport: &str) -> Self {
+        self.edge(transport_extra(transport))
+    }
+
+    /// The edge entry this setup gives the hub.
+    pub fn entry(&self) -> Value {
+        let mut entry = edge_entry_udp("e1", "s", &self.tcp, &self.udp, self.target);
+        if let Some(targets) = &self.targets {
+            entry["targets"] = targets.clone();
+        }
+        merge(&mut entry, self.entry_extra.clone());
+        entry
+    }
+
+    /// Starts the hub only (for hand-driven edges).
+    pub async fn start_hub(&self) -> TestHub {
+        start_hub(
+            self.id.clone(),
+            self.hub_port,
+            vec![self.entry()],
+            self.hub_extra.clone(),
+        )
+        .await
+    }
+
+    /// Starts the hub and the edge without waiting for the edge.
+    pub async fn launch(self) -> (TestHub, TestEdge) {
+        let hub = self.start_hub().await;
+        let edge = hub.edge("e1", "s", self.edge_extra);
+        (hub, edge)
+    }
+
+    /// Starts the hub and the edge; returns once the edge has reported `ports.assigned` (its
+    /// listeners are bound).
+    pub async fn start(self) -> (TestHub, TestEdge) {
+        let (hub, edge) = self.launch().await;
+        edge.events.wait_type("ports.assigned").await;
+        (hub, edge)
+    }
+}
+
+/// Hub + edge over `transport` whose TCP `port` goes to `target`; once `ports.assigned`.
+pub async fn tcp_pair(
+    id: &Arc<Identity>,
+    port: u16,
+    target: u16,
+    transport: &str,
 ) -> (TestHub, TestEdge) {
-    let entry = edge_entry("e1", "s", ports, target);
-    let hub = start_hub(id.clone(), 0, vec![entry], hub_extra).await;
-    let edge = start_edge(hub.port, "e1", "s", Some(&id.fingerprint), edge_extra);
-    edge.events.wait_type("ports.assigned").await;
-    (hub, edge)
+    let setup = Setup::new(id).tcp(&[port]).target(target);
+    setup.transport(transport).start().await
+}
+
+/// Hub (with config keys `hub_extra`) + edge over `transport` whose UDP `port` goes to `target`;
+/// once `ports.assigned`.
+pub async fn udp_pair(
+    id: &Arc<Identity>,
+    port: u16,
+    target: u16,
+    transport: &str,
+    hub_extra: Value,
+) -> (TestHub, TestEdge) {
+    let setup = Setup::new(id).udp(&[port]).target(target).hub(hub_extra);
+    setup.transport(transport).start().await
 }
 
 /// Adds (or replaces) the keys of `extra` in the object `into`.
@@ -454,4 +621,38 @@ macro_rules! every_transport {
             }
         )*
     };
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `program` runs (called with `arg`, e.g. `--version`).
+pub fn installed(program: &str, arg: &str) -> bool {
+    std::process::Command::new(program)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The bytes of a Hello from `edge_id` with `secret` and `capabilities`.
+pub fn hello_bytes(edge_id: &str, secret: &str, capabilities: u32) -> bytes::BytesMut {
+    use portway_native::protocol::{handshake::encode_hello, Hello, PROTOCOL_VERSION};
+    let mut out = bytes::BytesMut::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        edge_id: edge_id.into(),
+        secret: secret.into(),
+        capabilities,
+    };
+    encode_hello(&hello, &mut out);
+    out
 }
