@@ -187,18 +187,23 @@ export const startHashTarget = (proxy: ProxyMode = "v1"): Promise<Target> =>
     socket.end(Buffer.concat([receivedSha, sentSha]));
   });
 
+/** Counts and hashes what the peer sends until its FIN, recording both on `connection`. */
+const receiveUntilEnd = async (socket: Socket, connection: TargetConnection): Promise<void> => {
+  const hash = createHash("sha256");
+  socket.on("data", (chunk: Buffer) => {
+    connection.bytesReceived += chunk.length;
+    hash.update(chunk);
+  });
+  socket.resume();
+  await once(socket, "end");
+  connection.sawEnd = true;
+  connection.receivedSha256 = hash.digest("hex");
+};
+
 /** Reads until the peer's FIN, then replies sha256(received) (hex) + "\n" and ends: the half-close probe. */
 export const startReplyAfterEndTarget = (proxy: ProxyMode = "v1"): Promise<Target> =>
   startTarget(proxy, async (socket, connection) => {
-    const hash = createHash("sha256");
-    socket.on("data", (chunk: Buffer) => {
-      connection.bytesReceived += chunk.length;
-      hash.update(chunk);
-    });
-    socket.resume();
-    await once(socket, "end");
-    connection.sawEnd = true;
-    connection.receivedSha256 = hash.digest("hex");
+    await receiveUntilEnd(socket, connection);
     const reply = `${connection.receivedSha256}\n`;
     connection.bytesSent = reply.length;
     socket.end(reply);
@@ -207,17 +212,9 @@ export const startReplyAfterEndTarget = (proxy: ProxyMode = "v1"): Promise<Targe
 /** Sends `greeting` and ends its write side at once, then keeps reading until the peer's FIN: the reverse half-close. */
 export const startEndFirstTarget = (proxy: ProxyMode = "v1", greeting = "hello\n"): Promise<Target> =>
   startTarget(proxy, async (socket, connection) => {
-    const hash = createHash("sha256");
     socket.end(greeting);
     connection.bytesSent = greeting.length;
-    socket.on("data", (chunk: Buffer) => {
-      connection.bytesReceived += chunk.length;
-      hash.update(chunk);
-    });
-    socket.resume();
-    await once(socket, "end");
-    connection.sawEnd = true;
-    connection.receivedSha256 = hash.digest("hex");
+    await receiveUntilEnd(socket, connection);
   });
 
 /** Reads; once `after` bytes have arrived it resets the connection (RST, no FIN): the target-side abort. */

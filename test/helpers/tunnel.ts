@@ -143,6 +143,49 @@ export const waitForEdgeReady = async (
   });
 };
 
+/**
+ * Starts one edge pinned to `hubFixture`'s certificate (bound to 127.0.0.1) and waits for `ready`. If either
+ * fails, the edge and the hub are stopped. The returned `stop` stops the edge, then the hub.
+ */
+export const startPinnedEdge = async (
+  hubFixture: HubFixture,
+  options: {
+    edgeId: string;
+    secret: string;
+    /** Edge options on top of the connection basics. */
+    edgeOptions?: Partial<EdgeStartOptions>;
+    /** Called with the edge before it starts, to attach event listeners that must not miss anything. */
+    beforeEdgeStart?: (edge: RemoteIngressEdge, hub: RemoteIngressHub) => void;
+    ready: (edge: RemoteIngressEdge) => Promise<unknown>;
+  },
+): Promise<{ edge: RemoteIngressEdge; stop: () => Promise<void> }> => {
+  const edge = new RemoteIngressEdge();
+  const stop = async () => {
+    try {
+      await edge.stop();
+    } finally {
+      await hubFixture.stop();
+    }
+  };
+  try {
+    options.beforeEdgeStart?.(edge, hubFixture.hub);
+    await edge.start({
+      hubHost: "127.0.0.1",
+      hubPort: hubFixture.tunnelPort,
+      edgeId: options.edgeId,
+      secret: options.secret,
+      bindAddress: "127.0.0.1",
+      hubCertFingerprint: hubFixture.fingerprint,
+      ...options.edgeOptions,
+    } as EdgeStartOptions);
+    await options.ready(edge);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { edge, stop };
+};
+
 export interface TunnelFixture {
   readonly hub: RemoteIngressHub;
   readonly edge: RemoteIngressEdge;
@@ -186,32 +229,19 @@ export const startTunnel = async (options: {
   });
   const allowedEdge: AllowedEdge = { id: edgeId, secret, listenPorts, targets };
   const hubFixture = await startHub({ proxyTcp: options.proxyTcp, edges: [allowedEdge], extra: options.hubExtra });
-  const edge = new RemoteIngressEdge();
-  const stop = async () => {
-    try {
-      await edge.stop();
-    } finally {
-      await hubFixture.stop();
-    }
-  };
-  try {
-    options.beforeEdgeStart?.(edge, hubFixture.hub);
-    await edge.start({
-      hubHost: "127.0.0.1",
-      hubPort: hubFixture.tunnelPort,
-      edgeId,
-      secret,
-      bindAddress: "127.0.0.1",
-      hubCertFingerprint: hubFixture.fingerprint,
+  const { edge, stop } = await startPinnedEdge(hubFixture, {
+    edgeId,
+    secret,
+    edgeOptions: {
       ...(options.transport === undefined ? {} : { transportMode: options.transport }),
       ...options.edgeExtra,
-    } as EdgeStartOptions);
-    await waitForEdgeReady(hubFixture.hub, edge, edgeId, options.readyPorts ?? listenPorts);
-    if (options.transport !== undefined) await expectTransport(hubFixture.hub, edge, edgeId, options.transport);
-  } catch (error) {
-    await stop();
-    throw error;
-  }
+    },
+    beforeEdgeStart: options.beforeEdgeStart,
+    ready: async (edge) => {
+      await waitForEdgeReady(hubFixture.hub, edge, edgeId, options.readyPorts ?? listenPorts);
+      if (options.transport !== undefined) await expectTransport(hubFixture.hub, edge, edgeId, options.transport);
+    },
+  });
   return {
     hub: hubFixture.hub,
     edge,

@@ -5,10 +5,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RemoteIngressEdge, type RemoteIngressHub } from "../../src/index.js";
+import type { RemoteIngressEdge, RemoteIngressHub } from "../../src/index.js";
 import { freeUdpPort } from "./ports.js";
 import { takeProxyHeader, type ProxyHeader } from "./proxy-header.js";
-import { startHub, type EdgeStartOptions, type HubFixture, type HubStartOptions } from "./tunnel.js";
+import { startHub, startPinnedEdge, type EdgeStartOptions, type HubFixture, type HubStartOptions } from "./tunnel.js";
 import { waitFor } from "./wait.js";
 
 export interface UdpTunnelFixture {
@@ -37,37 +37,20 @@ export const startUdpTunnel = async (options: {
     edges: [{ id: edgeId, secret, listenPorts: [], listenPortsUdp: [udpPort], targets: { [udpPort]: options.target } }],
     extra: { proxyProtocol: { tcp: "v1", udp: options.proxyUdp }, ...options.hubExtra },
   });
-  const edge = new RemoteIngressEdge();
-  const stop = async () => {
-    try {
-      await edge.stop();
-    } finally {
-      await hubFixture.stop();
-    }
-  };
-  try {
-    options.beforeEdgeStart?.(edge, hubFixture.hub);
-    await edge.start({
-      hubHost: "127.0.0.1",
-      hubPort: hubFixture.tunnelPort,
-      edgeId,
-      secret,
-      bindAddress: "127.0.0.1",
-      hubCertFingerprint: hubFixture.fingerprint,
-      reconnectInitialMs: 50,
-      ...options.edgeExtra,
-    } as EdgeStartOptions);
-    await waitFor(
-      async () => {
-        const status = await edge.getStatus();
-        return status.connected && (status.listenPortsUdp ?? []).includes(udpPort);
-      },
-      { timeoutMs: 15_000, what: `edge ${edgeId} connected and listening on udp ${udpPort}` },
-    );
-  } catch (error) {
-    await stop();
-    throw error;
-  }
+  const { edge, stop } = await startPinnedEdge(hubFixture, {
+    edgeId,
+    secret,
+    edgeOptions: { reconnectInitialMs: 50, ...options.edgeExtra },
+    beforeEdgeStart: options.beforeEdgeStart,
+    ready: (edge) =>
+      waitFor(
+        async () => {
+          const status = await edge.getStatus();
+          return status.connected && (status.listenPortsUdp ?? []).includes(udpPort);
+        },
+        { timeoutMs: 15_000, what: `edge ${edgeId} connected and listening on udp ${udpPort}` },
+      ),
+  });
   return { hub: hubFixture.hub, edge, hubFixture, edgeId, secret, udpPort, stop };
 };
 
