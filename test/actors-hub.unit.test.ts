@@ -6,6 +6,7 @@ import {
   type HubActorProblem,
   type HubActorSystemOptions,
 } from "../src/actors/hub-actor-system.js";
+import { RecentKeys } from "../src/actors/recent-keys.js";
 import type { DomainEvent } from "../src/events/envelope.js";
 import { eventId } from "../src/events/ids.js";
 import type { NativeHubEvent } from "../src/native/events.js";
@@ -375,5 +376,36 @@ describe("hub actor system: UDP sessions", () => {
       expect.objectContaining({ sessionId: "run-2.udp", streamId: null, seq: 2, data: { edgePort: 53, clientAddr: "203.0.113.10:1", size: 70_000, maxSize: 65_507, count: 1 } }),
     ]);
     expect(problems).toEqual([{ type: "unknownUdpReason", event: "udp.refused", reason: "somethingNew" }]);
+  });
+});
+
+describe("RecentKeys (ended actors)", () => {
+  it("always remembers the newest `capacity` keys and holds at most twice as many", () => {
+    const keys = new RecentKeys(100);
+    const forgotten: number[] = [];
+    let mostHeld = 0;
+    for (let i = 0; i < 1_000; i++) {
+      keys.add(`k${i}`);
+      // The newest 100 are remembered after every add.
+      for (let j = Math.max(0, i - 99); j <= i; j++) if (!keys.has(`k${j}`)) forgotten.push(j);
+      let held = 0;
+      for (let j = 0; j <= i; j++) if (keys.has(`k${j}`)) held++;
+      mostHeld = Math.max(mostHeld, held);
+    }
+    expect(forgotten).toEqual([]);
+    expect(mostHeld).toBeLessThanOrEqual(200);
+    expect(keys.has("k0")).toBe(false);
+    expect(keys.has("never")).toBe(false);
+  });
+
+  it("a key added again counts as new", () => {
+    const keys = new RecentKeys(2);
+    keys.add("a");
+    keys.add("b");
+    keys.add("a");
+    keys.add("c");
+    keys.add("d");
+    expect(keys.has("a")).toBe(true);
+    expect(keys.has("d")).toBe(true);
   });
 });
