@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { Either, Schema } from "effect";
 import { describe, expect, it } from "vitest";
 import { actorKindOf, CURRENT_VERSIONS, EVENT_TYPES, type EventType } from "../src/events/catalog.js";
-import { eventSchemaOf, makeEvent } from "../src/events/envelope.js";
+import { eventMaker, eventSchemaOf, makeEvent, type DomainEvent } from "../src/events/envelope.js";
 import { batchMessageId, eventId } from "../src/events/ids.js";
 import {
   decodeToken,
@@ -164,5 +164,32 @@ describe("ids", () => {
     expect(batchMessageId(["a", "b"])).toBe(batchMessageId(["a", "b"]));
     expect(batchMessageId(["a", "b"])).not.toBe(batchMessageId(["b", "a"]));
     expect(batchMessageId(["a", "b"])).not.toBe(batchMessageId(["a", "b", "c"]));
+  });
+});
+
+describe("eventMaker (one actor's events, the logged actors' hot path)", () => {
+  it("builds exactly what makeEvent builds: same fields in the same order, same ids as the frozen fixtures", () => {
+    for (const { raw } of fixtures) {
+      const e = raw as unknown as DomainEvent;
+      const make = eventMaker({ hubId: e.hubId, edgeId: e.edgeId, sessionId: e.sessionId, streamId: e.streamId });
+      const made = make(e.type, e.seq, e.time, e.data);
+      const viaMakeEvent = makeEvent({ ...e } as Parameters<typeof makeEvent>[0]);
+      expect(JSON.stringify(made)).toBe(JSON.stringify(viaMakeEvent));
+      expect(made.id).toBe(e.id);
+    }
+  });
+
+  it("numbers one actor's events, and an actor of another kind with the same ids gets other ids", () => {
+    const identity = { hubId: "hub-1", edgeId: "e1", sessionId: "s1", streamId: "7" };
+    const make = eventMaker(identity);
+    const data = { edgePort: 80, clientAddr: "203.0.113.9:1", target: "10.0.0.5:80" };
+    const a = make("stream.opened", 1, 5, data);
+    const b = make("stream.opened", 2, 5, data);
+    const u = make("udp.opened", 1, 5, { ...data, udpId: "7" } as never);
+    expect(a.id).toBe(eventId({ hubId: "hub-1", kind: "stream", sessionId: "s1", streamId: "7" }, 1));
+    expect(b.id).toBe(eventId({ hubId: "hub-1", kind: "stream", sessionId: "s1", streamId: "7" }, 2));
+    expect(u.id).toBe(eventId({ hubId: "hub-1", kind: "udp", sessionId: "s1", streamId: "7" }, 1));
+    // Back to the first kind after another: the id input follows the type, not the first call.
+    expect(make("stream.closed", 3, 6, data as never).id).toBe(eventId({ hubId: "hub-1", kind: "stream", sessionId: "s1", streamId: "7" }, 3));
   });
 });

@@ -12,7 +12,7 @@ import {
   type InputFrom,
 } from "xstate";
 import type { EventType } from "../events/catalog.js";
-import { makeEvent, type DomainEvent } from "../events/envelope.js";
+import { eventMaker, type DomainEvent } from "../events/envelope.js";
 import type { Fact } from "../machines/fact.js";
 
 /** XState's scheduler clock: real timers in production, `SimulatedClock` in tests. */
@@ -82,26 +82,27 @@ export interface FactLoggerOptions {
   readonly onSinkError: (error: unknown, event: DomainEvent) => void;
 }
 
-/** Turns an actor's numbered facts into catalog domain events for a non-blocking sink. */
-export const factLogger =
-  (options: FactLoggerOptions) =>
-  (f: Fact<EventType>, seq: number): void => {
-    const event = makeEvent({
-      type: f.type,
-      hubId: options.hubId,
-      edgeId: options.identity.edgeId,
-      sessionId: options.identity.sessionId,
-      streamId: options.identity.streamId,
-      seq,
-      time: toEpochMs(f.time ?? options.now()),
-      data: f.data,
-    } as Parameters<typeof makeEvent>[0]);
+/**
+ * Turns an actor's numbered facts into catalog domain events for a non-blocking sink. One event object per
+ * fact, built by the actor's `eventMaker` (identity and id hash input taken once per actor).
+ */
+export const factLogger = (options: FactLoggerOptions): ((f: Fact<EventType>, seq: number) => void) => {
+  const make = eventMaker({
+    hubId: options.hubId,
+    edgeId: options.identity.edgeId,
+    sessionId: options.identity.sessionId,
+    streamId: options.identity.streamId,
+  });
+  const { sink, now, onSinkError } = options;
+  return (f, seq) => {
+    const event = make(f.type, seq, toEpochMs(f.time ?? now()), f.data) as DomainEvent;
     try {
-      options.sink.append(event);
+      sink.append(event);
     } catch (error) {
-      options.onSinkError(error, event);
+      onSinkError(error, event);
     }
   };
+};
 
 /** For machines whose facts are catalog events (`Fact`): each fact becomes a `DomainEvent`. */
 export const startLoggedActor = <M extends AnyStateMachine>(options: LoggedActorOptions<M>): Actor<M> => {

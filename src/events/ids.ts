@@ -31,6 +31,15 @@ const sha256hex: (s: string) => string =
 export const eventId = (actor: ActorRef, seq: number): string => sha256hex(`${actorKey(actor)}\u0000${seq}`).slice(0, 32);
 
 /**
+ * `eventId` for callers that number many events of one actor: `prefix` is `actorKeyPrefix(actor)`, computed
+ * once per actor instead of once per event. Same ids.
+ */
+export const eventIdOf = (prefix: string, seq: number): string => sha256hex(prefix + seq).slice(0, 32);
+
+/** `actorKey(actor)` followed by the separator before the seq: the input of `eventIdOf`. */
+export const actorKeyPrefix = (actor: ActorRef): string => `${actorKey(actor)}\u0000`;
+
+/**
  * Message id of a batch of events (one JetStream message). Derived from its events' ids, so re-publishing
  * the same batch — from the in-memory queue or the outbox — is deduplicated by JetStream.
  */
