@@ -39,8 +39,7 @@ fn verifier_authenticates_like_a_secret() {
         .await;
         let good = hub.edge("e1", "s3cret", json!({}));
         good.events.wait_type("ports.assigned").await;
-        let data = random_bytes(4096);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        assert_echoes(port, 4096).await;
 
         let wrong = hub.edge("e1", "s3cret!", json!({}));
         let unknown = hub.edge("e2", "s3cret", json!({}));
@@ -65,11 +64,8 @@ fn verifier_authenticates_like_a_secret() {
 fn deferred_admission_admit_and_refuse(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (hub, edge) = Setup::new(&id)
-            .tcp(&[port])
-            .target(target)
+        let (setup, port, _) = echo_setup(&id).await;
+        let (hub, edge) = setup
             .hub(deferred(5_000))
             .transport(transport)
             .launch()
@@ -105,8 +101,7 @@ fn deferred_admission_admit_and_refuse(transport: &str) {
         let tunnel = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(tunnel["sessionId"], second.as_str());
         edge.events.wait_type("ports.assigned").await;
-        let data = random_bytes(10_000);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        assert_echoes(port, 10_000).await;
         assert!(!hub.hub.admit_edge("no-such-session", true, "", ""));
         stop_pair(&hub, &edge).await;
     });
@@ -143,9 +138,8 @@ fn deferred_admission_times_out_with_not_owner() {
 fn drop_edge_closes_the_session_with_the_reason(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (hub, edge) = tcp_pair(&id, port, target, transport).await;
+        let (setup, port, _) = echo_setup(&id).await;
+        let (hub, edge) = setup.transport(transport).start().await;
         // A stream held open across the drop.
         let mut held = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -194,32 +188,48 @@ fn start_multi_edge(ports: &[u16], id: &Identity, extra: Value) -> TestEdge {
     start_edge(ports[0], "e1", "s", Some(&id.fingerprint), config)
 }
 
-async fn two_hubs(
-    id: &Arc<Identity>,
+/// Hubs `hub-a` and `hub-b` (config keys `extra_a` / `extra_b`) that both serve edge `e1`, whose
+/// TCP `port` goes to an echo target.
+struct TwoHubs {
+    id: Arc<Identity>,
     port: u16,
-    target: u16,
-    extra_a: Value,
-    extra_b: Value,
-) -> (TestHub, TestHub) {
-    let setup = Setup::new(id).tcp(&[port]).target(target);
+    a: TestHub,
+    b: TestHub,
+}
+
+async fn two_hubs(extra_a: Value, extra_b: Value) -> TwoHubs {
+    let id = Arc::new(identity());
+    let (setup, port, _) = echo_setup(&id).await;
     let hub_a = setup.clone().hub(json!({ "hubId": "hub-a" })).hub(extra_a);
     let hub_b = setup.hub(json!({ "hubId": "hub-b" })).hub(extra_b);
-    (hub_a.start_hub().await, hub_b.start_hub().await)
+    let (a, b) = (hub_a.start_hub().await, hub_b.start_hub().await);
+    TwoHubs { id, port, a, b }
+}
+
+impl TwoHubs {
+    /// Edge `e1` whose hubs are A, then B.
+    fn edge(&self, extra: Value) -> TestEdge {
+        start_multi_edge(&[self.a.port, self.b.port], &self.id, extra)
+    }
+
+    /// Stops `edge`, then both hubs.
+    async fn stop(&self, edge: &TestEdge) {
+        edge.edge.stop().await;
+        self.a.hub.stop().await;
+        self.b.hub.stop().await;
+    }
 }
 
 fn fails_over_at_once_when_the_hub_stops(transport: &str) {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (a, b) = two_hubs(&id, port, target, json!({}), json!({})).await;
-        let edge = start_multi_edge(&[a.port, b.port], &id, transport_extra(transport));
+        let hubs = two_hubs(json!({}), json!({})).await;
+        let TwoHubs { port, a, b, .. } = &hubs;
+        let edge = hubs.edge(transport_extra(transport));
         let first = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(first["hubId"], "hub-a");
         assert_eq!(first["failover"], false);
         edge.events.wait_type("ports.assigned").await;
-        let data = random_bytes(20_000);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        assert_echoes(*port, 20_000).await;
 
         let stopped_at = tokio::time::Instant::now();
         a.hub.stop().await;
@@ -229,7 +239,7 @@ fn fails_over_at_once_when_the_hub_stops(transport: &str) {
         let second = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
         assert_eq!(second["hubId"], "hub-b");
         assert_eq!(second["failover"], true);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        assert_echoes(*port, 20_000).await;
         let took = stopped_at.elapsed();
         assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
         let status = edge.status_json();
@@ -282,15 +292,12 @@ async fn blackhole_proxy(upstream: u16) -> Blackhole {
 #[test]
 fn a_silent_hub_is_detected_and_the_edge_moves_within_3_s() {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
         // Hub A asks for slow liveness; with two hubs the edge keeps its own faster one.
         let slow = json!({ "pingIntervalMs": 5000, "idleTimeoutMs": 15000 });
-        let (a, b) = two_hubs(&id, port, target, slow, json!({})).await;
-        let proxy = blackhole_proxy(a.port).await;
+        let hubs = two_hubs(slow, json!({})).await;
+        let proxy = blackhole_proxy(hubs.a.port).await;
         let liveness = json!({ "pingIntervalMs": 500, "idleTimeoutMs": 2000 });
-        let edge = start_multi_edge(&[proxy.port, b.port], &id, liveness);
+        let edge = start_multi_edge(&[proxy.port, hubs.b.port], &hubs.id, liveness);
         let first = edge.events.wait_type("tunnel.connected").await;
         assert_eq!(first["hubId"], "hub-a");
         edge.events.wait_type("ports.assigned").await;
@@ -302,27 +309,22 @@ fn a_silent_hub_is_detected_and_the_edge_moves_within_3_s() {
         let second = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
         assert_eq!(second["hubId"], "hub-b");
         assert_eq!(second["failover"], true);
-        let data = random_bytes(5_000);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
+        assert_echoes(hubs.port, 5_000).await;
         let took = died_at.elapsed();
         assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
-        edge.edge.stop().await;
-        a.hub.stop().await;
-        b.hub.stop().await;
+        hubs.stop(&edge).await;
     });
 }
 
 #[test]
 fn not_owner_sends_the_edge_to_the_next_hub_at_once() {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (a, b) = two_hubs(&id, port, target, deferred(5_000), json!({})).await;
-        let edge = start_multi_edge(&[a.port, b.port], &id, json!({}));
-        let admitting = a.events.wait_type("edge.admitting").await;
+        let hubs = two_hubs(deferred(5_000), json!({})).await;
+        let edge = hubs.edge(json!({}));
+        let admitting = hubs.a.events.wait_type("edge.admitting").await;
         let session = admitting["sessionId"].as_str().unwrap();
-        assert!(a
+        assert!(hubs
+            .a
             .hub
             .admit_edge(session, false, "notOwner", "hub-b owns e1"));
         let rejected = edge.events.wait_type("tunnel.rejected").await;
@@ -333,36 +335,30 @@ fn not_owner_sends_the_edge_to_the_next_hub_at_once() {
         // The first session of the edge: not a failover.
         assert_eq!(connected["failover"], false);
         edge.events.wait_type("ports.assigned").await;
-        let data = random_bytes(1_000);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
-        edge.edge.stop().await;
-        a.hub.stop().await;
-        b.hub.stop().await;
+        assert_echoes(hubs.port, 1_000).await;
+        hubs.stop(&edge).await;
     });
 }
 
 #[test]
 fn drop_edge_moves_the_edge_to_the_other_hub() {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (a, b) = two_hubs(&id, port, target, json!({}), json!({})).await;
-        let edge = start_multi_edge(&[a.port, b.port], &id, json!({}));
+        let hubs = two_hubs(json!({}), json!({})).await;
+        let edge = hubs.edge(json!({}));
         edge.events.wait_type("ports.assigned").await;
-        assert!(a.hub.drop_edge("e1", GoAwayReason::LeaseLost, "lease lost"));
+        assert!(hubs
+            .a
+            .hub
+            .drop_edge("e1", GoAwayReason::LeaseLost, "lease lost"));
         let gone = edge.events.wait_type("tunnel.disconnected").await;
         assert_eq!(gone["reason"], "leaseLost");
         assert_eq!(gone["retryInMs"], 0);
         let moved = edge.events.wait_nth("tunnel.connected", 1, |_| true).await;
         assert_eq!(moved["hubId"], "hub-b");
         assert_eq!(moved["failover"], true);
-        b.events.wait_type("edge.connected").await;
-        let data = random_bytes(1_000);
-        assert_eq!(round_trip(port, &data).await.unwrap(), data);
-        edge.edge.stop().await;
-        a.hub.stop().await;
-        b.hub.stop().await;
+        hubs.b.events.wait_type("edge.connected").await;
+        assert_echoes(hubs.port, 1_000).await;
+        hubs.stop(&edge).await;
     });
 }
 
@@ -370,10 +366,8 @@ fn drop_edge_moves_the_edge_to_the_other_hub() {
 fn a_client_in_the_gap_is_relayed_once_a_tunnel_returns() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
+        let (setup, port, _) = echo_setup(&id).await;
         let later_port = free_port().await;
-        let setup = Setup::new(&id).tcp(&[port]).target(target);
         let hub_a = setup
             .clone()
             .hub(json!({ "hubId": "hub-a" }))
@@ -406,14 +400,8 @@ fn a_client_in_the_gap_is_relayed_once_a_tunnel_returns() {
 fn a_client_in_a_long_gap_is_reset_and_counted() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let port = free_port().await;
-        let (hub, edge) = Setup::new(&id)
-            .tcp(&[port])
-            .target(target)
-            .edge(json!({ "gapHoldMs": 300 }))
-            .start()
-            .await;
+        let (setup, port, _) = echo_setup(&id).await;
+        let (hub, edge) = setup.edge(json!({ "gapHoldMs": 300 })).start().await;
         hub.hub.stop().await;
         edge.events.wait_type("tunnel.disconnected").await;
         let started = tokio::time::Instant::now();

@@ -208,12 +208,8 @@ fn new_session_supersedes_the_old_one() {
 fn hub_stop_ends_streams_and_edge_reconnects_to_a_new_hub(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let edge_port = free_port().await;
-        let setup = Setup::new(&id)
-            .tcp(&[edge_port])
-            .target(target)
-            .transport(transport);
+        let (setup, edge_port, _) = echo_setup(&id).await;
+        let setup = setup.transport(transport);
         let (hub, edge) = setup.clone().start().await;
         let hub_port = hub.port;
         let mut live = TcpStream::connect(("127.0.0.1", edge_port)).await.unwrap();

@@ -13,14 +13,8 @@ use std::sync::Arc;
 fn fallback_to_tls_when_the_hub_serves_no_quic() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let edge_port = free_port().await;
-        let hub = Setup::new(&id)
-            .tcp(&[edge_port])
-            .target(target)
-            .hub(json!({ "quic": false }))
-            .start_hub()
-            .await;
+        let (setup, edge_port, _) = echo_setup(&id).await;
+        let hub = setup.hub(json!({ "quic": false })).start_hub().await;
         let status = hub.status_json();
         assert_eq!(status["quic"], false);
         let edge = hub.edge(
@@ -199,13 +193,8 @@ fn malformed_quic_input_is_a_protocol_error() {
 fn a_stream_reset_before_its_open_header_ends_only_that_stream() {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let edge_port = free_port().await;
-        let hub = Setup::new(&id)
-            .tcp(&[edge_port])
-            .target(target)
-            .start_hub()
-            .await;
+        let (setup, _, _) = echo_setup(&id).await;
+        let hub = setup.start_hub().await;
         let (_endpoint, conn, _control, _control_recv) =
             fake_quic_edge(hub.port, &id.fingerprint).await;
         hub.events.wait_type("edge.connected").await;

@@ -87,9 +87,8 @@ fn half_close_keeps_the_other_direction_open(transport: &str) {
 fn bulk_data_both_directions_many_streams(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
-        let (target, _lines) = echo_target().await;
-        let edge_port = free_port().await;
-        let (hub, edge) = tcp_pair(&id, edge_port, target, transport).await;
+        let (setup, edge_port, _) = echo_setup(&id).await;
+        let (hub, edge) = setup.transport(transport).start().await;
         let mut tasks = Vec::new();
         for i in 0..8 {
             tasks.push(tokio::spawn(async move {

@@ -421,6 +421,20 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     v
 }
 
+/// Sends `len` random bytes to `port`, half-closes, and asserts that exactly they come back.
+pub async fn assert_echoes(port: u16, len: usize) {
+    let data = random_bytes(len);
+    assert_eq!(round_trip(port, &data).await.unwrap(), data);
+}
+
+/// The start of most TCP scenarios: an echo target and a free edge port. Returns a `Setup` whose
+/// TCP port goes to the target, the edge port and the target's port.
+pub async fn echo_setup(id: &Arc<Identity>) -> (Setup, u16, u16) {
+    let (target, _lines) = echo_target().await;
+    let port = free_port().await;
+    (Setup::new(id).tcp(&[port]).target(target), port, target)
+}
+
 /// An edge entry with UDP ports; `target` (if any) is the target of every port, TCP and UDP.
 pub fn edge_entry_udp(
     id: &str,
