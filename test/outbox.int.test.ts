@@ -5,13 +5,14 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Effect, Layer, ManagedRuntime } from "effect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DomainEvent } from "../src/events/envelope.js";
 import * as Conn from "../src/nats/connection.js";
 import { EventLog, layer as eventLogLayer, type EventLogOptions } from "../src/nats/event-log.js";
+import { storedEvents as storedEventsOf } from "./helpers/event-log.js";
 import { makeStreamEvents, startTestNats, waitFor, type TestNats } from "./helpers/nats.js";
 
 let nats: TestNats;
@@ -49,26 +50,7 @@ const start = async (rt: Runtime): Promise<Runtime> => {
 };
 
 /** Every event stored in the stream, duplicates included (no dedup here: that is what is checked). */
-async function storedEvents(stream: string): Promise<Array<{ id: string; type: string; data: unknown }>> {
-  const nc = await connect({ servers: nats.url });
-  try {
-    const jsm = await jetstreamManager(nc);
-    const lastSeq = (await jsm.streams.info(stream)).state.last_seq;
-    if (lastSeq === 0) return [];
-    const ci = await jsm.consumers.add(stream, { ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, mem_storage: true });
-    const msgs = await (await jetstream(nc).consumers.get(stream, ci.name)).consume({ max_messages: 512 });
-    const out: Array<{ id: string; type: string; data: unknown }> = [];
-    for await (const m of msgs) {
-      out.push(...(JSON.parse(new TextDecoder().decode(m.data)) as Array<{ id: string; type: string; data: unknown }>));
-      if (m.seq >= lastSeq) break;
-    }
-    await msgs.close();
-    await jsm.consumers.delete(stream, ci.name);
-    return out;
-  } finally {
-    await nc.close();
-  }
-}
+const storedEvents = (stream: string): Promise<DomainEvent[]> => storedEventsOf(nats.url, stream);
 
 /** All streams capture portway.ev.>, so each test removes its stream for the next one. */
 async function deleteStream(stream: string): Promise<void> {
