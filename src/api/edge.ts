@@ -1,12 +1,12 @@
 /** `RemoteIngressEdge`: the seed project's Promise/EventEmitter API, a thin wrapper over the `Edge` service. */
 import { EventEmitter } from "node:events";
-import { Effect, Exit, Fiber, Scope, Stream } from "effect";
+import { Effect, Exit } from "effect";
 import type { EdgeOptions } from "../config/edge.js";
-import { AlreadyRunningError, NotRunningError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { ListenerProtocol, NativeEdgeEvent, StreamCloseReason, TunnelTransport } from "../native/events.js";
 import type { NativeEdgeStatus, NativeListenerError } from "../native/status.js";
 import { Edge, type EdgeEvent, type EdgeService } from "../edge/service.js";
+import { Lifecycle } from "./lifecycle.js";
 import { runToPromise } from "./run.js";
 
 /**
@@ -306,14 +306,6 @@ const STOPPED_STATUS: RemoteIngressEdgeStatus = {
   listenerErrors: [],
 };
 
-const DRAIN_TIMEOUT_MS = 2000;
-
-interface Running {
-  readonly scope: Scope.CloseableScope;
-  readonly edge: EdgeService;
-  readonly consumer: Fiber.RuntimeFiber<void>;
-}
-
 /**
  * An edge: dials a hub, opens the public ports the hub assigns, and relays each client through the tunnel.
  *
@@ -325,18 +317,17 @@ interface Running {
  * ```
  */
 export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
-  #running: Running | undefined;
-  #transition: Promise<void> | undefined;
+  readonly #life = new Lifecycle<EdgeService, EdgeEvent>("edge");
   #lastPublicIp: string | null = null;
 
   /** True between a successful `start()` and `stop()`. */
   get running(): boolean {
-    return this.#running !== undefined;
+    return this.#life.service !== undefined;
   }
 
   /** The running edge's Effect service; undefined when stopped. */
   get service(): EdgeService | undefined {
-    return this.#running?.edge;
+    return this.#life.service;
   }
 
   /**
@@ -344,28 +335,7 @@ export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
    * `ConfigError` (including a malformed token), `EdgeStartError`, `AddonLoadError` or `AlreadyRunningError`.
    */
   async start(options: RemoteIngressEdgeOptions): Promise<void> {
-    if (this.#running !== undefined || this.#transition !== undefined) {
-      throw new AlreadyRunningError({ message: "edge is already running (or starting/stopping); call stop() first" });
-    }
-    const starting = this.#start(options);
-    this.#transition = starting.catch(() => undefined);
-    try {
-      await starting;
-    } finally {
-      this.#transition = undefined;
-    }
-  }
-
-  async #start(options: RemoteIngressEdgeOptions): Promise<void> {
-    const scope = Effect.runSync(Scope.make());
-    try {
-      const edge = await runToPromise(Scope.extend(Edge.make(options), scope));
-      const consumer = Effect.runFork(Stream.runForEach(edge.events, (event) => Effect.sync(() => this.#emit(event))));
-      this.#running = { scope, edge, consumer };
-    } catch (error) {
-      await Effect.runPromise(Scope.close(scope, Exit.void));
-      throw error;
-    }
+    await this.#life.start(Edge.make(options), (event) => this.#emit(event));
   }
 
   #emit(event: EdgeEvent): void {
@@ -373,17 +343,18 @@ export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
     const mapped = toEdgeApiEvent(event);
     if (mapped !== undefined) (this.emit as (name: string, payload: unknown) => boolean)(mapped[0], mapped[1]);
     if (event.type === "publicIp.discovered") this.#notePublicIp(event.ip);
-    if (event.type === "tunnel.connected" && this.#running !== undefined) {
-      const status = Effect.runSyncExit(this.#running.edge.status);
+    const edge = this.#life.service;
+    if (event.type === "tunnel.connected" && edge !== undefined) {
+      const status = Effect.runSyncExit(edge.status);
       if (Exit.isSuccess(status)) this.#notePublicIp(status.value.publicIp);
     }
   }
 
   /** A status snapshot; when stopped, `running` and `connected` are false and lists are empty. */
   async getStatus(): Promise<RemoteIngressEdgeStatus> {
-    const running = this.#running;
-    if (running === undefined) return STOPPED_STATUS;
-    const status = toStatus(await runToPromise(running.edge.status));
+    const edge = this.#life.service;
+    if (edge === undefined) return STOPPED_STATUS;
+    const status = toStatus(await runToPromise(edge.status));
     this.#notePublicIp(status.publicIp);
     return status;
   }
@@ -401,32 +372,11 @@ export class RemoteIngressEdge extends EventEmitter<RemoteIngressEdgeEvents> {
    * `EdgeConnectTimeoutError` (carrying the last connection error) after `timeoutMs`.
    */
   async waitConnected(timeoutMs = 10_000): Promise<RemoteIngressEdgeStatus> {
-    const running = this.#running;
-    if (running === undefined) throw new NotRunningError({ message: "edge is not running; call start() first" });
-    return toStatus(await runToPromise(running.edge.waitConnected(timeoutMs)));
+    return toStatus(await runToPromise(this.#life.require().waitConnected(timeoutMs)));
   }
 
   /** Stops the edge (closes listeners and the tunnel) after emitting the last events. Idempotent. */
   async stop(): Promise<void> {
-    if (this.#transition !== undefined) await this.#transition;
-    const running = this.#running;
-    if (running === undefined) return;
-    this.#running = undefined;
-    const stopping = (async () => {
-      await Effect.runPromise(Scope.close(running.scope, Exit.void));
-      await Effect.runPromise(
-        Fiber.join(running.consumer).pipe(
-          Effect.timeout(DRAIN_TIMEOUT_MS),
-          Effect.catchAll(() => Fiber.interrupt(running.consumer)),
-          Effect.asVoid,
-        ),
-      );
-    })();
-    this.#transition = stopping;
-    try {
-      await stopping;
-    } finally {
-      this.#transition = undefined;
-    }
+    await this.#life.stop();
   }
 }

@@ -1,9 +1,8 @@
 /** `RemoteIngressHub`: the seed project's Promise/EventEmitter API, a thin wrapper over the `Hub` service. */
 import type { OwnershipStatus } from "../cluster/ownership.js";
 import { EventEmitter } from "node:events";
-import { Effect, Exit, Fiber, Scope, Stream } from "effect";
+import { Effect } from "effect";
 import type { AllowedEdgeInput, HubOptions } from "../config/hub.js";
-import { AlreadyRunningError, NotRunningError } from "../errors.js";
 import type { EventStreamProblem } from "../native/addon.js";
 import type { AuthFailedReason, EdgeDisconnectReason, NativeHubEvent, StreamCloseReason } from "../native/events.js";
 import type { NativeHubStatus } from "../native/status.js";
@@ -14,6 +13,7 @@ import type { NatsConnection } from "../nats/connection.js";
 import type { EdgeHistory } from "../nats/history.js";
 import { HistoryProjection } from "../nats/history.js";
 import { liveEventsIterable, replayHistoryIterable, type LiveOptions, type ReplayOptions } from "../nats/replay.js";
+import { Lifecycle } from "./lifecycle.js";
 import { runToPromise } from "./run.js";
 
 /** Options for `RemoteIngressHub.start()`: the seed's fields plus optional extras (see `HubOptions`). */
@@ -250,15 +250,6 @@ const toStatus = (status: NativeHubStatus, fingerprint: string, events: HubEvent
   events,
 });
 
-/** How long `stop()` waits for the last events to be emitted after the hub stopped. */
-const DRAIN_TIMEOUT_MS = 2000;
-
-interface Running {
-  readonly scope: Scope.CloseableScope;
-  readonly hub: HubService;
-  readonly consumer: Fiber.RuntimeFiber<void>;
-}
-
 /**
  * A hub: accepts edges over TLS and forwards their client streams to targets with a PROXY header.
  *
@@ -270,45 +261,23 @@ interface Running {
  * ```
  */
 export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
-  #running: Running | undefined;
-  #transition: Promise<void> | undefined;
+  readonly #life = new Lifecycle<HubService, HubEvent>("hub");
   #lastTunnelPort: number | undefined;
 
   /** True between a successful `start()` and `stop()`. */
   get running(): boolean {
-    return this.#running !== undefined;
+    return this.#life.service !== undefined;
   }
 
   /** The running hub's Effect service (for mixing with the Effect API); undefined when stopped. */
   get service(): HubService | undefined {
-    return this.#running?.hub;
+    return this.#life.service;
   }
 
   /** Starts the hub; resolves once the tunnel port listens. Rejects with `ConfigError`, `HubStartError`, `AddonLoadError`, or `AlreadyRunningError`. */
   async start(options: RemoteIngressHubOptions = {}): Promise<void> {
-    if (this.#running !== undefined || this.#transition !== undefined) {
-      throw new AlreadyRunningError({ message: "hub is already running (or starting/stopping); call stop() first" });
-    }
-    const starting = this.#start(options);
-    this.#transition = starting.catch(() => undefined);
-    try {
-      await starting;
-    } finally {
-      this.#transition = undefined;
-    }
-  }
-
-  async #start(options: RemoteIngressHubOptions): Promise<void> {
-    const scope = Effect.runSync(Scope.make());
-    try {
-      const hub = await runToPromise(Scope.extend(Hub.make(options), scope));
-      const consumer = Effect.runFork(Stream.runForEach(hub.events, (event) => Effect.sync(() => this.#emit(event))));
-      this.#lastTunnelPort = hub.tunnelPort;
-      this.#running = { scope, hub, consumer };
-    } catch (error) {
-      await Effect.runPromise(Scope.close(scope, Exit.void));
-      throw error;
-    }
+    const make = Hub.make(options).pipe(Effect.tap((hub) => Effect.sync(() => (this.#lastTunnelPort = hub.tunnelPort))));
+    await this.#life.start(make, (event) => this.#emit(event));
   }
 
   #emit(event: HubEvent): void {
@@ -319,29 +288,26 @@ export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
 
   /** Replaces the allowed-edge list (full replacement). Connected edges get new ports live; removed ones are cut. */
   async updateAllowedEdges(edges: ReadonlyArray<AllowedEdgeInput>): Promise<void> {
-    const running = this.#running;
-    if (running === undefined) throw new NotRunningError({ message: "hub is not running; call start() first" });
-    await runToPromise(running.hub.updateAllowedEdges(edges));
+    await runToPromise(this.#life.require().updateAllowedEdges(edges));
   }
 
   /** A status snapshot. When stopped: `{ running: false, tunnelPort, connectedEdges: [] }`. */
   async getStatus(): Promise<RemoteIngressHubStatus> {
-    const running = this.#running;
-    if (running === undefined) {
+    const hub = this.#life.service;
+    if (hub === undefined) {
       return { running: false, tunnelPort: this.#lastTunnelPort ?? 0, connectedEdges: [] };
     }
-    const events = await runToPromise(running.hub.eventsStatus);
-    const status = toStatus(await runToPromise(running.hub.status), running.hub.fingerprint, events);
-    const ownership = running.hub.ownership;
+    const events = await runToPromise(hub.eventsStatus);
+    const status = toStatus(await runToPromise(hub.status), hub.fingerprint, events);
+    const ownership = hub.ownership;
     return ownership === undefined ? status : { ...status, cluster: ownership() };
   }
 
   /** The running hub's event log connection; rejects when stopped or when events are off. */
   async #eventLog(): Promise<{ readonly nc: NatsConnection; readonly stream: string }> {
-    const running = this.#running;
-    if (running === undefined) throw new NotRunningError({ message: "hub is not running; call start() first" });
-    const log = running.hub.eventLog;
-    if (log === undefined) throw new EventLogDisabled({ hubId: running.hub.hubId });
+    const hub = this.#life.require();
+    const log = hub.eventLog;
+    if (log === undefined) throw new EventLogDisabled({ hubId: hub.hubId });
     return { nc: await Effect.runPromise(log.client.connection), stream: log.stream };
   }
 
@@ -369,31 +335,12 @@ export class RemoteIngressHub extends EventEmitter<RemoteIngressHubEvents> {
 
   /** Resolves once every event so far is acknowledged by JetStream (waits while NATS is unreachable). */
   async flushEvents(): Promise<void> {
-    const log = this.#running?.hub.eventLog;
+    const log = this.#life.service?.eventLog;
     if (log !== undefined) await Effect.runPromise(log.log.whenIdle);
   }
 
   /** Stops the hub (edges get GoAway, streams are cut) after emitting the last events. Idempotent. */
   async stop(): Promise<void> {
-    if (this.#transition !== undefined) await this.#transition;
-    const running = this.#running;
-    if (running === undefined) return;
-    this.#running = undefined;
-    const stopping = (async () => {
-      await Effect.runPromise(Scope.close(running.scope, Exit.void));
-      await Effect.runPromise(
-        Fiber.join(running.consumer).pipe(
-          Effect.timeout(DRAIN_TIMEOUT_MS),
-          Effect.catchAll(() => Fiber.interrupt(running.consumer)),
-          Effect.asVoid,
-        ),
-      );
-    })();
-    this.#transition = stopping;
-    try {
-      await stopping;
-    } finally {
-      this.#transition = undefined;
-    }
+    await this.#life.stop();
   }
 }
