@@ -134,7 +134,8 @@ export const makeNatsClient = (opts: NatsClientOptions): Effect.Effect<NatsClien
       pingInterval: 5_000,
       maxPingOut: 2,
       // Otherwise every request (each JetStream publish) captures two Error stack traces up front for its
-      // possible failure, 10-19 µs each measured here, on the event log's hot path; failures still carry their message and cause.
+      // possible failure, 10-19 µs each measured here, on the event log's hot path. Failures still carry
+      // their message and cause.
       noAsyncTraces: true,
       ...(opts.user !== undefined ? { user: opts.user } : {}),
       ...(opts.pass !== undefined ? { pass: opts.pass } : {}),
