@@ -7,49 +7,36 @@
  * `upcast.ts`; old shapes are frozen in `test/fixtures/events/`.
  */
 import { Schema } from "effect";
+import {
+  AuthFailedReason as AddonAuthFailedReason,
+  EdgeDisconnectReason as AddonEdgeDisconnectReason,
+  StreamCloseReason as AddonStreamCloseReason,
+} from "../native/events.js";
 
 const Count = Schema.NonNegativeInt;
 const Port = Schema.Int.pipe(Schema.between(0, 65535));
 const NullableString = Schema.NullOr(Schema.String);
 
-/** Why a tunnel session ended. The first seven come from the addon; the rest are decided by the hub. */
+// The reasons the addon reports (src/native/events.ts) are stored as they are; the hub adds its own.
+
+/** Why a tunnel session ended: the addon's reasons (leaseLost / notOwner: HA, the hub dropped the edge), then the hub's. */
 export const EdgeDisconnectReason = Schema.Literal(
-  "edgeClosed",
-  "timeout",
-  "protocolError",
-  "revoked",
-  "superseded",
-  "hubShutdown",
-  "ioError",
+  ...AddonEdgeDisconnectReason.literals,
   /** The hub died with this session open; closed while rebuilding state at the next start. */
   "hubRestarted",
   /** The edge lost this hub and moved to another (HA). */
   "hubLost",
-  /** HA: this hub could not renew its ownership lease and dropped the edge (self-fencing). */
-  "leaseLost",
-  /** HA: another hub owns the edge; this hub dropped it. */
-  "notOwner",
 );
 export type EdgeDisconnectReason = typeof EdgeDisconnectReason.Type;
 
-export const AuthFailReason = Schema.Literal(
-  "authFailed",
-  "versionUnsupported",
-  "malformedHello",
-  "handshakeTimeout",
-  "tlsError",
-);
+/** Why the hub refused an edge during the handshake: exactly the addon's reasons. */
+export const AuthFailReason = AddonAuthFailedReason;
 export type AuthFailReason = typeof AuthFailReason.Type;
 
+/** Why a stream ended: the addon's reasons, then the hub's. */
 export const StreamCloseReason = Schema.Literal(
-  "clientClosed",
-  "targetClosed",
-  "targetRefused",
-  "timeout",
-  "tunnelLost",
-  "hubShutdown",
-  "reset",
-  "protocolError",
+  ...AddonStreamCloseReason.literals,
+  /** The hub died with this stream open; closed while rebuilding state at the next start. */
   "hubRestarted",
   /** HA: the hub carrying it died; closed in the log by the hub that took the edge over. */
   "hubLost",

@@ -15,6 +15,9 @@ const NullableString = Schema.optionalWith(Schema.NullOr(Schema.String), { defau
 const event = <T extends string, F extends Schema.Struct.Fields>(type: T, fields: F) =>
   Schema.Struct({ type: Schema.Literal(type), seq: Seq, atMs: Schema.Number, ...fields });
 
+// The reason lists below are also stored in the event log as they are (src/events/catalog.ts derives its lists
+// from them): adding a reason here changes the stored schema too (docs/events.md).
+
 /** Why the hub refused an edge during the handshake. */
 export const AuthFailedReason = Schema.Literal(
   "authFailed",
