@@ -14,6 +14,16 @@ async fn client() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
 
+/// Hub (config keys `hub_extra`) + edge over `transport` whose UDP port (returned) goes to a UDP echo
+/// target expecting PROXY v2; once `ports.assigned`.
+async fn echo_pair(transport: &str, hub_extra: serde_json::Value) -> (TestHub, TestEdge, u16) {
+    let id = Arc::new(identity());
+    let (target, _seen) = udp_echo_target(true).await;
+    let port = free_udp_port().await;
+    let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
+    (hub, edge, port)
+}
+
 fn udp_echo_with_proxy_v2(transport: &str) {
     runtime().block_on(async {
         let id = Arc::new(identity());
@@ -146,11 +156,7 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
     const SESSIONS: usize = 200;
     const PACKETS: u32 = 25;
     runtime().block_on(async {
-            let id = Arc::new(identity());
-            let (target, _seen) = udp_echo_target(true).await;
-            let port = free_udp_port().await;
-            let hub_extra = json!({ "udpIdleTimeoutMs": 1500 });
-            let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
+            let (hub, edge, port) = echo_pair(transport, json!({ "udpIdleTimeoutMs": 1500 })).await;
 
             let mut tasks = Vec::new();
             for s in 0..SESSIONS {
@@ -240,11 +246,7 @@ fn many_concurrent_sessions_with_sequence_numbers(transport: &str) {
 
 fn idle_sessions_expire_and_new_ones_open(transport: &str) {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _seen) = udp_echo_target(true).await;
-        let port = free_udp_port().await;
-        let hub_extra = json!({ "udpIdleTimeoutMs": 300 });
-        let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
+        let (hub, edge, port) = echo_pair(transport, json!({ "udpIdleTimeoutMs": 300 })).await;
         let c = client().await;
         udp_ask_retry(&c, port, b"one").await;
         udp_ask_retry(&c, port, b"two").await;
@@ -267,11 +269,7 @@ fn idle_sessions_expire_and_new_ones_open(transport: &str) {
 
 fn session_cap_refuses_new_clients_and_keeps_old_ones(transport: &str) {
     runtime().block_on(async {
-        let id = Arc::new(identity());
-        let (target, _seen) = udp_echo_target(true).await;
-        let port = free_udp_port().await;
-        let hub_extra = json!({ "maxUdpSessionsPerEdge": 3 });
-        let (hub, edge) = udp_pair(&id, port, target, transport, hub_extra).await;
+        let (hub, edge, port) = echo_pair(transport, json!({ "maxUdpSessionsPerEdge": 3 })).await;
         let mut clients = Vec::new();
         for i in 0..3 {
             let c = client().await;
