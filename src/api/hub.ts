@@ -144,6 +144,26 @@ export interface RemoteIngressHubEvents {
   eventStreamProblem: [EventStreamProblem];
 }
 
+/** The identifying fields of a stream event (the native event carries more: type, seq, atMs). */
+const streamFields = (e: HubStreamOpenedEvent): HubStreamOpenedEvent => ({
+  edgeId: e.edgeId,
+  sessionId: e.sessionId,
+  streamId: e.streamId,
+  edgePort: e.edgePort,
+  clientAddr: e.clientAddr,
+  target: e.target,
+});
+
+/** The identifying fields of a UDP session event. */
+const udpFields = (e: HubUdpSessionOpenedEvent): HubUdpSessionOpenedEvent => ({
+  edgeId: e.edgeId,
+  sessionId: e.sessionId,
+  udpSessionId: e.udpSessionId,
+  edgePort: e.edgePort,
+  clientAddr: e.clientAddr,
+  target: e.target,
+});
+
 /** Maps one hub event to the seed API's event name and payload. */
 export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEvents]: [K, ...RemoteIngressHubEvents[K]] }[keyof RemoteIngressHubEvents] | undefined => {
   switch (event.type) {
@@ -160,27 +180,12 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
         { remoteAddr: event.remoteAddr, claimedEdgeId: event.claimedEdgeId, reason: event.reason },
       ];
     case "stream.opened":
-      return [
-        "streamOpened",
-        {
-          edgeId: event.edgeId,
-          sessionId: event.sessionId,
-          streamId: event.streamId,
-          edgePort: event.edgePort,
-          clientAddr: event.clientAddr,
-          target: event.target,
-        },
-      ];
+      return ["streamOpened", streamFields(event)];
     case "stream.closed":
       return [
         "streamClosed",
         {
-          edgeId: event.edgeId,
-          sessionId: event.sessionId,
-          streamId: event.streamId,
-          edgePort: event.edgePort,
-          clientAddr: event.clientAddr,
-          target: event.target,
+          ...streamFields(event),
           bytesIn: event.bytesIn,
           bytesOut: event.bytesOut,
           reason: event.reason,
@@ -189,28 +194,13 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
         },
       ];
     case "udp.opened":
-      return [
-        "udpSessionOpened",
-        {
-          edgeId: event.edgeId,
-          sessionId: event.sessionId,
-          udpSessionId: event.udpSessionId,
-          edgePort: event.edgePort,
-          clientAddr: event.clientAddr,
-          target: event.target,
-        },
-      ];
+      return ["udpSessionOpened", udpFields(event)];
     case "udp.expired":
     case "udp.closed":
       return [
         "udpSessionClosed",
         {
-          edgeId: event.edgeId,
-          sessionId: event.sessionId,
-          udpSessionId: event.udpSessionId,
-          edgePort: event.edgePort,
-          clientAddr: event.clientAddr,
-          target: event.target,
+          ...udpFields(event),
           packetsIn: event.packetsIn,
           packetsOut: event.packetsOut,
           bytesIn: event.bytesIn,
