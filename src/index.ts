@@ -34,6 +34,7 @@ export {
   type TunnelDisconnectedEvent,
   type TunnelRejectedEvent,
 } from "./api/edge.js";
+export type { StreamTotals, UdpSessionTotals } from "./api/totals.js";
 export {
   decodeConnectionToken,
   decodeToken,

@@ -3,11 +3,12 @@ import { EventEmitter } from "node:events";
 import { Effect, Exit } from "effect";
 import type { EdgeOptions } from "../config/edge.js";
 import type { EventStreamProblem } from "../native/addon.js";
-import type { ListenerProtocol, NativeEdgeEvent, StreamCloseReason, TunnelTransport } from "../native/events.js";
+import type { ListenerProtocol, NativeEdgeEvent, TunnelTransport } from "../native/events.js";
 import type { NativeEdgeStatus, NativeListenerError } from "../native/status.js";
 import { Edge, type EdgeEvent, type EdgeService } from "../edge/service.js";
 import { Lifecycle } from "./lifecycle.js";
 import { runToPromise } from "./run.js";
+import { streamTotals, udpSessionTotals, type StreamTotals, type UdpSessionTotals } from "./totals.js";
 
 /**
  * Options for `RemoteIngressEdge.start()`: `{ token }` or `{ hubHost, hubPort, edgeId, secret, bindAddress? }`,
@@ -85,14 +86,7 @@ export interface EdgeUdpSessionOpenedEvent {
 }
 
 /** `udpSessionClosed`: a UDP session expired (`reason: "idle"`) or closed. */
-export interface EdgeUdpSessionClosedEvent extends EdgeUdpSessionOpenedEvent {
-  readonly packetsIn: number;
-  readonly packetsOut: number;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly durationMs: number;
-  readonly reason: string;
-}
+export interface EdgeUdpSessionClosedEvent extends EdgeUdpSessionOpenedEvent, UdpSessionTotals {}
 
 /** `tunnelDisconnected`: the tunnel went down; the edge reconnects after `retryInMs` (null: it will not). */
 export interface TunnelDisconnectedEvent {
@@ -142,15 +136,7 @@ export interface EdgeStreamOpenedEvent {
 }
 
 /** `streamClosed`: a client stream ended. */
-export interface EdgeStreamClosedEvent extends EdgeStreamOpenedEvent {
-  /** Client → target bytes. */
-  readonly bytesIn: number;
-  /** Target → client bytes. */
-  readonly bytesOut: number;
-  readonly reason: StreamCloseReason;
-  readonly message: string;
-  readonly durationMs: number;
-}
+export interface EdgeStreamClosedEvent extends EdgeStreamOpenedEvent, StreamTotals {}
 
 /** Events a `RemoteIngressEdge` emits, with their payloads. */
 export interface RemoteIngressEdgeEvents {
@@ -217,12 +203,7 @@ export const toEdgeApiEvent = (event: EdgeEvent): EdgeApiEvent | undefined => {
           sessionId: event.sessionId,
           edgePort: event.edgePort,
           clientAddr: event.clientAddr,
-          packetsIn: event.packetsIn,
-          packetsOut: event.packetsOut,
-          bytesIn: event.bytesIn,
-          bytesOut: event.bytesOut,
-          durationMs: event.durationMs,
-          reason: event.reason,
+          ...udpSessionTotals(event),
         },
       ];
     case "tunnel.disconnected":
@@ -258,11 +239,7 @@ export const toEdgeApiEvent = (event: EdgeEvent): EdgeApiEvent | undefined => {
           sessionId: event.sessionId,
           edgePort: event.edgePort,
           clientAddr: event.clientAddr,
-          bytesIn: event.bytesIn,
-          bytesOut: event.bytesOut,
-          reason: event.reason,
-          message: event.message,
-          durationMs: event.durationMs,
+          ...streamTotals(event),
         },
       ];
     case "events.gap":

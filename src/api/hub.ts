@@ -4,7 +4,7 @@ import { EventEmitter } from "node:events";
 import { Effect } from "effect";
 import type { AllowedEdgeInput, HubOptions } from "../config/hub.js";
 import type { EventStreamProblem } from "../native/addon.js";
-import type { AuthFailedReason, EdgeDisconnectReason, NativeHubEvent, StreamCloseReason } from "../native/events.js";
+import type { AuthFailedReason, EdgeDisconnectReason, NativeHubEvent } from "../native/events.js";
 import type { NativeHubStatus } from "../native/status.js";
 import type { DomainEvent } from "../events/envelope.js";
 import { EventLogDisabled, type HubEventsStatusOrOff } from "../hub/event-log.js";
@@ -15,6 +15,7 @@ import { HistoryProjection } from "../nats/history.js";
 import { liveEventsIterable, replayHistoryIterable, type LiveOptions, type ReplayOptions } from "../nats/replay.js";
 import { Lifecycle } from "./lifecycle.js";
 import { runToPromise } from "./run.js";
+import { streamTotals, udpSessionTotals, type StreamTotals, type UdpSessionTotals } from "./totals.js";
 
 /** Options for `RemoteIngressHub.start()`: the seed's fields plus optional extras (see `HubOptions`). */
 export type RemoteIngressHubOptions = HubOptions;
@@ -92,15 +93,7 @@ export interface HubStreamOpenedEvent {
 }
 
 /** `streamClosed`: a relayed stream ended. */
-export interface HubStreamClosedEvent extends HubStreamOpenedEvent {
-  /** Client → target bytes. */
-  readonly bytesIn: number;
-  /** Target → client bytes. */
-  readonly bytesOut: number;
-  readonly reason: StreamCloseReason;
-  readonly message: string;
-  readonly durationMs: number;
-}
+export interface HubStreamClosedEvent extends HubStreamOpenedEvent, StreamTotals {}
 
 /** `udpSessionOpened`: a UDP session from a client on an edge port was opened toward its target. */
 export interface HubUdpSessionOpenedEvent {
@@ -113,14 +106,7 @@ export interface HubUdpSessionOpenedEvent {
 }
 
 /** `udpSessionClosed`: a UDP session expired (`reason: "idle"`) or closed. */
-export interface HubUdpSessionClosedEvent extends HubUdpSessionOpenedEvent {
-  readonly packetsIn: number;
-  readonly packetsOut: number;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly durationMs: number;
-  readonly reason: string;
-}
+export interface HubUdpSessionClosedEvent extends HubUdpSessionOpenedEvent, UdpSessionTotals {}
 
 /** Events a `RemoteIngressHub` emits, with their payloads. */
 export interface RemoteIngressHubEvents {
@@ -182,33 +168,12 @@ export const toHubApiEvent = (event: HubEvent): { [K in keyof RemoteIngressHubEv
     case "stream.opened":
       return ["streamOpened", streamFields(event)];
     case "stream.closed":
-      return [
-        "streamClosed",
-        {
-          ...streamFields(event),
-          bytesIn: event.bytesIn,
-          bytesOut: event.bytesOut,
-          reason: event.reason,
-          message: event.message,
-          durationMs: event.durationMs,
-        },
-      ];
+      return ["streamClosed", { ...streamFields(event), ...streamTotals(event) }];
     case "udp.opened":
       return ["udpSessionOpened", udpFields(event)];
     case "udp.expired":
     case "udp.closed":
-      return [
-        "udpSessionClosed",
-        {
-          ...udpFields(event),
-          packetsIn: event.packetsIn,
-          packetsOut: event.packetsOut,
-          bytesIn: event.bytesIn,
-          bytesOut: event.bytesOut,
-          durationMs: event.durationMs,
-          reason: event.reason,
-        },
-      ];
+      return ["udpSessionClosed", { ...udpFields(event), ...udpSessionTotals(event) }];
     case "events.gap":
     case "events.invalid":
       return ["eventStreamProblem", event];
