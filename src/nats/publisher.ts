@@ -37,9 +37,9 @@ export interface PublisherOptions {
    * event rate (`lingerMsPerEventPerMs` × events/ms, up to `maxLingerMs`): fewer, larger messages when busy.
    */
   readonly lingerMs?: number;
-  /** Upper bound of the rate-adaptive linger. Default 40 ms; equal to `lingerMs` turns adaptation off. */
+  /** Upper bound of the rate-adaptive linger. Default 100 ms; equal to `lingerMs` turns adaptation off. */
   readonly maxLingerMs?: number;
-  /** Linger per event/ms of recent append rate. Default 10 (≤ 200 events/s → 2 ms, 2,600 events/s → 26 ms, ≥ 4,000 → 40 ms). */
+  /** Linger per event/ms of recent append rate. Default 25 (≤ 80 events/s → 2 ms, 1,000 events/s → 25 ms, ≥ 4,000 → 100 ms). */
   readonly lingerMsPerEventPerMs?: number;
   readonly maxBatchEvents?: number;
   /** Batches whose JSON exceeds this are split. Default 512 KiB. */
@@ -88,8 +88,8 @@ interface Sealed {
 
 const DEFAULTS = {
   lingerMs: 2,
-  maxLingerMs: 40,
-  lingerMsPerEventPerMs: 10,
+  maxLingerMs: 100,
+  lingerMsPerEventPerMs: 25,
   maxBatchEvents: 1024,
   maxBatchBytes: 512 * 1024,
   maxMessageBytes: 4 * 1024 * 1024,
