@@ -56,13 +56,15 @@ fn dns_query_through_the_tunnel(transport: &str) {
                 .spawn()
                 .expect("start dnsmasq"),
         );
-        // Ready when it answers directly.
+        // Ready when it answers directly. Until dnsmasq has bound its port a query is refused at
+        // once (ICMP port unreachable), so the tries are spaced out: up to ~10 s in all.
         let mut ready = false;
-        for _ in 0..20 {
+        for _ in 0..100 {
             if dig(dns_port, "portway.test").await == "192.0.2.42" {
                 ready = true;
                 break;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(ready, "dnsmasq did not answer");
 
