@@ -55,8 +55,13 @@ const describeEventLog = (
     );
     const status = ev.status();
     if (!status.connected) log.line("warn", source, "event log: NATS not reachable yet; events wait in the disk outbox until it is");
-    if (status.outbox.records > 0) {
-      log.line("info", source, `event log: flushing ${status.outbox.records} batches (${formatBytes(status.outbox.bytes)}) the previous run left in the outbox`);
+    const left = status.outboxAtStart;
+    if (left.records > 0) {
+      log.line(
+        "info",
+        source,
+        `event log: flushing ${left.records} batches (${left.events} events, ${formatBytes(left.bytes)}) the previous run left in the outbox`,
+      );
     }
     yield* fork(
       Effect.flatMap(ev.recovery, (r) =>

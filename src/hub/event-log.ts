@@ -80,6 +80,8 @@ export interface HubEventsStatus {
   /** `outbox` while NATS is (or was recently) unreachable and events go to the disk outbox first. */
   readonly mode: "direct" | "outbox";
   readonly outbox: { readonly records: number; readonly bytes: number; readonly maxBytes: number; readonly full: boolean };
+  /** What the outbox held when this run opened it (left by a previous run); flushed before recovery runs. */
+  readonly outboxAtStart: { readonly records: number; readonly events: number; readonly bytes: number };
   readonly acceptedEvents: number;
   readonly appendedEvents: number;
   /** Events lost because the outbox was full or could not be written (also logged, and a `hub.eventsDropped` event). */
@@ -136,6 +138,7 @@ export const eventsStatusOf = (c: HubEventLogConnection, recovery: RecoveryStatu
     serverVersion: st.serverVersion,
     mode: st.mode,
     outbox: { records: st.outbox.records, bytes: st.outbox.bytes, maxBytes: st.outbox.maxBytes, full: st.outbox.full },
+    outboxAtStart: { records: st.recovered.records, events: st.recovered.events, bytes: st.recovered.bytes },
     acceptedEvents: st.acceptedEvents,
     appendedEvents: st.appendedEvents,
     droppedEvents: st.droppedEvents,
