@@ -15,6 +15,8 @@ pub mod stun;
 pub mod transport;
 pub mod tunnel;
 pub mod udp;
+#[cfg(target_os = "linux")]
+mod udp_mmsg;
 
 #[neon::main]
 fn main(mut cx: neon::prelude::ModuleContext) -> neon::prelude::NeonResult<()> {

@@ -24,6 +24,8 @@ use crate::protocol::frame::MAX_UDP_DATAGRAM;
 use crate::protocol::{proxy_v2_header, ProxyTransport, StreamOpen, UdpCloseReason};
 use crate::runtime::TaskGroup;
 use crate::tunnel::{Tunnel, UdpInbound, UdpSend};
+#[cfg(target_os = "linux")]
+use crate::udp_mmsg as mmsg;
 use bytes::Bytes;
 #[cfg(not(target_os = "linux"))]
 use std::cell::RefCell;
@@ -49,7 +51,7 @@ const EARLY_MAX_BYTES: usize = 256 * 1024;
 /// Rate limit of `udp.refused` / `udp.oversized` events.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Large enough for any UDP datagram, so none is ever truncated on receive.
-const RECV_BUF: usize = MAX_UDP_DATAGRAM + 1;
+pub(crate) const RECV_BUF: usize = MAX_UDP_DATAGRAM + 1;
 /// Datagrams handled per socket wake-up before giving other tasks a turn.
 const RECV_BATCH: usize = 64;
 /// Socket buffers (capped by the kernel at net.core.[rw]mem_max): an edge port's socket carries all
@@ -119,178 +121,6 @@ fn try_send_batch<'a>(
         match datagrams.next() {
             Some(data) => sock.try_send(data).map(|_| 1),
             None => Ok(0),
-        }
-    }
-}
-
-/// `recvmmsg`: one system call for up to `BATCH` datagrams (the per-datagram `recvfrom` was the
-/// largest share of the edge's CPU at high packet rates).
-#[cfg(target_os = "linux")]
-mod mmsg {
-    use super::RECV_BUF;
-    use std::cell::RefCell;
-    use std::io;
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-    use std::os::fd::AsRawFd;
-    use tokio::io::Interest;
-    use tokio::net::UdpSocket;
-
-    /// Datagrams per `recvmmsg`. Each slot holds the largest datagram, so none is truncated; the
-    /// buffer is per worker thread and only the pages datagrams are written to become resident.
-    pub const BATCH: usize = 32;
-
-    thread_local! {
-        pub static SLOTS: RefCell<Slots> = RefCell::new(Slots::new());
-    }
-
-    pub struct Slots {
-        data: Vec<u8>,
-        addrs: Vec<libc::sockaddr_storage>,
-        iovs: Vec<libc::iovec>,
-        hdrs: Vec<libc::mmsghdr>,
-    }
-
-    impl Slots {
-        fn new() -> Self {
-            // SAFETY: all-zero is a valid sockaddr_storage (plain C struct).
-            let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-            Self {
-                data: vec![0u8; BATCH * RECV_BUF],
-                addrs: vec![zero; BATCH],
-                iovs: Vec::with_capacity(BATCH),
-                hdrs: Vec::with_capacity(BATCH),
-            }
-        }
-    }
-
-    pub fn recv(
-        sock: &UdpSocket,
-        slots: &mut Slots,
-        mut f: impl FnMut(SocketAddr, &[u8]),
-    ) -> io::Result<usize> {
-        let Slots {
-            data,
-            addrs,
-            iovs,
-            hdrs,
-        } = slots;
-        iovs.clear();
-        hdrs.clear();
-        for chunk in data.chunks_exact_mut(RECV_BUF) {
-            iovs.push(libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: RECV_BUF,
-            });
-        }
-        for (iov, addr) in iovs.iter_mut().zip(addrs.iter_mut()) {
-            // SAFETY: all-zero is a valid mmsghdr (plain C struct); the pointers set below stay
-            // valid for the call (they point into `slots`, borrowed mutably for its duration).
-            let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdrs.push(hdr);
-        }
-        let fd = sock.as_raw_fd();
-        let n = sock.try_io(Interest::READABLE, || {
-            // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose buffers are valid.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    hdrs.len() as _,
-                    libc::MSG_DONTWAIT as _,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        })?;
-        for (i, hdr) in hdrs.iter().enumerate().take(n) {
-            let len = (hdr.msg_len as usize).min(RECV_BUF);
-            let Some(from) = socket_addr(&addrs[i]) else {
-                continue;
-            };
-            f(from, &data[i * RECV_BUF..i * RECV_BUF + len]);
-        }
-        Ok(n)
-    }
-
-    /// Datagrams per `sendmmsg`.
-    pub const SEND_BATCH: usize = 64;
-
-    /// `sendmmsg` on a connected socket: one system call for up to `SEND_BATCH` datagrams (the
-    /// per-datagram `send` was, with its wake-up, the hub's largest cost at high packet rates).
-    /// Returns how many were sent; an error is about the first datagram (none was sent).
-    pub fn send_connected<'a>(
-        sock: &UdpSocket,
-        datagrams: impl Iterator<Item = &'a [u8]>,
-    ) -> io::Result<usize> {
-        let mut iovs = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; SEND_BATCH];
-        let mut count = 0;
-        for (iov, data) in iovs.iter_mut().zip(datagrams) {
-            // sendmmsg only reads through the pointer.
-            iov.iov_base = data.as_ptr().cast_mut().cast();
-            iov.iov_len = data.len();
-            count += 1;
-        }
-        if count == 0 {
-            return Ok(0);
-        }
-        // SAFETY: all-zero is a valid mmsghdr (plain C struct): no address (the socket is
-        // connected), no control data; the iovec pointers set below stay valid for the call (they
-        // point into `iovs`, which outlives it, whose entries point into the borrowed datagrams).
-        let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-        for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()).take(count) {
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-        }
-        let fd = sock.as_raw_fd();
-        sock.try_io(Interest::WRITABLE, || {
-            // SAFETY: the first `count` headers are initialised and their buffers valid.
-            let n = unsafe {
-                libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as _, libc::MSG_DONTWAIT as _)
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        })
-    }
-
-    fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
-        match addr.ss_family as libc::c_int {
-            libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in.
-                let a = unsafe {
-                    &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-                };
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 => {
-                // SAFETY: the family says the storage holds a sockaddr_in6.
-                let a = unsafe {
-                    &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-                };
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
         }
     }
 }
