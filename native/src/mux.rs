@@ -21,7 +21,8 @@ use crate::protocol::{
 use crate::relay::TunnelStream;
 use crate::transport::TunnelIo;
 use crate::tunnel::{
-    apply_control, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend,
+    apply_control, udp_send_queue_bytes, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound,
+    UdpSend,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -34,12 +35,10 @@ use tokio::time::Instant;
 
 /// Frames that must stay in order with a stream's data (Open, Data, Fin, Close) share one bounded queue.
 const DATA_QUEUE_FRAMES: usize = 64;
-/// Datagrams waiting for the writer, at most (count and bytes); beyond that they are dropped. The
-/// count bounds small datagrams only (1 MiB is ~870 of 1,200 bytes): 8192 of 64 bytes ride out a
-/// writer stall of ~55 ms at 150k datagrams/s (1024 overflowed within 7 ms on a loaded machine;
-/// quinn's 1 MiB datagram send buffer already held as many on QUIC).
+/// Datagrams waiting for the writer, at most (count here, bytes: `udp_send_queue_bytes`); beyond
+/// that they are dropped. 8192 of 64 bytes ride out a writer stall of ~55 ms at 150k datagrams/s
+/// (1024 overflowed within 7 ms on a loaded machine).
 const UDP_QUEUE_FRAMES: usize = 8192;
-const UDP_QUEUE_BYTES: usize = 1024 * 1024;
 /// The writer stops coalescing once this much is buffered.
 const WRITE_COALESCE_BYTES: usize = 256 * 1024;
 /// The reader keeps at least this much free space before each read.
@@ -103,8 +102,9 @@ struct Shared {
     role: Role,
     data_tx: mpsc::Sender<Frame>,
     udp_tx: mpsc::Sender<Frame>,
-    /// Payload bytes in `udp_tx`.
+    /// Payload bytes in `udp_tx`, at most `udp_queue_bytes`.
     udp_queued: AtomicUsize,
+    udp_queue_bytes: usize,
     ctrl_tx: mpsc::UnboundedSender<Ctrl>,
     table: Mutex<StreamTable>,
     shutdown_tx: Mutex<Option<oneshot::Sender<ShutdownRequest>>>,
@@ -233,7 +233,7 @@ impl MuxHandle {
             };
         }
         let shared = &self.shared;
-        if shared.udp_queued.load(Ordering::Relaxed) + data.len() > UDP_QUEUE_BYTES {
+        if shared.udp_queued.load(Ordering::Relaxed) + data.len() > shared.udp_queue_bytes {
             return UdpSend::Dropped;
         }
         let permit = match shared.udp_tx.try_reserve() {
@@ -307,6 +307,7 @@ pub fn spawn<T: TunnelIo>(
         data_tx,
         udp_tx,
         udp_queued: AtomicUsize::new(0),
+        udp_queue_bytes: udp_send_queue_bytes(options.role),
         ctrl_tx,
         table: Mutex::new(StreamTable::default()),
         shutdown_tx: Mutex::new(Some(shutdown_tx)),

@@ -24,13 +24,16 @@ use crate::protocol::{
 use crate::relay::{StreamRx, StreamTx, TunnelStream};
 use crate::transport::tls;
 use crate::tunnel::{
-    apply_control, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound, UdpSend,
+    apply_control, udp_send_queue_bytes, Applied, TunnelClosed, TunnelEnd, TunnelEvent, UdpInbound,
+    UdpSend,
 };
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -43,9 +46,9 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection-wide receive window: bounds the memory one tunnel's streams can hold.
 pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Datagrams buffered by quinn: received ones waiting for the reader (beyond it quinn drops the
-/// oldest; counted, see `udp_receive_drops`), and outgoing ones waiting for the congestion window.
+/// oldest; counted, see `udp_receive_drops`), and outgoing ones waiting for the driver and the
+/// congestion window (`udp_send_queue_bytes`, by role).
 const DATAGRAM_RECV_BUFFER: usize = 4 * 1024 * 1024;
-const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;
 /// How long a new stream may take to deliver its `Open` header.
 const OPEN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing tunnel may take to deliver its GoAway before it is cut.
@@ -176,7 +179,11 @@ fn transport_config(
     // Bounded by config validation (at most a day), far inside QUIC's limit.
     t.max_idle_timeout(IdleTimeout::try_from(idle_timeout).ok());
     t.datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
-    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+    t.datagram_send_buffer_size(udp_send_queue_bytes(if server {
+        Role::Hub
+    } else {
+        Role::Edge
+    }));
     Arc::new(t)
 }
 
@@ -378,26 +385,24 @@ impl QuicHandle {
         let _ = self.ctrl(Frame::UdpClose { session_id, reason });
     }
 
-    /// Sends one datagram as a QUIC datagram. Never waits: quinn would silently evict older queued
-    /// datagrams to make room, so a datagram that does not fit the send buffer is dropped (and
-    /// counted by the caller) instead.
+    /// Sends one datagram as a QUIC datagram. Never waits: quinn's `send_datagram` would silently
+    /// evict older queued datagrams to make room, so a datagram that does not fit the send buffer is
+    /// dropped (and counted by the caller) instead. `send_datagram_wait` polled once does the size
+    /// check, the room check and the send under one lock of the connection (three separate calls
+    /// took it three times per datagram, each contending with the connection's driver).
     pub fn udp_datagram(&self, session_id: u32, data: &[u8]) -> UdpSend {
         let conn = &self.shared.conn;
-        let Some(max) = conn.max_datagram_size() else {
-            return UdpSend::Closed;
-        };
-        let max_payload = max.saturating_sub(QUIC_DATAGRAM_PREFIX);
-        if data.len() > max_payload {
-            return UdpSend::Oversized { max: max_payload };
-        }
-        if conn.datagram_send_buffer_space() < data.len() + QUIC_DATAGRAM_PREFIX {
-            return UdpSend::Dropped;
-        }
-        match conn.send_datagram(encode_quic_datagram(session_id, data)) {
-            Ok(()) => UdpSend::Sent,
-            Err(quinn::SendDatagramError::TooLarge) => UdpSend::Oversized { max: max_payload },
-            Err(quinn::SendDatagramError::ConnectionLost(_)) => UdpSend::Closed,
-            Err(_) => UdpSend::Dropped,
+        let send = conn.send_datagram_wait(encode_quic_datagram(session_id, data));
+        let mut send = std::pin::pin!(send);
+        match send.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => UdpSend::Sent,
+            Poll::Ready(Err(quinn::SendDatagramError::TooLarge)) => UdpSend::Oversized {
+                max: conn
+                    .max_datagram_size()
+                    .map_or(0, |max| max.saturating_sub(QUIC_DATAGRAM_PREFIX)),
+            },
+            Poll::Ready(Err(_)) => UdpSend::Closed,
+            Poll::Pending => UdpSend::Dropped,
         }
     }
 
