@@ -7,10 +7,16 @@
 //       datagrams of SIZE bytes for SECONDS, paced against the monotonic clock (catching up in batches of at most
 //       64 with one sendmmsg). Prints {"sent":N,"seconds":S,"cpuSeconds":C} (C: its own user + system CPU, which
 //       includes the kernel's loopback delivery to the receiving socket).
+//   udp-load reflect PORT RATE SECONDS SIZE
+//       The reply direction: binds 127.0.0.1:PORT (0 = any), prints "listening PORT", waits for one datagram,
+//       prints "started" and then sends to its source like `send` (no warm-up), e.g. from a tunnel's target back
+//       through the tunnel.
 //   udp-load sink
 //       Binds 127.0.0.1:0 with a 4 MiB receive buffer, prints "listening PORT", then counts measured datagrams.
 //       Commands on stdin, one per line: "z" zeroes the counters and prints "ok"; "r" prints
-//       {"received":N,"bytes":B,"reordered":R}. Exits when stdin closes.
+//       {"received":N,"bytes":B,"reordered":R}; "w PORT" sends a warm-up datagram from the sink's socket to
+//       127.0.0.1:PORT (opening a tunnel session whose replies the sink then counts) and prints "ok".
+//       Exits when stdin closes.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -39,19 +45,9 @@ static void sleep_us(long us) {
   nanosleep(&ts, NULL);
 }
 
-static int do_send(const char *host, int port, double rate, double seconds, int size) {
-  if (size < 16 || size > MAX_SIZE) {
-    fprintf(stderr, "size must be 16..%d\n", MAX_SIZE);
-    return 2;
-  }
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  if (fd < 0) return perror("socket"), 1;
-  int buf = 4 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, host, &to.sin_addr) != 1) return fprintf(stderr, "bad host %s\n", host), 2;
-  if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) return perror("connect"), 1;
-
+/** Sends numbered datagrams of SIZE bytes on the connected socket FD for SECONDS at RATE (0 = flat out), after 3
+ * warm-up datagrams when WARM_UP; prints the JSON summary. */
+static int blast(int fd, double rate, double seconds, int size, int warm_up) {
   static unsigned char payload[BATCH][MAX_SIZE];
   struct mmsghdr msgs[BATCH];
   struct iovec iov[BATCH];
@@ -64,7 +60,7 @@ static int do_send(const char *host, int port, double rate, double seconds, int 
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
   // Warm-up: kind 0, not counted by the sink.
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; warm_up && i < 3; i++) {
     payload[0][0] = 0;
     if (send(fd, payload[0], (size_t)size, 0) < 0 && errno != ECONNREFUSED) perror("send");
     sleep_us(100000);
@@ -99,6 +95,61 @@ static int do_send(const char *host, int port, double rate, double seconds, int 
   double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
   printf("{\"sent\":%llu,\"seconds\":%.6f,\"cpuSeconds\":%.6f}\n", (unsigned long long)sent, now_s() - start, cpu);
   return 0;
+}
+
+static int check_size(int size) {
+  if (size < 16 || size > MAX_SIZE) {
+    fprintf(stderr, "size must be 16..%d\n", MAX_SIZE);
+    return 2;
+  }
+  return 0;
+}
+
+static int do_send(const char *host, int port, double rate, double seconds, int size) {
+  if (check_size(size)) return 2;
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) return perror("socket"), 1;
+  int buf = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  if (inet_pton(AF_INET, host, &to.sin_addr) != 1) return fprintf(stderr, "bad host %s\n", host), 2;
+  if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) return perror("connect"), 1;
+  return blast(fd, rate, seconds, size, 1);
+}
+
+/** Binds 127.0.0.1:PORT, waits for one datagram, then sends to its source like `send` (no warm-up). */
+static int do_reflect(int port, double rate, double seconds, int size) {
+  if (check_size(size)) return 2;
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) return perror("socket"), 1;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int buf = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return perror("bind"), 1;
+  socklen_t len = sizeof addr;
+  getsockname(fd, (struct sockaddr *)&addr, &len);
+  printf("listening %d\n", ntohs(addr.sin_port));
+  fflush(stdout);
+  unsigned char first[2048];
+  struct sockaddr_in peer;
+  socklen_t peer_len = sizeof peer;
+  if (recvfrom(fd, first, sizeof first, 0, (struct sockaddr *)&peer, &peer_len) < 0) return perror("recvfrom"), 1;
+  if (connect(fd, (struct sockaddr *)&peer, peer_len) < 0) return perror("connect"), 1;
+  printf("started\n");
+  fflush(stdout);
+  return blast(fd, rate, seconds, size, 0);
+}
+
+/** Sends one warm-up datagram (kind 0) from the sink's socket to 127.0.0.1:PORT (without waiting: the sink must
+ * keep reading). */
+static void warm_up(int fd, int port) {
+  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  unsigned char payload[16] = {0};
+  if (sendto(fd, payload, sizeof payload, 0, (struct sockaddr *)&to, sizeof to) < 0) perror("sendto");
 }
 
 static int do_sink(void) {
@@ -157,11 +208,16 @@ static int do_sink(void) {
       char *nl;
       while ((nl = memchr(line, '\n', have)) != NULL) {
         char cmd = line[0];
+        *nl = 0;
+        int arg = atoi(line + 1);
         size_t used = (size_t)(nl - line) + 1;
         memmove(line, nl + 1, have - used);
         have -= used;
         if (cmd == 'z') {
           received = bytes = reordered = last = 0;
+          printf("ok\n");
+        } else if (cmd == 'w') {
+          warm_up(fd, arg);
           printf("ok\n");
         } else if (cmd == 'r') {
           printf("{\"received\":%llu,\"bytes\":%llu,\"reordered\":%llu}\n", (unsigned long long)received,
@@ -177,7 +233,8 @@ static int do_sink(void) {
 int main(int argc, char **argv) {
   if (argc >= 7 && strcmp(argv[1], "send") == 0)
     return do_send(argv[2], atoi(argv[3]), atof(argv[4]), atof(argv[5]), atoi(argv[6]));
+  if (argc >= 6 && strcmp(argv[1], "reflect") == 0) return do_reflect(atoi(argv[2]), atof(argv[3]), atof(argv[4]), atoi(argv[5]));
   if (argc >= 2 && strcmp(argv[1], "sink") == 0) return do_sink();
-  fprintf(stderr, "usage: udp-load send HOST PORT RATE SECONDS SIZE | udp-load sink\n");
+  fprintf(stderr, "usage: udp-load send HOST PORT RATE SECONDS SIZE | udp-load reflect PORT RATE SECONDS SIZE | udp-load sink\n");
   return 2;
 }

@@ -46,6 +46,8 @@ export const startUdpSink = async (bin) => {
     pid: child.pid,
     zero: () => command("z"),
     read: async () => JSON.parse(await command("r")),
+    /** Sends 3 warm-up datagrams from the sink's socket to 127.0.0.1:`port` (opens a session for replies). */
+    warm: (port) => command(`w ${port}`),
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const gone = once(child, "exit");
@@ -57,9 +59,11 @@ export const startUdpSink = async (bin) => {
   };
 };
 
-const send = (bin, { port, rate, seconds, size }) =>
+/** Runs `udp-load ARGS…` to its end; resolves with its JSON summary. `onLine` sees each stdout line as it comes. */
+const runLoad = (bin, args, onLine = () => {}) =>
   new Promise((resolve, reject) => {
-    const child = spawn(bin, ["send", "127.0.0.1", String(port), String(rate), String(seconds), String(size)], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(bin, args.map(String), { stdio: ["ignore", "pipe", "pipe"] });
+    createInterface({ input: child.stdout }).on("line", onLine);
     let out = "";
     let err = "";
     child.stdout.on("data", (c) => (out += c));
@@ -68,24 +72,45 @@ const send = (bin, { port, rate, seconds, size }) =>
     child.once("exit", (code) => {
       try {
         if (code !== 0) throw new Error(`exit ${code}`);
-        resolve(JSON.parse(out));
+        resolve(JSON.parse(out.trim().split("\n").at(-1)));
       } catch (error) {
-        reject(new Error(`udp-load send failed (${error.message}): ${err || out}`));
+        reject(new Error(`udp-load ${args[0]} failed (${error.message}): ${err || out}`));
       }
     });
   });
 
+const send = (bin, { port, rate, seconds, size }) => runLoad(bin, ["send", "127.0.0.1", port, rate, seconds, size]);
+
 /**
- * One run: zero the sink, send for `seconds` at `rate` (0 = as fast as possible) to `port`, wait until the sink
+ * The reply direction: `udp-load reflect` binds `port` (0 = any), the sink sends a warm-up datagram to `warmPort`
+ * (the reflector itself, or an edge port whose tunnel target is the reflector) every 250 ms until the reflector has
+ * one, and the reflector then sends to whoever reached it. Resolves like `send`.
+ */
+export const reflect = (bin, sink, { port, warmPort, rate, seconds, size }) =>
+  new Promise((resolve, reject) => {
+    let timer;
+    const done = runLoad(bin, ["reflect", port, rate, seconds, size], (line) => {
+      const m = /^listening (\d+)$/.exec(line);
+      if (m) {
+        const warm = () => sink.warm(warmPort ?? Number(m[1])).catch(reject);
+        warm();
+        timer = setInterval(warm, 250);
+      } else if (line === "started") clearInterval(timer);
+    });
+    done.then(resolve, reject).finally(() => clearInterval(timer));
+  });
+
+/**
+ * One run: zero the sink, send for `seconds` at `rate` (0 = as fast as possible) to `port` (or run `drive`), wait until the sink
  * stops counting, and return what arrived, with the CPU the hub and edge used per delivered datagram and the
  * kernel's system-wide UDP buffer-drop counters over the run.
  */
-export const udpRun = async ({ bin, sink, port, rate, seconds, size, pids = {} }) => {
+export const udpRun = async ({ bin, sink, port, rate, seconds, size, pids = {}, drive = () => send(bin, { port, rate, seconds, size }) }) => {
   await sink.zero();
   const cpuBefore = {};
   for (const [k, pid] of Object.entries(pids)) cpuBefore[k] = await cpuSecondsOf(pid);
   const snmpBefore = await udpCounters();
-  const { sent, seconds: sendSeconds, cpuSeconds: senderCpu } = await send(bin, { port, rate, seconds, size });
+  const { sent, seconds: sendSeconds, cpuSeconds: senderCpu } = await drive();
   // Drain: done when the count has not moved for 300 ms (datagrams queued in the edge, tunnel and hub arrive late).
   let last = (await sink.read()).received;
   for (let i = 0; i < 50; i++) {

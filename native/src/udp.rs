@@ -104,24 +104,132 @@ fn try_recv_batch(sock: &UdpSocket, f: impl FnMut(SocketAddr, &[u8])) -> io::Res
     }
 }
 
-/// Sends the first datagrams of `datagrams` on the connected socket `sock` without waiting, at most
-/// one batch (one `sendmmsg` on Linux, one datagram elsewhere). Returns how many were sent (at
-/// least one); `Err` is about the first unsent datagram (`WouldBlock`: the socket buffer is full).
+/// Sends the first datagrams of `datagrams` on `sock` to `to` (its connected peer when `None`)
+/// without waiting, at most one batch (one `sendmmsg` on Linux, one datagram elsewhere). Returns how
+/// many were sent (at least one); `Err` is about the first unsent datagram (`WouldBlock`: the
+/// socket buffer is full).
 fn try_send_batch<'a>(
     sock: &UdpSocket,
+    to: Option<SocketAddr>,
     datagrams: impl Iterator<Item = &'a [u8]>,
 ) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     {
-        mmsg::send_connected(sock, datagrams)
+        let to = to.map(socket2::SockAddr::from);
+        mmsg::send(sock, to.as_ref(), datagrams)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let mut datagrams = datagrams;
-        match datagrams.next() {
-            Some(data) => sock.try_send(data).map(|_| 1),
-            None => Ok(0),
+        match (datagrams.next(), to) {
+            (Some(data), Some(to)) => sock.try_send_to(data, to).map(|_| 1),
+            (Some(data), None) => sock.try_send(data).map(|_| 1),
+            (None, _) => Ok(0),
         }
+    }
+}
+
+/// What became of datagrams handed to `send_all`.
+#[derive(Debug, Default, PartialEq)]
+struct SendOutcome {
+    /// Sent, and their payload bytes.
+    sent: u64,
+    sent_bytes: u64,
+    /// Not sent: the socket buffer was full (the rest of the batch, like a datagram that finds a
+    /// full queue anywhere else), or the kernel refused one (e.g. an earlier ICMP error such as
+    /// port unreachable).
+    dropped: u64,
+    /// Sizes of those refused as too large for the path (`EMSGSIZE`).
+    oversized: Vec<usize>,
+}
+
+/// Sends `datagrams` in order on `sock` to `to` (its connected peer when `None`) without waiting,
+/// a batch per system call; every datagram is accounted for in the outcome.
+fn send_all(sock: &UdpSocket, to: Option<SocketAddr>, datagrams: &[&[u8]]) -> SendOutcome {
+    let mut out = SendOutcome::default();
+    let mut next = 0;
+    while next < datagrams.len() {
+        match try_send_batch(sock, to, datagrams[next..].iter().copied()) {
+            Ok(n) if n > 0 => {
+                out.sent += n as u64;
+                out.sent_bytes += datagrams[next..next + n]
+                    .iter()
+                    .map(|d| d.len() as u64)
+                    .sum::<u64>();
+                next += n;
+            }
+            Err(e) if is_msg_size(&e) => {
+                out.oversized.push(datagrams[next].len());
+                next += 1;
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                out.dropped += 1;
+                next += 1;
+            }
+        }
+    }
+    out.dropped += (datagrams.len() - next) as u64;
+    out
+}
+
+/// Datagrams held until the tunnel reader's `flush` (bounded by `SEND_QUEUE[_BYTES]`: `push` says
+/// when to send at once), in arrival order, each with the session (one destination) it goes to.
+struct SendQueue<S> {
+    inner: Mutex<Queued<S>>,
+}
+
+/// The datagrams of a `SendQueue` and their total size.
+struct Queued<S>(Vec<(Arc<S>, Bytes)>, usize);
+
+impl<S> Default for SendQueue<S> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Queued(Vec::new(), 0)),
+        }
+    }
+}
+
+impl<S> SendQueue<S> {
+    /// Queues one datagram; true when the queue is full and should be sent now.
+    fn push(&self, session: Arc<S>, data: Bytes) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.1 += data.len();
+        inner.0.push((session, data));
+        inner.0.len() >= SEND_QUEUE || inner.1 >= SEND_QUEUE_BYTES
+    }
+
+    /// Takes everything queued and hands it to `send` per session, in arrival order within each.
+    fn drain(&self, mut send: impl FnMut(&Arc<S>, &[&[u8]])) {
+        let mut queue = {
+            let mut inner = lock(&self.inner);
+            inner.1 = 0;
+            std::mem::take(&mut inner.0)
+        };
+        if queue.is_empty() {
+            return;
+        }
+        // A stable sort: each session's datagrams keep their order.
+        queue.sort_by_key(|(session, _)| Arc::as_ptr(session) as usize);
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(queue.len());
+        for run in queue.chunk_by(|a, b| Arc::ptr_eq(&a.0, &b.0)) {
+            slices.clear();
+            slices.extend(run.iter().map(|(_, data)| &data[..]));
+            send(&run[0].0, &slices);
+        }
+        drop(slices);
+        queue.clear();
+        // Keep the allocation for the next batch.
+        let mut inner = lock(&self.inner);
+        if inner.0.is_empty() {
+            inner.0 = queue;
+        }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        lock(&self.inner).0.is_empty()
     }
 }
 
@@ -199,8 +307,15 @@ impl Stats {
     }
 
     fn count_out(&self, len: usize) {
-        self.packets_out.fetch_add(1, Ordering::Relaxed);
-        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        self.count_out_many(1, len as u64);
+    }
+
+    fn count_out_many(&self, packets: u64, bytes: u64) {
+        if packets == 0 {
+            return;
+        }
+        self.packets_out.fetch_add(packets, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         self.touch();
     }
 
@@ -333,15 +448,8 @@ pub struct HubUdp {
     tasks: TaskGroup,
     refused: Limiter,
     oversized: Limiter,
-    /// Datagrams for targets, held until the reader's `flush` (bounded by `SEND_QUEUE[_BYTES]`).
-    outgoing: Mutex<Outgoing>,
-}
-
-/// Datagrams to targets in arrival order, with their sessions (one upstream socket each).
-#[derive(Default)]
-struct Outgoing {
-    queue: Vec<(Arc<HubSession>, Arc<UdpSocket>, Bytes)>,
-    bytes: usize,
+    /// Datagrams for targets, held until the reader's `flush`.
+    outgoing: SendQueue<HubSession>,
 }
 
 #[derive(Default)]
@@ -406,7 +514,7 @@ impl HubUdp {
             tasks,
             refused: Limiter::default(),
             oversized: Limiter::default(),
-            outgoing: Mutex::new(Outgoing::default()),
+            outgoing: SendQueue::default(),
         })
     }
 
@@ -450,7 +558,7 @@ impl HubUdp {
     /// upstream socket is ready.
     fn to_target(&self, session: &Arc<HubSession>, data: Bytes) {
         session.stats.count_in(data.len());
-        let sock = {
+        {
             let mut upstream = lock(&session.upstream);
             match &mut *upstream {
                 Upstream::Connecting(queue) => {
@@ -463,79 +571,39 @@ impl HubUdp {
                     self.counters.drop_one();
                     return;
                 }
-                Upstream::Ready(sock) => sock.clone(),
+                Upstream::Ready(_) => {}
             }
-        };
-        let full = {
-            let mut outgoing = lock(&self.outgoing);
-            outgoing.bytes += data.len();
-            outgoing.queue.push((session.clone(), sock, data));
-            outgoing.queue.len() >= SEND_QUEUE || outgoing.bytes >= SEND_QUEUE_BYTES
-        };
-        if full {
+        }
+        if self.outgoing.push(session.clone(), data) {
             self.send_queued();
         }
     }
 
     /// Sends what `to_target` queued: per session (socket) in arrival order, a batch per system call.
     fn send_queued(&self) {
-        let mut queue = {
-            let mut outgoing = lock(&self.outgoing);
-            outgoing.bytes = 0;
-            std::mem::take(&mut outgoing.queue)
-        };
-        if queue.is_empty() {
-            return;
-        }
-        // A stable sort: each session's datagrams keep their order.
-        queue.sort_by_key(|(session, ..)| Arc::as_ptr(session) as usize);
-        for run in queue.chunk_by(|a, b| Arc::ptr_eq(&a.0, &b.0)) {
-            let (session, sock, _) = &run[0];
-            self.send_upstream(session, sock, run, |(.., data)| data);
-        }
-        queue.clear();
-        // Keep the allocation for the next batch.
-        let mut outgoing = lock(&self.outgoing);
-        if outgoing.queue.is_empty() {
-            outgoing.queue = queue;
-        }
+        self.outgoing.drain(|session, datagrams| {
+            let sock = match &*lock(&session.upstream) {
+                Upstream::Ready(sock) => sock.clone(),
+                _ => {
+                    self.counters
+                        .dropped
+                        .fetch_add(datagrams.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+            };
+            self.send_upstream(session, &sock, datagrams);
+        });
     }
 
-    /// Sends `items` (their datagrams, in order) on `session`'s upstream socket without waiting.
-    /// Every datagram that cannot go is counted: oversized, or dropped (socket buffer full, or an
-    /// earlier ICMP error such as port unreachable).
-    fn send_upstream<T>(
-        &self,
-        session: &HubSession,
-        sock: &UdpSocket,
-        items: &[T],
-        data: impl Fn(&T) -> &Bytes,
-    ) {
-        let mut sent = 0;
-        while sent < items.len() {
-            match try_send_batch(sock, items[sent..].iter().map(|item| &data(item)[..])) {
-                Ok(n) if n > 0 => sent += n,
-                // The socket buffer is full: what is left of this batch is dropped, like a
-                // datagram that finds a full queue anywhere else.
-                Ok(_) => {
-                    let left = (items.len() - sent) as u64;
-                    self.counters.dropped.fetch_add(left, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = (items.len() - sent) as u64;
-                    self.counters.dropped.fetch_add(left, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) if is_msg_size(&e) => {
-                    self.oversized(session, data(&items[sent]).len(), None);
-                    sent += 1;
-                }
-                Err(_) => {
-                    self.counters.drop_one();
-                    sent += 1;
-                }
-            }
+    /// Sends `datagrams` (in order) on `session`'s upstream socket without waiting. Every datagram
+    /// that cannot go is counted: oversized, or dropped.
+    fn send_upstream(&self, session: &HubSession, sock: &UdpSocket, datagrams: &[&[u8]]) {
+        let out = send_all(sock, None, datagrams);
+        self.counters
+            .dropped
+            .fetch_add(out.dropped, Ordering::Relaxed);
+        for size in out.oversized {
+            self.oversized(session, size, None);
         }
     }
 
@@ -739,7 +807,8 @@ async fn run_hub_session(udp: Arc<HubUdp>, session: Arc<HubSession>) {
         // `to_target` queues only once it sees `Ready`), so the session's order holds.
         let mut upstream = lock(&session.upstream);
         if let Upstream::Connecting(pending) = &*upstream {
-            udp.send_upstream(&session, &sock, &pending.queue, |data| data);
+            let datagrams: Vec<&[u8]> = pending.queue.iter().map(|d| &d[..]).collect();
+            udp.send_upstream(&session, &sock, &datagrams);
         }
         *upstream = Upstream::Ready(sock.clone());
     }
@@ -965,6 +1034,7 @@ impl EdgeUdp {
         let inbound = Arc::new(EdgeInbound {
             udp: self.clone(),
             generation,
+            outgoing: SendQueue::default(),
         });
         (generation, inbound)
     }
@@ -1178,6 +1248,8 @@ async fn run_edge_session(udp: Arc<EdgeUdp>, session: Arc<EdgeSession>, idle: Du
 struct EdgeInbound {
     udp: Arc<EdgeUdp>,
     generation: u64,
+    /// Replies for clients, held until the reader's `flush`.
+    outgoing: SendQueue<EdgeSession>,
 }
 
 impl EdgeInbound {
@@ -1202,6 +1274,23 @@ impl EdgeInbound {
     }
 }
 
+impl EdgeInbound {
+    /// Sends the queued replies: per client in arrival order, a batch per system call.
+    fn send_queued(&self) {
+        self.outgoing.drain(|session, datagrams| {
+            let out = send_all(&session.sock, Some(session.client), datagrams);
+            session.stats.count_out_many(out.sent, out.sent_bytes);
+            self.udp
+                .counters
+                .dropped
+                .fetch_add(out.dropped, Ordering::Relaxed);
+            for size in out.oversized {
+                self.udp.oversized(session, size, None);
+            }
+        });
+    }
+}
+
 impl UdpInbound for EdgeInbound {
     fn open(&self, _session_id: u32, _open: StreamOpen) -> Result<(), String> {
         Err("the hub sent UDP_OPEN".into())
@@ -1212,12 +1301,14 @@ impl UdpInbound for EdgeInbound {
             self.udp.counters.drop_one();
             return Ok(());
         };
-        match session.sock.try_send_to(&data, session.client) {
-            Ok(_) => session.stats.count_out(data.len()),
-            Err(e) if is_msg_size(&e) => self.udp.oversized(&session, data.len(), None),
-            Err(_) => self.udp.counters.drop_one(),
+        if self.outgoing.push(session, data) {
+            self.send_queued();
         }
         Ok(())
+    }
+
+    fn flush(&self) {
+        self.send_queued();
     }
 
     fn close(&self, session_id: u32, reason: UdpCloseReason) -> Result<(), String> {
@@ -1228,6 +1319,8 @@ impl UdpInbound for EdgeInbound {
     }
 
     fn tunnel_ended(&self, reason: UdpCloseReason) {
+        // What the reader decoded before the end still goes out.
+        self.send_queued();
         let mut state = self.udp.state();
         if state
             .link
@@ -1249,6 +1342,35 @@ impl UdpInbound for EdgeInbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_queue_hands_over_each_session_in_arrival_order_and_says_when_full() {
+        let queue = SendQueue::<u8>::default();
+        let (a, b) = (Arc::new(1u8), Arc::new(2u8));
+        for (session, data) in [(&a, "a1"), (&b, "b1"), (&a, "a2"), (&b, "b2"), (&a, "a3")] {
+            assert!(!queue.push(session.clone(), Bytes::from(data)));
+        }
+        let mut runs: Vec<(u8, Vec<String>)> = Vec::new();
+        queue.drain(|session, datagrams| {
+            let texts = datagrams
+                .iter()
+                .map(|d| String::from_utf8_lossy(d).into_owned());
+            runs.push((**session, texts.collect()));
+        });
+        runs.sort();
+        assert_eq!(
+            runs,
+            vec![
+                (1, vec!["a1".into(), "a2".into(), "a3".into()]),
+                (2, vec!["b1".into(), "b2".into()])
+            ]
+        );
+        assert!(queue.is_empty());
+        let full = (0..SEND_QUEUE).map(|_| queue.push(a.clone(), Bytes::from_static(b"x")));
+        assert_eq!(full.filter(|f| *f).count(), 1, "full exactly at SEND_QUEUE");
+        queue.drain(|_, _| {});
+        assert!(queue.push(a.clone(), Bytes::from(vec![0; SEND_QUEUE_BYTES])));
+    }
 
     #[test]
     fn limiter_reports_once_per_period_with_the_count() {
@@ -1425,7 +1547,7 @@ mod tests {
                 let packets = session.stats.packets_in.load(Ordering::Relaxed);
                 assert_eq!(packets, PER_SESSION as u64, "session {id}");
             }
-            assert!(lock(&hub.outgoing).queue.is_empty());
+            assert!(hub.outgoing.is_empty());
             hub.tunnel_ended(UdpCloseReason::Shutdown);
         });
 

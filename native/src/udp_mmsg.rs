@@ -3,6 +3,7 @@
 //! GSO for a connected socket.
 
 use crate::udp::RECV_BUF;
+use socket2::SockAddr;
 use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -138,13 +139,14 @@ impl Message {
 #[repr(C, align(8))]
 struct SegmentCmsg([u8; 32]);
 
-/// `sendmmsg` on a connected socket: one system call for up to `SEND_MAX_DATAGRAMS` datagrams (the
+/// `sendmmsg` to `to` (or the connected peer when `None`): one system call for up to `SEND_MAX_DATAGRAMS` datagrams (the
 /// per-datagram `send` was, with its wake-up, the hub's largest cost at high packet rates). Runs of
 /// equal-size datagrams go out as one UDP GSO message each (the kernel splits them; on loopback the
 /// receiving socket does), which saves the IP and UDP layers' work per datagram.
 /// Returns how many datagrams were sent; an error is about the first datagram (none was sent).
-pub fn send_connected<'a>(
+pub fn send<'a>(
     sock: &UdpSocket,
+    to: Option<&SockAddr>,
     datagrams: impl Iterator<Item = &'a [u8]>,
 ) -> io::Result<usize> {
     let gso = !GSO_REFUSED.load(Ordering::Relaxed);
@@ -183,9 +185,9 @@ pub fn send_connected<'a>(
         return Ok(0);
     }
     let mut cmsgs = [SegmentCmsg([0; 32]); SEND_BATCH];
-    // SAFETY: all-zero is a valid mmsghdr (plain C struct): no address (the socket is
-    // connected), no control data; the pointers set below stay valid for the call (they point
-    // into `iovs` and `cmsgs`, which outlive it, and the iovecs into the borrowed datagrams).
+    // SAFETY: all-zero is a valid mmsghdr (plain C struct): no address, no control data; the
+    // pointers set below stay valid for the call (they point into `iovs` and `cmsgs`, which outlive
+    // it, the iovecs into the borrowed datagrams, the name into the borrowed `to`).
     let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
     for ((hdr, m), cmsg) in hdrs
         .iter_mut()
@@ -193,6 +195,11 @@ pub fn send_connected<'a>(
         .zip(cmsgs.iter_mut())
         .take(count)
     {
+        if let Some(to) = to {
+            // sendmmsg only reads through the pointer.
+            hdr.msg_hdr.msg_name = to.as_ptr().cast_mut().cast();
+            hdr.msg_hdr.msg_namelen = to.len();
+        }
         hdr.msg_hdr.msg_iov = &mut iovs[m.first];
         hdr.msg_hdr.msg_iovlen = m.count as _;
         if m.count > 1 {
@@ -222,15 +229,15 @@ pub fn send_connected<'a>(
                     std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
                 })
                 .collect();
-            send_slices(sock, &retry)
+            send_slices(sock, to, &retry)
         }
         Err(e) => Err(e),
     }
 }
 
 /// Non-generic entry for the retry without GSO (a generic call would recurse on its own type).
-fn send_slices(sock: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
-    send_connected(sock, datagrams.iter().copied())
+fn send_slices(sock: &UdpSocket, to: Option<&SockAddr>, datagrams: &[&[u8]]) -> io::Result<usize> {
+    send(sock, to, datagrams.iter().copied())
 }
 
 /// Errors that mean "no GSO here" rather than "this datagram cannot go".
@@ -288,9 +295,11 @@ fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Datagrams of mixed sizes (runs that GSO merges, sizes that end a run, sizes too large to
-    /// segment) arrive one by one, in order, intact.
+    /// segment) arrive one by one, in order, intact: through a connected socket and through an
+    /// unconnected one that names the peer in each message.
     #[test]
     fn batched_send_delivers_every_datagram_in_order() -> io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -299,9 +308,10 @@ mod tests {
         rt.block_on(async {
             let rx = UdpSocket::bind("127.0.0.1:0").await?;
             socket2::SockRef::from(&rx).set_recv_buffer_size(8 * 1024 * 1024)?;
-            let tx = UdpSocket::bind("127.0.0.1:0").await?;
-            tx.connect(rx.local_addr()?).await?;
-            tx.writable().await?;
+            let connected = UdpSocket::bind("127.0.0.1:0").await?;
+            connected.connect(rx.local_addr()?).await?;
+            let unconnected = UdpSocket::bind("127.0.0.1:0").await?;
+            let to = SockAddr::from(rx.local_addr()?);
             let mut sizes = vec![1200; 70];
             sizes.extend([500, 1200, 1200, 1200]);
             sizes.extend(vec![64; 100]);
@@ -311,20 +321,25 @@ mod tests {
                 .enumerate()
                 .map(|(i, &n)| (0..n).map(|j| (i + j) as u8).collect())
                 .collect();
-            let mut sent = 0;
-            while sent < datagrams.len() {
-                let n = send_connected(&tx, datagrams[sent..].iter().map(|d| &d[..]))?;
-                assert!(n > 0);
-                sent += n;
-            }
-            let mut buf = vec![0u8; 65_536];
-            for (i, want) in datagrams.iter().enumerate() {
-                let n = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv(&mut buf))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, format!("datagram {i}"))
-                    })??;
-                assert_eq!(&buf[..n], &want[..], "datagram {i} of {} bytes", want.len());
+            for (sock, to) in [(&connected, None), (&unconnected, Some(&to))] {
+                sock.writable().await?;
+                let mut sent = 0;
+                while sent < datagrams.len() {
+                    let n = send(sock, to, datagrams[sent..].iter().map(|d| &d[..]))?;
+                    assert!(n > 0);
+                    sent += n;
+                }
+                let mut buf = vec![0u8; 65_536];
+                for (i, want) in datagrams.iter().enumerate() {
+                    let (n, from) =
+                        tokio::time::timeout(Duration::from_secs(5), rx.recv_from(&mut buf))
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(io::ErrorKind::TimedOut, format!("datagram {i}"))
+                            })??;
+                    assert_eq!(from, sock.local_addr()?);
+                    assert_eq!(&buf[..n], &want[..], "datagram {i} of {} bytes", want.len());
+                }
             }
             assert!(
                 !GSO_REFUSED.load(Ordering::Relaxed),
