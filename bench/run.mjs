@@ -571,6 +571,7 @@ const report = (m, ran) => {
   lines.push("node bench/run.mjs --render            # rebuild this file from bench/results/*.json, measuring nothing");
   lines.push("node bench/udp-profile.mjs --transport quic --rate 50000 --size 1200   # where UDP time goes (perf, per-thread CPU)");
   lines.push("node bench/udp-profile.mjs --counters --transport quic --rate 50000 --size 1200   # where datagrams are lost (addon counters)");
+  lines.push("node bench/udp-replies.mjs --rates 100000,150000 --sizes 64,1200   # the reply direction (target → hub → edge → client)");
   lines.push("```", "");
   lines.push(`Sections: ${SECTIONS.map((s) => `\`${s.name}\``).join(", ")}. Knobs are environment variables, listed at the top of bench/run.mjs.`);
   lines.push("While other work rebuilds the tree, run hub and edge from a built copy: `BENCH_PORTWAY_ROOT=/path/to/copy` (its");
