@@ -10,6 +10,8 @@ import { canConnect, freePort, freeUdpPort, root, spawnProcess, udpPortFree, wai
 // BENCH_PORTWAY_ROOT runs the CLI of another checkout (e.g. a snapshot with its own dist/ and native/index.node),
 // so a benchmark is not disturbed by rebuilds of the working tree while it runs.
 const CLI = join(process.env.BENCH_PORTWAY_ROOT ?? root, "bin", "portway.js");
+// BENCH_HUB_NODE_ARGS: extra Node options for the hub process only (Node refuses e.g. --cpu-prof in NODE_OPTIONS):
+// BENCH_HUB_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" node bench/events.mjs --rounds 3
 
 const makeIdentity = (dir) => {
   const keyPath = join(dir, "hub-key.pem");
@@ -62,7 +64,7 @@ export const startTunnelCli = async ({ routes = [], udpRoutes = [], hub: hubExtr
       ...hubExtra,
     }),
   );
-  const hub = spawnProcess(process.execPath, [CLI, "hub", "--config", hubConfig]);
+  const hub = spawnProcess(process.execPath, [...(process.env.BENCH_HUB_NODE_ARGS?.split(" ").filter(Boolean) ?? []), CLI, "hub", "--config", hubConfig]);
   const stopAll = [];
   const stop = async () => {
     while (stopAll.length > 0) await stopAll.pop()();
