@@ -126,7 +126,10 @@ struct Message {
 
 impl Message {
     fn takes(&self, len: usize) -> bool {
-        self.last_len == self.segment
+        // Empty datagrams stay on their own: a segment size of 0 is invalid, and an empty last
+        // segment would add no bytes, so the kernel would not send it.
+        len > 0
+            && self.last_len == self.segment
             && len <= self.segment
             && self.segment <= GSO_MAX_SEGMENT
             && self.count < GSO_MAX_SEGMENTS
@@ -139,10 +142,11 @@ impl Message {
 #[repr(C, align(8))]
 struct SegmentCmsg([u8; 32]);
 
-/// `sendmmsg` to `to` (or the connected peer when `None`): one system call for up to `SEND_MAX_DATAGRAMS` datagrams (the
-/// per-datagram `send` was, with its wake-up, the hub's largest cost at high packet rates). Runs of
-/// equal-size datagrams go out as one UDP GSO message each (the kernel splits them; on loopback the
-/// receiving socket does), which saves the IP and UDP layers' work per datagram.
+/// `sendmmsg` to `to` (or the connected peer when `None`): one system call for up to
+/// `SEND_MAX_DATAGRAMS` datagrams (the per-datagram `send` was, with its wake-up, the largest cost
+/// at high packet rates). Runs of equal-size datagrams go out as one UDP GSO message each (the
+/// kernel splits them; on loopback the receiving socket does), which saves the IP and UDP layers'
+/// work per datagram.
 /// Returns how many datagrams were sent; an error is about the first datagram (none was sent).
 pub fn send<'a>(
     sock: &UdpSocket,
@@ -315,7 +319,7 @@ mod tests {
             let mut sizes = vec![1200; 70];
             sizes.extend([500, 1200, 1200, 1200]);
             sizes.extend(vec![64; 100]);
-            sizes.extend([1500, 1500, 9000, 1, 1]);
+            sizes.extend([1500, 1500, 9000, 1, 1, 0, 0, 0, 64, 64]);
             let datagrams: Vec<Vec<u8>> = sizes
                 .iter()
                 .enumerate()
