@@ -62,10 +62,27 @@ const portFree = (port) =>
     s.listen({ port, host: "127.0.0.1", exclusive: true }, () => s.close(() => res(true)));
   });
 
-/** A base port P with P..P+2, P+100..P+102, P+200..P+202 free (the infra/nats-cluster.mjs layout). */
+/** The kernel's range for ephemeral (connect) ports, e.g. [32768, 60999]. */
+const ephemeralRange = () => {
+  try {
+    const [low, high] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return [low, high];
+  } catch {
+    // not Linux
+  }
+  return [32_768, 60_999];
+};
+
+/**
+ * A base port P with P..P+2, P+100..P+102, P+200..P+202 free (the infra/nats-cluster.mjs layout). Below the
+ * ephemeral range when there is room: the nodes' own route connections take ephemeral ports, and one of them once
+ * took a later node's client port between this check and that node's bind.
+ */
 const freeClusterBase = async () => {
+  const [low] = ephemeralRange();
+  const [from, span] = low - 300 > 10_000 ? [10_000, low - 300 - 10_000] : [30_000, 25_000];
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 30_000 + Math.floor(Math.random() * 25_000);
+    const base = from + Math.floor(Math.random() * span);
     let ok = true;
     for (const d of [0, 1, 2, 100, 101, 102, 200, 201, 202]) if (!(await portFree(base + d))) ok = false;
     if (ok) return base;

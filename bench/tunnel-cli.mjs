@@ -79,7 +79,7 @@ export const startTunnelCli = async ({ routes = [], udpRoutes = [], hub: hubExtr
     }, `hub on tunnel port ${tunnelPort}`);
 
     const token = execFileSync(process.execPath, [
-      CLI, "token", "--hub-host", "127.0.0.1", "--hub-port", String(tunnelPort), "--edge-id", edgeId, "--secret", secret,
+      CLI, "token", "--hub-host", "127.0.0.1", "--hub-port", String(tunnelPort), "--edge-id", edgeId, `--secret=${secret}`,
       "--fingerprint", identity.fingerprint,
     ], { encoding: "utf8", cwd: root }).trim().split("\n").pop();
     const edge = spawnProcess(process.execPath, [CLI, "edge", "--token", token, "--bind-address", "127.0.0.1", "--transport", transport]);

@@ -44,6 +44,15 @@ describe("portway CLI", () => {
     expect(exitCodeOf(failure(runCommand([], {})))).toBe(2);
   });
 
+  it("says how to pass a value that starts with a dash", () => {
+    const ambiguous = failure(parseCommandArgs("token", ["--secret", "-3Cn2"], [], [{ flag: "secret", description: "the secret" }]));
+    const message = (Cause.squash(ambiguous.cause) as UsageError).message;
+    expect(message).toMatch(/'--secret' argument is ambiguous/);
+    expect(message).toMatch(/--secret=-XYZ/);
+    const ok = Effect.runSync(parseCommandArgs("token", ["--secret=-3Cn2"], [], [{ flag: "secret", description: "the secret" }]));
+    expect(ok["secret"]).toBe("-3Cn2");
+  });
+
   it("maps config errors to exit 2, runtime failures to 1, success and interruption to 0", () => {
     expect(exitCodeOf(Exit.fail(new ConfigError({ field: "tunnelPort", reason: "bad" })))).toBe(2);
     expect(exitCodeOf(Exit.fail(new HubStartError({ code: "EADDRINUSE", message: "EADDRINUSE: in use" })))).toBe(1);

@@ -46,7 +46,9 @@ export const parseCommandArgs = (
     },
     catch: (error) => {
       const message = error instanceof Error ? error.message : String(error);
-      return new UsageError({ message: `portway ${command}: ${message.split("\n")[0] ?? message} (see \`portway ${command} --help\`)` });
+      // Node's parse errors span lines (e.g. "… is ambiguous." then how to pass a value starting with '-'): keep all.
+      const oneLine = message.split("\n").map((l) => l.trim()).filter(Boolean).join(" ");
+      return new UsageError({ message: `portway ${command}: ${oneLine} (see \`portway ${command} --help\`)` });
     },
   });
 
