@@ -3,8 +3,9 @@
  * stop. A hub is alive while its last heartbeat is younger than `hubTimeoutMs`.
  */
 import type { KV } from "@nats-io/kv";
-import { Effect, Either, type Scope } from "effect";
+import { Duration, Effect, Either, Schedule, type Scope } from "effect";
 import { decodeEntry, encodeEntry, HubEntrySchema, type HubEntry } from "./buckets.js";
+import { isBucketUnavailableError } from "./lease.js";
 
 /** Alive: the heartbeat is younger than `hubTimeoutMs` (a clock skew into the future counts as alive). */
 export const isAlive = (entry: Pick<HubEntry, "heartbeatAt">, nowMs: number, hubTimeoutMs: number): boolean =>
@@ -40,8 +41,19 @@ export interface Heartbeat {
 }
 
 /**
- * Writes the hub entry now (fails the start when NATS refuses it) and then every `heartbeatMs`; closing the
- * scope stops the timer and deletes the entry (best effort: a hub that cannot reach NATS just times out).
+ * How long the first heartbeat may wait for a forming cluster (100 ms, doubling, at most 1 s apart): a bucket
+ * created a moment ago may have no stream leader yet, and JetStream answers "no responders", which nats.js reports
+ * as JetStream not being enabled (`isBucketUnavailableError`).
+ */
+const FORMING_WAIT = Schedule.exponential(Duration.millis(100)).pipe(
+  Schedule.either(Schedule.spaced(Duration.seconds(1))),
+  Schedule.upTo(Duration.seconds(15)),
+);
+
+/**
+ * Writes the hub entry now (waiting up to 15 s for a cluster that is still forming; fails the start when NATS refuses
+ * it otherwise) and then every `heartbeatMs`; closing the scope stops the timer and deletes the entry (best effort:
+ * a hub that cannot reach NATS just times out).
  */
 export const startHeartbeat = (o: HeartbeatOptions): Effect.Effect<Heartbeat, Error, Scope.Scope> =>
   Effect.gen(function* () {
@@ -54,7 +66,17 @@ export const startHeartbeat = (o: HeartbeatOptions): Effect.Effect<Heartbeat, Er
       await o.kv.put(entry.hubId, encodeEntry({ v: 1, ...entry, heartbeatAt: now }));
       last = now;
     };
-    yield* Effect.tryPromise({ try: beat, catch: (e) => (e instanceof Error ? e : new Error(String(e))) });
+    let waited = false;
+    yield* Effect.tryPromise({ try: beat, catch: (e) => (e instanceof Error ? e : new Error(String(e))) }).pipe(
+      Effect.tapError((error) =>
+        Effect.sync(() => {
+          if (waited || !isBucketUnavailableError(error)) return;
+          waited = true;
+          o.log("info", `cluster still forming (${error.message}); retrying the hub entry for up to 15 s`);
+        }),
+      ),
+      Effect.retry({ schedule: FORMING_WAIT, while: isBucketUnavailableError }),
+    );
     const timer = setInterval(() => {
       if (inFlight) return;
       inFlight = true;
