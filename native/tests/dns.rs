@@ -31,18 +31,28 @@ async fn dig(port: u16, name: &str) -> String {
     .unwrap()
 }
 
-fn dns_query_through_the_tunnel(transport: &str) {
-    if !installed("dnsmasq", "--version") || !installed("dig", "--version") {
-        eprintln!("SKIPPED dns_query_through_the_tunnel: dnsmasq and dig (Debian: dnsmasq-base, bind9-dnsutils) are needed");
-        return;
+/// A port free for UDP and TCP a moment ago (dnsmasq binds both).
+async fn free_dns_port() -> u16 {
+    loop {
+        let port = free_udp_port().await;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
-    runtime().block_on(async {
-        let dns_port = free_udp_port().await;
-        let _dnsmasq = ChildGuard(
+}
+
+/// Starts dnsmasq answering `portway.test` and waits until it answers directly. A port taken between the check
+/// and dnsmasq's bind (its TCP side can lose to another test's ephemeral connection) makes it exit: then it is
+/// started again on another port, up to 3 times, and its stderr is shown when it never answers.
+async fn start_dnsmasq() -> (ChildGuard, u16) {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let port = free_dns_port().await;
+        let mut child = ChildGuard(
             Command::new("dnsmasq")
                 .args([
                     "--no-daemon",
-                    &format!("--port={dns_port}"),
+                    &format!("--port={port}"),
                     "--listen-address=127.0.0.1",
                     "--bind-interfaces",
                     "--no-resolv",
@@ -52,21 +62,40 @@ fn dns_query_through_the_tunnel(transport: &str) {
                     "--address=/portway.test/192.0.2.42",
                 ])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("start dnsmasq"),
         );
-        // Ready when it answers directly. Until dnsmasq has bound its port a query is refused at
-        // once (ICMP port unreachable), so the tries are spaced out: up to ~10 s in all.
-        let mut ready = false;
+        // Until dnsmasq has bound its port a query is refused at once (ICMP port unreachable), so
+        // the tries are spaced out: up to ~10 s in all.
         for _ in 0..100 {
-            if dig(dns_port, "portway.test").await == "192.0.2.42" {
-                ready = true;
+            if dig(port, "portway.test").await == "192.0.2.42" {
+                return (child, port);
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+                }
+                errors.push(format!(
+                    "port {port}: dnsmasq exited ({status}): {}",
+                    stderr.trim()
+                ));
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        assert!(ready, "dnsmasq did not answer");
+    }
+    panic!("dnsmasq did not answer: {}", errors.join("; "));
+}
+
+fn dns_query_through_the_tunnel(transport: &str) {
+    if !installed("dnsmasq", "--version") || !installed("dig", "--version") {
+        eprintln!("SKIPPED dns_query_through_the_tunnel: dnsmasq and dig (Debian: dnsmasq-base, bind9-dnsutils) are needed");
+        return;
+    }
+    runtime().block_on(async {
+        let (_dnsmasq, dns_port) = start_dnsmasq().await;
 
         let id = Arc::new(identity());
         let edge_port = free_udp_port().await;
