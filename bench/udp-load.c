@@ -117,6 +117,18 @@ static int do_send(const char *host, int port, double rate, double seconds, int 
   return blast(fd, rate, seconds, size, 1);
 }
 
+/** Binds FD to 127.0.0.1:PORT (0 = any) and prints "listening PORT"; nonzero on failure. */
+static int bind_loopback(int fd, int port) {
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return perror("bind"), 1;
+  socklen_t len = sizeof addr;
+  getsockname(fd, (struct sockaddr *)&addr, &len);
+  printf("listening %d\n", ntohs(addr.sin_port));
+  fflush(stdout);
+  return 0;
+}
+
 /** Binds 127.0.0.1:PORT, waits for one datagram, then sends to its source like `send` (no warm-up). */
 static int do_reflect(int port, double rate, double seconds, int size) {
   if (check_size(size)) return 2;
@@ -126,13 +138,7 @@ static int do_reflect(int port, double rate, double seconds, int size) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   int buf = 4 << 20;
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return perror("bind"), 1;
-  socklen_t len = sizeof addr;
-  getsockname(fd, (struct sockaddr *)&addr, &len);
-  printf("listening %d\n", ntohs(addr.sin_port));
-  fflush(stdout);
+  if (bind_loopback(fd, port)) return 1;
   unsigned char first[2048];
   struct sockaddr_in peer;
   socklen_t peer_len = sizeof peer;
@@ -158,13 +164,7 @@ static int do_sink(void) {
   int buf = 4 << 20;
   // SO_RCVBUFFORCE passes rmem_max when running as root; otherwise the capped SO_RCVBUF.
   if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) return perror("bind"), 1;
-  socklen_t len = sizeof addr;
-  getsockname(fd, (struct sockaddr *)&addr, &len);
-  printf("listening %d\n", ntohs(addr.sin_port));
-  fflush(stdout);
+  if (bind_loopback(fd, 0)) return 1;
 
   static unsigned char bufs[BATCH][2048];
   struct mmsghdr msgs[BATCH];
